@@ -1,0 +1,300 @@
+"""Fast/slow chat modes: the chat template, mode tags, and response parsing.
+
+One set of weights answers in three modes, asked for by a tag in the last user turn or in the system prompt:
+
+* ``/think`` (slow, also the default): reason inside a think block, then answer;
+* ``/no_think`` (fast): an empty think block, then the answer;
+* ``/auto_think`` (automatic): the model decides which of the two to use.
+
+The template follows Qwen3's (``<think>...</think>``; ``enable_thinking=False`` prefills an empty block) and
+carries ``{% generation %}`` markers so trl's ``assistant_only_loss`` can mask everything but the replies.
+The delimiters are configurable: openPangu-Embedded uses ``[unused16]``/``[unused17]``. They are added as
+*ordinary* tokens, because trl decodes completions with ``skip_special_tokens=True`` and special think tokens
+would vanish before a reward sees them.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from tokenizers import AddedToken
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_THINK_START = "<think>"
+DEFAULT_THINK_END = "</think>"
+PANGU_THINK_START = "[unused16]"
+PANGU_THINK_END = "[unused17]"
+
+
+class Mode(str, enum.Enum):
+    """A thinking mode, with the tag that asks for it."""
+
+    SLOW = "slow"
+    FAST = "fast"
+    AUTO = "auto"
+
+    @property
+    def tag(self) -> str:
+        return MODE_TAGS[self]
+
+    @classmethod
+    def parse(cls, value: str | Mode) -> Mode:
+        """Accept a mode name (`slow`), a tag (`/think`) or a bare tag name (`think`)."""
+        if isinstance(value, Mode):
+            return value
+        text = str(value).strip().lower()
+        for mode, tag in MODE_TAGS.items():
+            if text in (mode.value, tag, tag.lstrip("/")):
+                return mode
+        raise ValueError(f"unknown mode {value!r}; expected one of {[m.value for m in Mode]} or a tag {TAGS}")
+
+
+MODE_TAGS = {Mode.SLOW: "/think", Mode.FAST: "/no_think", Mode.AUTO: "/auto_think"}
+TAGS = tuple(MODE_TAGS.values())
+# Longest first, so "/no_think" is never read as "/think" and "/auto_think" never as "/think".
+_TAG_RE = re.compile(r"(?<![\w/])(/auto_think|/no_think|/think)(?![\w])")
+
+
+def _content_text(content: Any) -> str:
+    """Text of a message content that may be a string or a list of typed parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return "" if content is None else str(content)
+
+
+def find_tag(text: str) -> Mode | None:
+    """The mode asked for by the last tag in ``text``, or None."""
+    tags = _TAG_RE.findall(text)
+    return Mode.parse(tags[-1]) if tags else None
+
+
+def detect_mode(messages: list[dict[str, Any]] | str, default: Mode = Mode.SLOW) -> Mode:
+    """The mode a conversation asks for.
+
+    The last user turn wins over the system prompt; with no tag anywhere the mode is ``default`` (slow, as in
+    openPangu-Embedded and Qwen3).
+    """
+    if isinstance(messages, str):
+        return find_tag(messages) or default
+    users = [m for m in messages if m.get("role") == "user"]
+    if users:
+        mode = find_tag(_content_text(users[-1].get("content")))
+        if mode is not None:
+            return mode
+    systems = [m for m in messages if m.get("role") == "system"]
+    if systems:
+        mode = find_tag(_content_text(systems[0].get("content")))
+        if mode is not None:
+            return mode
+    return default
+
+
+def strip_tags(text: str) -> str:
+    """``text`` without mode tags (and without the space a tag leaves behind)."""
+    return re.sub(r"[ \t]*" + _TAG_RE.pattern, "", text).strip()
+
+
+def apply_mode(messages: list[dict[str, Any]] | str, mode: Mode | str | None) -> list[dict[str, Any]]:
+    """A copy of the conversation asking for ``mode``.
+
+    Existing tags are removed from the last user turn and the system prompt, then the mode's tag is appended to
+    the last user turn. ``mode=None`` removes tags without adding one (the model's default, slow). A plain
+    string is taken as a single user turn.
+    """
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    out = [dict(m) for m in messages]
+    user_idx = [i for i, m in enumerate(out) if m.get("role") == "user"]
+    if not user_idx:
+        raise ValueError("apply_mode needs a conversation with at least one user turn")
+    for i, m in enumerate(out):
+        if m.get("role") == "system" or i == user_idx[-1]:
+            m["content"] = strip_tags(_content_text(m.get("content")))
+    if mode is not None:
+        last = out[user_idx[-1]]
+        last["content"] = f"{last['content']} {Mode.parse(mode).tag}".strip()
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- template
+
+_TEMPLATE = r"""{#- fastslow chat template: Qwen3-compatible, with generation markers for assistant-only loss. -#}
+{%- set ts = "__THINK_START__" %}{%- set te = "__THINK_END__" %}
+{%- if messages[0].role == 'system' %}
+    {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- set content = message.content if message.content is string else '' %}
+    {%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>\n' }}
+    {%- elif message.role == 'assistant' %}
+        {{- '<|im_start|>assistant\n' }}
+        {%- generation %}
+        {%- if message.reasoning_content is string %}
+            {{- ts + '\n' + message.reasoning_content.strip('\n') + '\n' + te + '\n\n' + content.lstrip('\n') }}
+        {%- else %}
+            {{- content }}
+        {%- endif %}
+        {{- '<|im_end|>\n' }}
+        {%- endgeneration %}
+    {%- elif message.role == 'tool' %}
+        {{- '<|im_start|>user\n<tool_response>\n' + content + '\n</tool_response><|im_end|>\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- ts + '\n\n' + te + '\n\n' }}
+    {%- endif %}
+{%- endif %}"""
+
+
+def chat_template(think_start: str = DEFAULT_THINK_START, think_end: str = DEFAULT_THINK_END) -> str:
+    """The fastslow chat template (Jinja) for the given think delimiters.
+
+    Assistant contents are rendered verbatim (they carry their own think block); a message with a
+    ``reasoning_content`` field is rendered Qwen3-style as ``<think>\\n...\\n</think>\\n\\n`` + content.
+    """
+    for name, value in (("think_start", think_start), ("think_end", think_end)):
+        if not value or '"' in value or "\\" in value:
+            raise ValueError(f"{name}={value!r} must be a non-empty string without quotes or backslashes")
+    return _TEMPLATE.replace("__THINK_START__", think_start).replace("__THINK_END__", think_end)
+
+
+def install_chat_template(
+    tokenizer: Any, think_start: str = DEFAULT_THINK_START, think_end: str = DEFAULT_THINK_END
+) -> Any:
+    """Install the fastslow template and think delimiters on any Hugging Face tokenizer, in place.
+
+    The delimiters are added as ordinary (non-special) tokens so they survive ``skip_special_tokens=True``;
+    ``<|im_start|>``/``<|im_end|>`` are added as special tokens when missing, and ``<|im_end|>`` becomes the
+    EOS token so generation stops at the end of a reply. Returns the tokenizer. Resize the model's embeddings
+    afterwards if ``len(tokenizer)`` grew.
+    """
+    vocab = tokenizer.get_vocab()
+    new_plain = [t for t in (think_start, think_end) if t not in vocab]
+    if new_plain:
+        tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in new_plain])
+    specials = [t for t in ("<|im_start|>", "<|im_end|>") if t not in vocab]
+    if specials:
+        tokenizer.add_special_tokens({"additional_special_tokens": specials})
+    # A delimiter that already existed as a special token (e.g. [unused16]) would be stripped when decoding.
+    special = set(tokenizer.all_special_tokens)
+    for t in (think_start, think_end):
+        if t in special:
+            raise ValueError(
+                f"think delimiter {t!r} is a special token of this tokenizer; decoding with "
+                "skip_special_tokens=True would drop it. Choose a delimiter that is an ordinary token."
+            )
+    tokenizer.eos_token = "<|im_end|>"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = "<|endoftext|>" if "<|endoftext|>" in tokenizer.get_vocab() else "<|im_end|>"
+    tokenizer.chat_template = chat_template(think_start, think_end)
+    tokenizer.init_kwargs["think_start"] = think_start
+    tokenizer.init_kwargs["think_end"] = think_end
+    return tokenizer
+
+
+def think_delimiters(tokenizer: Any) -> tuple[str, str]:
+    """The think delimiters installed on ``tokenizer`` (defaults when it has none recorded)."""
+    kw = getattr(tokenizer, "init_kwargs", {}) or {}
+    return kw.get("think_start", DEFAULT_THINK_START), kw.get("think_end", DEFAULT_THINK_END)
+
+
+def format_response(
+    answer: str,
+    thinking: str = "",
+    think_start: str = DEFAULT_THINK_START,
+    think_end: str = DEFAULT_THINK_END,
+) -> str:
+    """An assistant reply: ``<think>\\nthinking\\n</think>\\n\\nanswer``; empty ``thinking`` gives a fast reply."""
+    body = f"\n{thinking.strip(chr(10))}\n" if thinking.strip() else "\n\n"
+    return f"{think_start}{body}{think_end}\n\n{answer.strip()}"
+
+
+# ---------------------------------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class ParsedResponse:
+    """A reply split into its think block and its answer.
+
+    ``mode`` is ``"fast"`` (empty block), ``"slow"`` (non-empty block), ``"unclosed"`` (a block was opened and
+    never closed: there is no answer), or ``"none"`` (no block at all: the whole text is the answer, as when the
+    prompt prefilled the block). ``well_formed`` is True only for exactly one leading block, not nested.
+    """
+
+    thinking: str | None
+    answer: str | None
+    mode: str
+    well_formed: bool
+
+    @property
+    def closed(self) -> bool:
+        return self.mode != "unclosed"
+
+
+def parse_response(
+    text: str, think_start: str = DEFAULT_THINK_START, think_end: str = DEFAULT_THINK_END
+) -> ParsedResponse:
+    """Split a reply into ``(thinking, answer, mode)``.
+
+    The block opens at the first ``think_start`` and closes at its *matching* ``think_end`` (nested blocks are
+    counted, and make the reply not well formed). An unclosed block is reported as ``mode="unclosed"`` with no
+    answer; it is never silently taken for an answer. A closing tag with no opening one (the opening tag was in
+    the prompt) closes a block that began at the start of the text.
+    """
+    if not isinstance(text, str):
+        text = _content_text(text)
+    start = text.find(think_start)
+    end_first = text.find(think_end)
+    if start == -1 or (end_first != -1 and end_first < start):
+        if end_first == -1:
+            return ParsedResponse(None, text.strip(), "none", False)
+        # The opening tag was prefilled in the prompt: the block runs from the start of the text.
+        thinking, answer = text[:end_first], text[end_first + len(think_end) :]
+        well = think_start not in answer and think_end not in answer and think_start not in thinking
+        return _closed(thinking, answer, well)
+    depth, close = 0, -1
+    pattern = re.compile(re.escape(think_start) + "|" + re.escape(think_end))
+    nested = False
+    for match in pattern.finditer(text, start):
+        if match.group() == think_start:
+            depth += 1
+            nested = nested or depth > 1
+        else:
+            depth -= 1
+            if depth == 0:
+                close = match.start()
+                break
+    if close == -1:
+        return ParsedResponse(text[start + len(think_start) :].strip(), None, "unclosed", False)
+    thinking = text[start + len(think_start) : close]
+    answer = text[close + len(think_end) :]
+    leading = text[:start].strip() == ""
+    well = leading and not nested and think_start not in answer and think_end not in answer
+    return _closed(thinking, answer, well)
+
+
+def _closed(thinking: str, answer: str, well_formed: bool) -> ParsedResponse:
+    thinking = thinking.strip()
+    return ParsedResponse(thinking, answer.strip(), "slow" if thinking else "fast", well_formed)
+
+
+def completion_text(completion: Any) -> str:
+    """The text of a completion given as a string or as trl's list of chat messages."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list):
+        parts = [_content_text(m.get("content")) for m in completion if isinstance(m, dict)]
+        return "".join(parts)
+    if isinstance(completion, dict):
+        return _content_text(completion.get("content"))
+    return "" if completion is None else str(completion)
