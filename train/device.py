@@ -55,8 +55,9 @@ def resolve_precision(args: Any, device: str | None = None) -> Any:
         args.bf16 = precision == "bf16" and not getattr(args, "fp16", False)
     if getattr(args, "fp16", None) is None:
         args.fp16 = precision == "fp16" and not args.bf16
-    if device == "cpu" and getattr(args, "gradient_checkpointing", False) is None:
-        args.gradient_checkpointing = False
+    if getattr(args, "gradient_checkpointing", False) is None:
+        # Checkpointing trades compute for memory: worth it on accelerators, only a slowdown on CPU.
+        args.gradient_checkpointing = device != "cpu"
     logger.debug("device=%s bf16=%s fp16=%s", device, args.bf16, args.fp16)
     return args
 

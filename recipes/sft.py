@@ -1,0 +1,52 @@
+"""Supervised fine-tuning on records with target responses (full or LoRA, assistant-only loss).
+
+    accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/sft.py --config recipes/configs/tiny/sft.yaml
+
+Every config key can be overridden on the command line, e.g. ``--learning_rate 1e-3 --use_peft true``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+
+from trl import ModelConfig  # noqa: E402
+
+from train.cli import parse_args, setup_logging  # noqa: E402
+from train.configs import SFTConfig  # noqa: E402
+from train.sft import (  # noqa: E402
+    SFTScriptArguments,
+    build_sft_trainer,
+    load_for_training,
+    load_sft_data,
+    save_trained,
+)
+
+logger = logging.getLogger("recipes.sft")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    script_args, training_args, model_args = parse_args((SFTScriptArguments, SFTConfig, ModelConfig), argv)
+    setup_logging(training_args.get_process_log_level())
+
+    # 1. Setup: model, tokenizer (with the fastslow template) and chat-formatted data.
+    model, tokenizer = load_for_training(model_args, script_args.think_start, script_args.think_end)
+    train_dataset, eval_dataset = load_sft_data(script_args, seed=training_args.seed)
+    logger.info("training on %d examples", len(train_dataset))
+
+    # 2. Train.
+    trainer = build_sft_trainer(model, tokenizer, training_args, model_args, train_dataset, eval_dataset)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+
+    # 3. Save a folder the next stage can load.
+    out = save_trained(trainer, training_args.output_dir, script_args.merge_lora)
+    if trainer.accelerator.is_main_process:
+        logger.info("model saved to %s", out)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""The arithmetic world: graded problems and a programmatic teacher, where a CPU run shows real learning.
+
+A tiny model cannot add two 3-digit numbers in one step, but it can follow a digit-by-digit trace: that makes
+slow mode really better than fast mode on hard problems, and fast mode good enough on easy ones, the situation
+the dual system is built for.
+
+Levels (difficulty):
+
+====  =====================  ==========================
+1     ``a+b``, 1 digit each  easy: fast answers suffice
+2     ``a+b``, 2 digits
+3     ``a+b``, 3 digits      hard: needs the trace
+4     ``a*b``, 2 x 1 digits
+5     ``a+b``, 4 digits
+6     ``a*b``, 3 x 2 digits
+====  =====================  ==========================
+
+The teacher writes slow answers (a digit-by-digit trace in the think block, then the result) and fast answers
+(an empty think block, then the result). ``verbosity`` adds redundant steps and ``error_rate`` makes it slip
+(one wrong digit, carried through), so verification and shortest-correct selection have work to do.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from train.data import record_id
+from train.modes import DEFAULT_THINK_END, DEFAULT_THINK_START, Mode, format_response
+
+LEVELS: dict[int, tuple[str, int, int]] = {
+    1: ("+", 1, 1),
+    2: ("+", 2, 2),
+    3: ("+", 3, 3),
+    4: ("*", 2, 1),
+    5: ("+", 4, 4),
+    6: ("*", 3, 2),
+}
+
+
+def _number(rng: random.Random, digits: int) -> int:
+    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
+
+
+def prompt_text(a: int, op: str, b: int) -> str:
+    return f"Compute {a}{op}{b}."
+
+
+def make_problem(level: int, rng: random.Random) -> dict:
+    """One record of the given level (see the module docstring)."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level}; expected one of {sorted(LEVELS)}")
+    op, da, db = LEVELS[level]
+    a, b = _number(rng, da), _number(rng, db)
+    prompt = prompt_text(a, op, b)
+    answer = a + b if op == "+" else a * b
+    return {
+        "id": f"arith-{record_id(prompt)}",
+        "prompt": prompt,
+        "task": "math",
+        "answer": str(answer),
+        "difficulty": level,
+        "source": "arithmetic",
+        "a": a,
+        "b": b,
+        "op": op,
+    }
+
+
+def make_problems(
+    n: int, levels: tuple[int, ...] | list[int] = (1, 2, 3), seed: int = 0, exclude: set[str] | None = None
+) -> list[dict]:
+    """``n`` distinct problems, levels drawn uniformly; ids in ``exclude`` (e.g. a test set) are skipped."""
+    rng = random.Random(seed)
+    seen = set(exclude or ())
+    out: list[dict] = []
+    attempts = 0
+    while len(out) < n:
+        attempts += 1
+        if attempts > 100 * n + 1000:
+            raise ValueError(f"cannot draw {n} distinct problems from levels {levels}")
+        p = make_problem(rng.choice(list(levels)), rng)
+        if p["id"] not in seen:
+            seen.add(p["id"])
+            out.append(p)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- traces
+
+
+def addition_steps(a: int, b: int) -> tuple[list[str], int]:
+    """Digit-by-digit addition, least significant digit first: ``x+y+c=s`` per column."""
+    da, db = str(a)[::-1], str(b)[::-1]
+    carry, digits, lines = 0, [], []
+    for i in range(max(len(da), len(db))):
+        x = int(da[i]) if i < len(da) else 0
+        y = int(db[i]) if i < len(db) else 0
+        s = x + y + carry
+        lines.append(f"{x}+{y}+{carry}={s}")
+        digits.append(s % 10)
+        carry = s // 10
+    if carry:
+        lines.append(f"carry {carry}")
+        digits.append(carry)
+    return lines, int("".join(map(str, digits[::-1])))
+
+
+def multiply_digit_steps(a: int, d: int) -> tuple[list[str], int]:
+    """``a * d`` for one digit ``d``: ``x*d+c=s`` per digit of ``a``."""
+    carry, digits, lines = 0, [], []
+    for ch in str(a)[::-1]:
+        s = int(ch) * d + carry
+        lines.append(f"{ch}*{d}+{carry}={s}")
+        digits.append(s % 10)
+        carry = s // 10
+    if carry:
+        lines.append(f"carry {carry}")
+        digits.append(carry)
+    return lines, int("".join(map(str, digits[::-1])))
+
+
+def multiplication_steps(a: int, b: int) -> tuple[list[str], int]:
+    """Long multiplication: one partial product per digit of ``b``, then their sum."""
+    lines: list[str] = []
+    total = 0
+    for shift, ch in enumerate(str(b)[::-1]):
+        part_lines, part = multiply_digit_steps(a, int(ch))
+        lines += part_lines + [f"{a}*{ch}={part}"]
+        shifted = part * 10**shift
+        if shift:
+            add_lines, new_total = addition_steps(total, shifted)
+            lines += [f"add {total}+{shifted}"] + add_lines
+            total = new_total
+        else:
+            total = shifted
+    return lines, total
+
+
+def solve_steps(a: int, op: str, b: int) -> tuple[list[str], int]:
+    if op == "+":
+        return addition_steps(a, b)
+    if op == "*":
+        return multiplication_steps(a, b)
+    raise ValueError(f"unknown operator {op!r}")
+
+
+# ---------------------------------------------------------------------------------------------------- teacher
+
+
+@dataclass
+class ArithmeticTeacher:
+    """A programmatic teacher for the arithmetic world.
+
+    ``verbosity`` in [0, 1]: the chance of a redundant line (a restated step) after each step. ``error_rate``:
+    the chance that a response contains one wrong digit, carried through to a wrong result.
+    """
+
+    verbosity: float = 0.0
+    error_rate: float = 0.0
+    seed: int = 0
+    think_start: str = DEFAULT_THINK_START
+    think_end: str = DEFAULT_THINK_END
+
+    def __post_init__(self) -> None:
+        for name in ("verbosity", "error_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        self._rng = random.Random(self.seed)
+
+    def trace(self, problem: dict) -> tuple[str, int]:
+        lines, result = solve_steps(problem["a"], problem["op"], problem["b"])
+        if self._rng.random() < self.error_rate:
+            result = self._slip(result)
+        out = []
+        for line in lines:
+            out.append(line)
+            if self._rng.random() < self.verbosity:
+                out.append(f"check {line}")
+        return "\n".join(out), result
+
+    def _slip(self, result: int) -> int:
+        digits = list(str(result))
+        i = self._rng.randrange(len(digits))
+        choices = [d for d in "0123456789" if d != digits[i] and not (i == 0 and d == "0" and len(digits) > 1)]
+        digits[i] = self._rng.choice(choices)
+        return int("".join(digits))
+
+    def respond(self, problem: dict, mode: Mode | str = Mode.SLOW) -> str:
+        """A reply in ``mode``: slow gives the trace then the result, fast an empty block then the result."""
+        mode = Mode.parse(mode)
+        if mode == Mode.FAST:
+            result = solve_steps(problem["a"], problem["op"], problem["b"])[1]
+            if self._rng.random() < self.error_rate:
+                result = self._slip(result)
+            return format_response(str(result), "", self.think_start, self.think_end)
+        thinking, result = self.trace(problem)
+        return format_response(str(result), thinking, self.think_start, self.think_end)
+
+
+def corpus(problems: list[dict]) -> list[str]:
+    """Texts covering every character the world uses, for training a tokenizer."""
+    teacher = ArithmeticTeacher()
+    return [p["prompt"] + teacher.respond(p) for p in problems[:200]] + ["carry check add"]

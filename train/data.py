@@ -1,0 +1,255 @@
+"""The record schema every stage shares, its loaders, validation and weighted mixtures.
+
+One record per prompt:
+
+==============  =================================================================================================
+key             meaning
+==============  =================================================================================================
+``prompt``      the query: a string (one user turn) or a list of chat messages ``{"role", "content"}``. Required.
+``task``        ``math``, ``code``, ``general`` (or another name a reward router knows). Required.
+``answer``      reference answer (LaTeX or plain text for math, reference text for general). Optional.
+``tests``       code only: a list of cases, each ``{"input": str, "output": str}`` (stdin/stdout program) or
+                ``{"assert": str}`` (a Python statement run after the solution). A JSON string is accepted.
+``response``    a target reply (with its think block) for supervised stages. Optional.
+``difficulty``  a number (the arithmetic world uses levels 1-6). Optional.
+``source``      where the record came from. Optional.
+``id``          a stable id; derived from the prompt when missing. Optional.
+==============  =================================================================================================
+
+Every error names the file, the row (1-based line for JSONL) and the key.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, concatenate_datasets
+
+logger = logging.getLogger(__name__)
+
+REQUIRED = ("prompt", "task")
+OPTIONAL = ("answer", "tests", "response", "difficulty", "source", "id")
+KNOWN_TASKS = ("math", "code", "general")
+_ROLES = {"system", "user", "assistant", "tool"}
+
+
+class DataError(ValueError):
+    """A record that does not follow the schema; the message names the file, row and key."""
+
+
+def _where(source: str, row: int | None, key: str | None = None) -> str:
+    where = source if row is None else f"{source}, row {row}"
+    return f"{where}, key {key!r}" if key else where
+
+
+def record_id(prompt: Any) -> str:
+    """A stable id derived from the prompt's text."""
+    text = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+
+
+def _check_prompt(prompt: Any, where: str) -> Any:
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise DataError(f"{where}: empty prompt")
+        return prompt
+    if isinstance(prompt, list) and prompt:
+        for j, msg in enumerate(prompt):
+            if not isinstance(msg, dict) or msg.get("role") not in _ROLES or not isinstance(msg.get("content"), str):
+                raise DataError(f"{where}: message {j} must be {{'role': one of {sorted(_ROLES)}, 'content': str}}")
+        if not any(m["role"] == "user" for m in prompt):
+            raise DataError(f"{where}: the conversation has no user turn")
+        return [{"role": m["role"], "content": m["content"]} for m in prompt]
+    raise DataError(f"{where}: expected a non-empty string or a list of chat messages, got {type(prompt).__name__}")
+
+
+def _check_tests(tests: Any, where: str) -> list[dict[str, str]] | None:
+    if tests is None or tests == "":
+        return None
+    if isinstance(tests, str):
+        try:
+            tests = json.loads(tests)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
+    if not isinstance(tests, list):
+        raise DataError(f"{where}: expected a list of test cases, got {type(tests).__name__}")
+    out = []
+    for j, case in enumerate(tests):
+        if isinstance(case, dict) and isinstance(case.get("assert"), str):
+            out.append({"assert": case["assert"]})
+        elif isinstance(case, dict) and "input" in case and "output" in case:
+            out.append({"input": str(case["input"]), "output": str(case["output"])})
+        else:
+            raise DataError(f"{where}: case {j} must be {{'input', 'output'}} or {{'assert'}}, got {case!r:.80}")
+    return out
+
+
+def validate_record(row: dict[str, Any], source: str = "<records>", index: int | None = None) -> dict[str, Any]:
+    """A normalised copy of ``row``; raises :class:`DataError` naming ``source``, the row and the key."""
+    if not isinstance(row, dict):
+        raise DataError(f"{_where(source, index)}: a record must be a JSON object, got {type(row).__name__}")
+    for key in REQUIRED:
+        if row.get(key) in (None, ""):
+            raise DataError(f"{_where(source, index, key)}: missing required key")
+    rec: dict[str, Any] = {"prompt": _check_prompt(row["prompt"], _where(source, index, "prompt"))}
+    if not isinstance(row["task"], str):
+        raise DataError(f"{_where(source, index, 'task')}: expected a string such as {KNOWN_TASKS}")
+    rec["task"] = row["task"].strip().lower()
+    answer = row.get("answer")
+    rec["answer"] = None if answer is None else str(answer)
+    rec["tests"] = _check_tests(row.get("tests"), _where(source, index, "tests"))
+    if rec["task"] == "code" and not rec["tests"]:
+        logger.debug("%s: code record without tests", _where(source, index))
+    response = row.get("response")
+    if response is not None and not isinstance(response, str):
+        raise DataError(f"{_where(source, index, 'response')}: expected a string")
+    rec["response"] = response
+    difficulty = row.get("difficulty")
+    if difficulty is not None and difficulty != "":
+        try:
+            difficulty = float(difficulty)
+        except (TypeError, ValueError):
+            raise DataError(f"{_where(source, index, 'difficulty')}: expected a number, got {difficulty!r}") from None
+    rec["difficulty"] = None if difficulty == "" else difficulty
+    rec["source"] = None if row.get("source") is None else str(row["source"])
+    rec["id"] = str(row["id"]) if row.get("id") not in (None, "") else record_id(rec["prompt"])
+    return rec
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((line_no, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}, row {line_no}: malformed JSON ({exc.msg})") from None
+    return rows
+
+
+def _read_rows(path: Path) -> list[tuple[int, Any]]:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _read_jsonl(path)
+    if suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: malformed JSON at line {exc.lineno} ({exc.msg})") from None
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a list of records (or {{'data': [...]}})")
+        return list(enumerate(data, 1))
+    if suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as f:
+            return list(enumerate(csv.DictReader(f), 2))  # row numbers as a spreadsheet shows them
+    if suffix == ".parquet":
+        return list(enumerate(Dataset.from_parquet(str(path)).to_list(), 1))
+    raise DataError(f"{path}: unsupported file type {suffix!r}; expected .jsonl, .json, .csv or .parquet")
+
+
+def read_records(path: str | Path, validate: bool = True) -> list[dict[str, Any]]:
+    """The records of a local file as validated dicts."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such data file")
+    rows = _read_rows(path)
+    if not validate:
+        return [r for _, r in rows]
+    return [validate_record(row, str(path), i) for i, row in rows]
+
+
+def load_records(
+    spec: str | Path, split: str = "train", validate: bool = True, limit: int | None = None
+) -> Dataset:
+    """A :class:`datasets.Dataset` of records from a local file or a hub dataset name.
+
+    Local paths never touch the network. A hub name is loaded with ``datasets.load_dataset(spec, split=split)``.
+    """
+    path = Path(spec)
+    if path.exists():
+        records = read_records(path, validate=validate)
+        source = str(path)
+    else:
+        from datasets import load_dataset
+
+        hub = load_dataset(str(spec), split=split)
+        records = [validate_record(r, str(spec), i) for i, r in enumerate(hub, 1)] if validate else hub.to_list()
+        source = str(spec)
+    if limit is not None:
+        records = records[:limit]
+    if not records:
+        raise DataError(f"{source}: no records")
+    return records_to_dataset(records)
+
+
+def records_to_dataset(records: Sequence[dict[str, Any]]) -> Dataset:
+    """A Dataset with a fixed column set; ``tests`` and message prompts are kept as JSON-friendly values."""
+    columns = list(REQUIRED + OPTIONAL)
+    extra = sorted({k for r in records for k in r} - set(columns))
+    rows = [{k: r.get(k) for k in columns + extra} for r in records]
+    # Arrow needs one type per column: a mix of string and message-list prompts is stored as messages.
+    if any(isinstance(r["prompt"], list) for r in rows):
+        for r in rows:
+            r["prompt"] = to_messages(r["prompt"])
+    for r in rows:
+        r["tests"] = None if r["tests"] is None else json.dumps(r["tests"])
+    return Dataset.from_list(rows)
+
+
+def tests_of(value: Any) -> list[dict[str, str]] | None:
+    """The test cases of a record's ``tests`` value (stored as JSON text in a Dataset)."""
+    return _check_tests(value, "tests")
+
+
+def to_messages(prompt: str | list[dict[str, str]], system: str | None = None) -> list[dict[str, str]]:
+    """A prompt as a list of chat messages."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+    if system and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
+    """Write records atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def mix(datasets: Sequence[Dataset], weights: Sequence[float], size: int | None = None, seed: int = 0) -> Dataset:
+    """A weighted mixture: ``size`` rows drawn so that source ``i`` gives a ``weights[i]`` share.
+
+    A source smaller than its share is repeated (sampled with replacement); otherwise rows are drawn without
+    replacement. ``size`` defaults to the total number of rows.
+    """
+    if len(datasets) != len(weights) or not datasets:
+        raise ValueError(f"mix needs one weight per dataset, got {len(datasets)} datasets and {len(weights)} weights")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"mixture weights must be non-negative with a positive sum, got {list(weights)}")
+    total = sum(weights)
+    size = sum(len(d) for d in datasets) if size is None else size
+    rng = random.Random(seed)
+    parts = []
+    for ds, w in zip(datasets, weights):
+        n = round(size * w / total)
+        if n == 0:
+            continue
+        idx = rng.sample(range(len(ds)), n) if n <= len(ds) else [rng.randrange(len(ds)) for _ in range(n)]
+        parts.append(ds.select(idx))
+    return concatenate_datasets(parts).shuffle(seed=seed)

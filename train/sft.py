@@ -1,0 +1,132 @@
+"""Supervised fine-tuning set-up shared by the SFT, distillation and dual-system recipes.
+
+The recipes stay top-to-bottom scripts; what they share (turning records into chat examples, building trl's
+``SFTTrainer`` with or without LoRA, saving a loadable model) lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from trl import ModelConfig, SFTTrainer, get_peft_config
+
+from train.configs import SFTConfig
+from train.data import DataError, load_records, mix, to_messages
+from train.loading import load_model, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTScriptArguments:
+    """Data and format options of the SFT recipe (training options are trl's ``SFTConfig``)."""
+
+    train_files: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Record files (JSONL, JSON, CSV, Parquet) or hub names with a `response` column."},
+    )
+    train_weights: list[float] | None = field(
+        default=None, metadata={"help": "Mixture weights, one per train file (default: concatenate)."}
+    )
+    eval_file: str | None = field(default=None, metadata={"help": "Held-out records for the eval loss."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
+    think_start: str | None = field(
+        default=None,
+        metadata={"help": "Think-block opening tag (default: the tokenizer's, else `<think>`; openPangu: [unused16])."},
+    )
+    think_end: str | None = field(default=None, metadata={"help": "Think-block closing tag (openPangu: [unused17])."})
+    merge_lora: bool = field(
+        default=True,
+        metadata={"help": "With LoRA, also save the adapter merged into its base under `<output_dir>/merged`."},
+    )
+
+
+def to_sft_example(record: dict[str, Any], source: str = "<records>", index: int | None = None) -> dict[str, Any]:
+    """A record with a ``response`` as trl's conversational example: ``{"messages": [..., assistant]}``."""
+    if not record.get("response"):
+        where = source if index is None else f"{source}, row {index}"
+        raise DataError(f"{where}, key 'response': SFT needs a target response")
+    messages = to_messages(record["prompt"])
+    return {"messages": messages + [{"role": "assistant", "content": record["response"]}]}
+
+
+def sft_dataset(records: Dataset, source: str = "<records>") -> Dataset:
+    rows = [to_sft_example(r, source, i) for i, r in enumerate(records, 1)]
+    return Dataset.from_list(rows)
+
+
+def load_sft_data(args: SFTScriptArguments, seed: int = 0) -> tuple[Dataset, Dataset | None]:
+    if not args.train_files:
+        raise DataError("train_files: give at least one record file")
+    parts = [sft_dataset(load_records(f), f) for f in args.train_files]
+    if args.train_weights:
+        if len(args.train_weights) != len(parts):
+            raise DataError(f"train_weights: {len(args.train_weights)} weights for {len(parts)} train_files")
+        train = mix(parts, args.train_weights, seed=seed)
+    else:
+        train = parts[0] if len(parts) == 1 else mix(parts, [len(p) for p in parts], seed=seed)
+    if args.max_train_samples:
+        train = train.select(range(min(args.max_train_samples, len(train))))
+    evals = sft_dataset(load_records(args.eval_file), args.eval_file) if args.eval_file else None
+    return train, evals
+
+
+def load_for_training(
+    model_args: ModelConfig, think_start: str | None = None, think_end: str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model and tokenizer from ``model_args`` (local paths stay offline; embeddings follow the tokenizer)."""
+    tokenizer = load_tokenizer(model_args.model_name_or_path, think_start, think_end, model_args.model_revision)
+    tokenizer.padding_side = "right"  # training pads on the right; generation switches to left
+    dtype = model_args.dtype if model_args.dtype not in (None, "auto") else "float32"
+    model = load_model(
+        model_args.model_name_or_path,
+        dtype=dtype,
+        tokenizer=tokenizer,
+        revision=model_args.model_revision,
+        attn_implementation=model_args.attn_implementation,
+    )
+    return model, tokenizer
+
+
+def build_sft_trainer(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    training_args: SFTConfig,
+    model_args: ModelConfig,
+    train_dataset: Dataset,
+    eval_dataset: Dataset | None = None,
+    callbacks: list | None = None,
+) -> SFTTrainer:
+    """trl's SFTTrainer, with a LoRA adapter when ``model_args.use_peft`` is set."""
+    return SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+        callbacks=callbacks,
+    )
+
+
+def save_trained(trainer: SFTTrainer, output_dir: str | Path, merge_lora: bool = True) -> Path:
+    """Save the trained model and tokenizer; a LoRA run also gets ``merged/``, a full loadable model.
+
+    Returns the folder downstream stages should load (the merged one for LoRA).
+    """
+    output_dir = Path(output_dir)
+    trainer.save_model(str(output_dir))
+    model = trainer.model
+    if hasattr(model, "merge_and_unload") and merge_lora:
+        merged_dir = output_dir / "merged"
+        merged = model.merge_and_unload()
+        merged.save_pretrained(merged_dir)
+        trainer.processing_class.save_pretrained(merged_dir)
+        logger.info("saved the LoRA-merged model to %s", merged_dir)
+        return merged_dir
+    return output_dir
