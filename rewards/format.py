@@ -1,0 +1,100 @@
+"""Format and mode rewards: is the reply shaped right, and does it think the way the prompt asked?
+
+``format``: 1.0 for exactly one leading think block, closed, followed by a non-empty answer; else 0.0.
+``mode``: 1.0 when the reply obeys the mode the prompt asks for (``train.modes.detect_mode`` on the ``prompts``
+column): ``/no_think`` wants an empty think block, ``/think`` (or no tag) a non-empty one, ``/auto_think`` either;
+in every mode a well-formed block and a non-empty answer must follow. 0.0 otherwise, None without a prompt.
+
+A reply with no think block at all is 0.0 for both, unless the prompt itself ends with the block (a template that
+prefills it, e.g. Qwen3's ``enable_thinking=False`` prefills an empty block): then the prefilled block counts.
+Prefilling is only visible in string prompts; trl passes conversational prompts as messages, rendered later.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rewards.base import Reward
+from rewards.registry import register
+from train.modes import Mode, ParsedResponse, completion_text, detect_mode, parse_response
+
+
+def _prefilled_block(prompt: Any, think_start: str, think_end: str) -> ParsedResponse | None:
+    """The think block a string prompt ends with (prefilled by the template), if any."""
+    if not isinstance(prompt, str):
+        return None
+    tail = prompt.rstrip()
+    if not tail.endswith(think_end):
+        return None
+    start = tail.rfind(think_start)
+    if start == -1:
+        return None
+    return parse_response(tail[start:] + "x", think_start, think_end)
+
+
+def parse_reply(completion: Any, prompt: Any, think_start: str, think_end: str) -> ParsedResponse:
+    """The reply parsed, with a block prefilled by the prompt taken as the reply's own."""
+    text = completion_text(completion)
+    parsed = parse_response(text, think_start, think_end)
+    if parsed.mode == "none":
+        block = _prefilled_block(prompt, think_start, think_end)
+        if block is not None and think_start not in text and think_end not in text:
+            return ParsedResponse(block.thinking, parsed.answer, block.mode, True)
+    return parsed
+
+
+def _has_answer(parsed: ParsedResponse) -> bool:
+    return parsed.well_formed and parsed.mode in ("fast", "slow") and bool(parsed.answer)
+
+
+@register("format")
+class FormatReward(Reward):
+    """1.0 for a single well-formed think block followed by a non-empty answer, else 0.0.
+
+    Args:
+        think_start, think_end: the think delimiters (``[unused16]``/``[unused17]`` for openPangu).
+    """
+
+    name = "format"
+
+    def __init__(self, think_start: str = Reward.think_start, think_end: str = Reward.think_end) -> None:
+        self.think_start = think_start
+        self.think_end = think_end
+
+    def score(self, completion: Any, prompts: Any = None, prompt: Any = None, **_: Any) -> float:
+        parsed = parse_reply(completion, prompts if prompts is not None else prompt, self.think_start, self.think_end)
+        return 1.0 if _has_answer(parsed) else 0.0
+
+
+@register("mode")
+class ModeReward(Reward):
+    """1.0 when the reply follows the mode its prompt asks for, 0.0 when not, None when there is no prompt.
+
+    Args:
+        think_start, think_end: the think delimiters.
+        default_mode: the mode of a prompt with no tag (slow, as in openPangu-Embedded and Qwen3).
+    """
+
+    name = "mode"
+
+    def __init__(
+        self,
+        think_start: str = Reward.think_start,
+        think_end: str = Reward.think_end,
+        default_mode: str = Mode.SLOW.value,
+    ) -> None:
+        self.think_start = think_start
+        self.think_end = think_end
+        self.default_mode = Mode.parse(default_mode).value
+
+    def score(self, completion: Any, prompts: Any = None, prompt: Any = None, **_: Any) -> float | None:
+        prompt = prompts if prompts is not None else prompt
+        if prompt is None:
+            return None
+        wanted = detect_mode(prompt, default=Mode.parse(self.default_mode))
+        parsed = parse_reply(completion, prompt, self.think_start, self.think_end)
+        if not _has_answer(parsed):
+            return 0.0
+        if wanted is Mode.AUTO:
+            return 1.0
+        return 1.0 if parsed.mode == ("fast" if wanted is Mode.FAST else "slow") else 0.0

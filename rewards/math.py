@@ -1,0 +1,340 @@
+"""The math reward: the final answer, verified against the reference with math-verify.
+
+The answer is read only after the closed think block (``rewards.base.extract_answer``): ``\\boxed{}`` first, then
+the last answer-like expression (math-verify's LaTeX and plain-expression extraction, boxed given top priority).
+It is checked with ``math_verify.verify(gold, answer)`` in that order: verify is asymmetric (a gold ``1<x<2`` accepts
+the answer ``(1,2)``, a gold ``(1,2)`` does not accept ``1<x<2``), and open-r1 passes the two the other way round in
+its length rewards.
+
+Each reference is parsed once per process (an LRU cache keyed on the reference string). math-verify's own time
+limits use ``signal.alarm``, which fails off the main thread, so they are switched off and replaced by
+``time_limit``: a watchdog thread that raises ``VerifyTimeout`` in the verifying thread when the limit passes. That
+works on any thread and in worker processes (the watchdog restarts after a fork). It interrupts Python code (all of
+sympy's simplification); a single long C call (a huge integer power, say) finishes before the limit can act.
+
+Scores: 1.0 correct, 0.0 wrong or missing answer (an unclosed think block has no answer), ``None`` when the sample
+is not a math task, has no reference, or the reference cannot be parsed, and ``None`` on a time-out or an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import functools
+import heapq
+import itertools
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+from math_verify import parser as _mv_parser
+
+from rewards.base import Reward, logger
+from rewards.registry import register
+
+T = TypeVar("T")
+
+#: How many parsed references each process keeps.
+REFERENCE_CACHE_SIZE = 8192
+#: Default wall-clock limit, in seconds, for parsing and verifying one sample.
+DEFAULT_TIMEOUT_S = 5.0
+#: Task-column values the math rewards apply to (compared case-insensitively).
+MATH_TASKS = ("math",)
+
+# Boxed answers win over anything else; otherwise math-verify takes the last expression it can parse.
+_CONFIG = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
+# A reference with one of these is already delimited; a bare one ("\frac{1}{2}", "(1,2)") is wrapped in $...$.
+_DELIMITED = re.compile(r"\$|\\boxed|\\\(|\\\[")
+
+
+class _TimeoutWarningFilter(logging.Filter):
+    """Drop math-verify's "timeout is disabled" warning: we always switch it off and apply ``time_limit``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Timeout is disabled" not in record.getMessage()
+
+
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(_TimeoutWarningFilter())
+
+
+# ------------------------------------------------------------------------------------------------- time limits
+
+
+class VerifyTimeout(BaseException):
+    """Raised inside a thread whose ``time_limit`` has passed.
+
+    A ``BaseException`` so that math-verify's and sympy's ``except Exception`` handlers do not swallow it.
+    """
+
+
+class _Watchdog:
+    """One daemon thread per process that interrupts threads whose deadline has passed."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.heap: list[tuple[float, int]] = []  # (deadline, token)
+        self.armed: dict[int, int] = {}  # token -> thread ident
+        self.tokens = itertools.count()
+        self.thread: threading.Thread | None = None
+
+    def arm(self, seconds: float) -> int:
+        with self.cond:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="rewards-math-watchdog", daemon=True)
+                self.thread.start()
+            token = next(self.tokens)
+            self.armed[token] = threading.get_ident()
+            heapq.heappush(self.heap, (time.monotonic() + seconds, token))
+            self.cond.notify()
+            return token
+
+    def disarm(self, token: int) -> bool:
+        """Cancel ``token``; True when the watchdog already fired it (an exception is pending or raised)."""
+        with self.cond:
+            return self.armed.pop(token, None) is None
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.heap:
+                    self.cond.wait()
+                deadline, token = self.heap[0]
+                now = time.monotonic()
+                if deadline > now:
+                    self.cond.wait(deadline - now)
+                    continue
+                heapq.heappop(self.heap)
+                ident = self.armed.pop(token, None)
+                if ident is not None:  # still running: interrupt it at its next bytecode
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(VerifyTimeout))
+
+
+_WATCHDOG = _Watchdog()
+
+
+def _reset_watchdog() -> None:
+    # A forked child has none of the parent's threads, and the lock may have been held at the fork.
+    global _WATCHDOG
+    _WATCHDOG = _Watchdog()
+
+
+os.register_at_fork(after_in_child=_reset_watchdog)
+
+
+def run_with_time_limit(fn: Callable[..., T], seconds: float | None, *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``, interrupted with ``VerifyTimeout`` after ``seconds`` (None or <= 0: no limit).
+
+    Safe on any thread. The exception is raised inside ``fn`` at its next Python bytecode, and never escapes
+    after this function returns.
+    """
+    if seconds is None or seconds <= 0:
+        return fn(*args, **kwargs)
+    watchdog = _WATCHDOG
+    token = watchdog.arm(seconds)
+    delivered = False
+    try:
+        return fn(*args, **kwargs)
+    except VerifyTimeout:
+        delivered = True
+        raise
+    finally:
+        if watchdog.disarm(token) and not delivered:
+            # The watchdog fired just as fn returned: take the pending exception here, not in the caller.
+            _absorb_pending()
+
+
+def _absorb_pending() -> None:
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        time.sleep(1e-4)  # the pending VerifyTimeout is raised at one of these bytecodes
+    # Not delivered (should not happen): clear it so it cannot surface in unrelated code.
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threading.get_ident()), ctypes.py_object())
+    raise VerifyTimeout
+
+
+# ----------------------------------------------------------------------------------------- parse and verify
+
+
+def _parse(text: str) -> list[Any]:
+    # parsing_timeout=None: math-verify's signal-based limit fails off the main thread; time_limit applies instead.
+    return parse(text, extraction_config=_CONFIG, parsing_timeout=None)
+
+
+@functools.lru_cache(maxsize=REFERENCE_CACHE_SIZE)
+def parse_reference(gold: str) -> tuple[Any, ...]:
+    """The parsed reference answer (empty when it cannot be parsed), cached per process.
+
+    A bare reference (``\\frac{1}{2}``, ``(1,2)``, ``x=2``) is read as LaTeX math, as if written ``$...$``: parsed
+    raw, math-verify would read ``(1,2)`` as nothing and ``x=2`` as ``2``. A time-out raises and is not cached.
+    """
+    gold = gold.strip()
+    candidates = [gold] if _DELIMITED.search(gold) else [f"${gold}$", gold]
+    for candidate in candidates:
+        parsed = _parse(candidate)
+        if parsed:
+            return tuple(parsed)
+    return ()
+
+
+def parse_answer(answer: str) -> list[Any]:
+    """The parsed final answer of an answer text: ``\\boxed{}`` first, then the last answer-like expression."""
+    return _parse(answer)
+
+
+def clear_cache(math_verify_caches: bool = False) -> None:
+    """Forget the parsed references; ``math_verify_caches=True`` also empties math-verify's small LaTeX caches.
+
+    Benchmarks call it with ``True`` to time a truly fresh parse.
+    """
+    parse_reference.cache_clear()
+    if math_verify_caches:
+        _clear_math_verify_caches()
+
+
+def _clear_math_verify_caches() -> None:
+    for name in ("parse_latex_cached", "parse_expr_cached", "extract_latex"):
+        getattr(_mv_parser, name).cache_clear()
+
+
+def _verify(gold: str, answer: str, strict: bool, use_cache: bool) -> bool | None:
+    reference = parse_reference(gold) if use_cache else parse_reference.__wrapped__(gold)
+    if not reference:
+        return None
+    parsed = parse_answer(answer)
+    if not parsed:
+        return False
+    # Order matters: verify(gold, target). timeout_seconds=None for the same reason as parsing_timeout=None.
+    return bool(verify(list(reference), parsed, strict=strict, timeout_seconds=None))
+
+
+def verify_answer(
+    gold: Any,
+    answer: str | None,
+    *,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    strict: bool = True,
+    use_cache: bool = True,
+) -> bool | None:
+    """Whether ``answer`` (an answer text, already outside any think block) matches the reference ``gold``.
+
+    Returns True or False, or ``None`` when the reference is missing or cannot be parsed, or when parsing and
+    verifying took longer than ``timeout_s`` seconds (logged). A missing or empty answer is False. Thread- and
+    process-safe. ``use_cache=False`` parses the reference afresh (for benchmarks).
+    """
+    if gold is None or str(gold).strip() == "":
+        return None
+    if answer is None or not answer.strip():
+        return False
+    try:
+        return run_with_time_limit(_verify, timeout_s, str(gold), answer, strict, use_cache)
+    except VerifyTimeout:
+        logger.warning("math verification timed out after %ss (reference %.80r)", timeout_s, str(gold))
+        return None
+
+
+def applies_to_task(task: Any, tasks: Iterable[str]) -> bool:
+    """True when there is no task value, or it is one of ``tasks`` (case-insensitive)."""
+    return task is None or str(task).strip().lower() in {t.lower() for t in tasks}
+
+
+# ------------------------------------------------------------------------------------------------------ reward
+
+
+@register("math")
+class MathReward(Reward):
+    """1.0 when the final answer matches the ``answer`` column, 0.0 when wrong or missing, None when not math.
+
+    Args:
+        timeout_s: wall-clock limit for parsing and verifying one sample (None: no limit); a time-out gives None.
+        tasks: ``task`` column values this reward applies to; rows of other tasks get None. Rows without a
+            ``task`` value are scored.
+        strict: math-verify's ``strict`` (variables must match, sets are not tuples).
+    """
+
+    name = "math"
+
+    def __init__(
+        self, timeout_s: float | None = DEFAULT_TIMEOUT_S, tasks: Iterable[str] = MATH_TASKS, strict: bool = True
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.tasks = tuple(tasks)
+        self.strict = strict
+
+    def correct(self, completion: Any, answer: Any = None, task: Any = None) -> bool | None:
+        """True/False for a math row, None when the reward does not apply (also used by the length rewards)."""
+        if not applies_to_task(task, self.tasks) or answer is None or str(answer).strip() == "":
+            return None
+        if parse_reference_safe(str(answer), self.timeout_s) is None:
+            return None  # an unparseable reference says nothing about the completion
+        return verify_answer(answer, self.answer(completion), timeout_s=self.timeout_s, strict=self.strict)
+
+    def score(self, completion: Any, answer: Any = None, task: Any = None, **_: Any) -> float | None:
+        ok = self.correct(completion, answer, task)
+        return None if ok is None else float(ok)
+
+
+def parse_reference_safe(gold: str, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> tuple[Any, ...] | None:
+    """The cached parsed reference, or None when it is empty, unparseable or timed out (logged at debug)."""
+    try:
+        parsed = run_with_time_limit(parse_reference, timeout_s, gold)
+    except VerifyTimeout:
+        logger.warning("parsing the reference timed out after %ss: %.80r", timeout_s, gold)
+        return None
+    if not parsed:
+        logger.debug("unparseable math reference: %.80r", gold)
+        return None
+    return parsed
+
+
+# ------------------------------------------------------------------------------------------------ measurement
+
+
+def measure_cost(pairs: list[tuple[str, str]], repeats: int = 20) -> dict[str, float]:
+    """Mean milliseconds per ``verify_answer`` call with a fresh reference vs a cached one.
+
+    Every call parses its answer afresh (math-verify's own small caches are emptied before each call), so the
+    difference is the reference parse that the cache saves.
+    """
+    fresh_total = cached_total = 0.0
+    for _ in range(repeats):
+        for gold, answer in pairs:
+            clear_cache(math_verify_caches=True)
+            start = time.perf_counter()
+            verify_answer(gold, answer)
+            fresh_total += time.perf_counter() - start
+            _clear_math_verify_caches()
+            start = time.perf_counter()
+            verify_answer(gold, answer)
+            cached_total += time.perf_counter() - start
+    n = repeats * len(pairs)
+    return {"fresh_ms": 1e3 * fresh_total / n, "cached_ms": 1e3 * cached_total / n, "calls": n}
+
+
+_SAMPLE_PAIRS = [
+    ("\\frac{1}{2}", "so the answer is $\\boxed{0.5}$"),
+    ("1<x<2", "The solution set is $(1,2)$."),
+    ("2\\sqrt{3}", "Therefore $\\boxed{\\sqrt{12}}$"),
+    ("x^2+1", "We get $1 + x^2$"),
+    ("1,000", "The answer is 1000."),
+]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Time verify_answer: fresh references vs cached ones.")
+    parser.add_argument("--repeats", type=int, default=20, help="passes over the sample pairs")
+    args = parser.parse_args(argv)
+    cost = measure_cost(_SAMPLE_PAIRS, args.repeats)
+    print(
+        f"verify_answer over {cost['calls']} calls: fresh {cost['fresh_ms']:.3f} ms/call, "
+        f"cached reference {cost['cached_ms']:.3f} ms/call ({cost['fresh_ms'] / cost['cached_ms']:.1f}x)"
+    )
+
+
+if __name__ == "__main__":
+    main()
