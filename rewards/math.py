@@ -50,6 +50,9 @@ MATH_TASKS = ("math",)
 _CONFIG = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
 # A reference with one of these is already delimited; a bare one ("\frac{1}{2}", "(1,2)") is wrapped in $...$.
 _DELIMITED = re.compile(r"\$|\\boxed|\\\(|\\\[")
+# ...unless it is prose: wrapped, "no answer" would parse as the product of symbols n*o*a*n*s*w*e*r.
+_LATEX_TEXT = re.compile(r"\\(?:text|mathrm|textbf|mbox)\s*\{[^{}]*\}|\\[A-Za-z]+")
+_WORD = re.compile(r"[A-Za-z]{3,}")
 
 
 class _TimeoutWarningFilter(logging.Filter):
@@ -171,13 +174,16 @@ def parse_reference(gold: str) -> tuple[Any, ...]:
     """The parsed reference answer (empty when it cannot be parsed), cached per process.
 
     A bare reference (``\\frac{1}{2}``, ``(1,2)``, ``x=2``) is read as LaTeX math, as if written ``$...$``: parsed
-    raw, math-verify would read ``(1,2)`` as nothing and ``x=2`` as ``2``. A time-out raises and is not cached.
+    raw, math-verify would read ``(1,2)`` as nothing and ``x=2`` as ``2``; one with words in it is parsed raw.
+    A reference that yields no mathematical object (only math-verify's fallback string) counts as unparseable.
+    A time-out raises and is not cached.
     """
     gold = gold.strip()
-    candidates = [gold] if _DELIMITED.search(gold) else [f"${gold}$", gold]
-    for candidate in candidates:
+    bare = not _DELIMITED.search(gold) and not _WORD.search(_LATEX_TEXT.sub(" ", gold))
+    for candidate in [f"${gold}$", gold] if bare else [gold]:
         parsed = _parse(candidate)
-        if parsed:
+        # Only strings back means math-verify fell back to the raw text: nothing was understood.
+        if any(not isinstance(p, str) for p in parsed):
             return tuple(parsed)
     return ()
 
