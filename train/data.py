@@ -95,6 +95,8 @@ def validate_record(row: dict[str, Any], source: str = "<records>", index: int |
     """A normalised copy of ``row``; raises :class:`DataError` naming ``source``, the row and the key."""
     if not isinstance(row, dict):
         raise DataError(f"{_where(source, index)}: a record must be a JSON object, got {type(row).__name__}")
+    # Empty cells (CSV, Parquet nulls) mean "absent" for optional keys.
+    row = {k: (None if v == "" and k in OPTIONAL else v) for k, v in row.items()}
     for key in REQUIRED:
         if row.get(key) in (None, ""):
             raise DataError(f"{_where(source, index, key)}: missing required key")
@@ -112,14 +114,14 @@ def validate_record(row: dict[str, Any], source: str = "<records>", index: int |
         raise DataError(f"{_where(source, index, 'response')}: expected a string")
     rec["response"] = response
     difficulty = row.get("difficulty")
-    if difficulty is not None and difficulty != "":
+    if difficulty is not None:
         try:
             difficulty = float(difficulty)
         except (TypeError, ValueError):
             raise DataError(f"{_where(source, index, 'difficulty')}: expected a number, got {difficulty!r}") from None
-    rec["difficulty"] = None if difficulty == "" else difficulty
+    rec["difficulty"] = difficulty
     rec["source"] = None if row.get("source") is None else str(row["source"])
-    rec["id"] = str(row["id"]) if row.get("id") not in (None, "") else record_id(rec["prompt"])
+    rec["id"] = str(row["id"]) if row.get("id") is not None else record_id(rec["prompt"])
     return rec
 
 
@@ -207,7 +209,7 @@ def records_to_dataset(records: Sequence[dict[str, Any]]) -> Dataset:
     return Dataset.from_list(rows)
 
 
-def tests_of(value: Any) -> list[dict[str, str]] | None:
+def code_tests(value: Any) -> list[dict[str, str]] | None:
     """The test cases of a record's ``tests`` value (stored as JSON text in a Dataset)."""
     return _check_tests(value, "tests")
 

@@ -57,7 +57,8 @@ class Mode(str, enum.Enum):
 MODE_TAGS = {Mode.SLOW: "/think", Mode.FAST: "/no_think", Mode.AUTO: "/auto_think"}
 TAGS = tuple(MODE_TAGS.values())
 # Longest first, so "/no_think" is never read as "/think" and "/auto_think" never as "/think".
-_TAG_RE = re.compile(r"(?<![\w/])(/auto_think|/no_think|/think)(?![\w])")
+# A tag is a word of its own: "</think>" (a delimiter) and "a/no_think" are not tags.
+_TAG_RE = re.compile(r"(?<![\w/<])(/auto_think|/no_think|/think)(?![\w>])")
 
 
 def _content_text(content: Any) -> str:
@@ -186,7 +187,9 @@ def install_chat_template(
     if specials:
         tokenizer.add_special_tokens({"additional_special_tokens": specials})
     # A delimiter that already existed as a special token (e.g. [unused16]) would be stripped when decoding.
-    special = set(tokenizer.all_special_tokens)
+    special = set(tokenizer.all_special_tokens) | {
+        t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special
+    }
     for t in (think_start, think_end):
         if t in special:
             raise ValueError(

@@ -1,0 +1,63 @@
+"""The arithmetic world: correct traces, graded levels, and a teacher whose slips and padding are controlled."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from train.arithmetic import (
+    LEVELS,
+    ArithmeticTeacher,
+    addition_steps,
+    make_problem,
+    make_problems,
+    multiplication_steps,
+)
+from train.modes import Mode, parse_response
+
+
+def test_addition_trace_exact():
+    lines, result = addition_steps(876, 530)
+    assert lines == ["6+0+0=6", "7+3+0=10", "8+5+1=14", "carry 1"]
+    assert result == 1406
+
+
+def test_multiplication_trace_exact():
+    lines, result = multiplication_steps(123, 45)
+    assert result == 5535
+    assert lines[:4] == ["3*5+0=15", "2*5+1=11", "1*5+1=6", "123*5=615"]
+    assert "add 615+4920" in lines
+
+
+@pytest.mark.parametrize("level", sorted(LEVELS))
+def test_every_level_is_solved_correctly(level):
+    rng = random.Random(level)
+    teacher = ArithmeticTeacher()
+    for _ in range(50):
+        p = make_problem(level, rng)
+        for mode in (Mode.SLOW, Mode.FAST):
+            parsed = parse_response(teacher.respond(p, mode))
+            assert parsed.answer == p["answer"]
+            assert parsed.mode == ("fast" if mode == Mode.FAST else "slow")
+
+
+def test_problems_distinct_and_exclusion():
+    test = make_problems(50, (1, 2), seed=1)
+    train = make_problems(100, (1, 2), seed=0, exclude={p["id"] for p in test})
+    assert len({p["id"] for p in train}) == 100
+    assert not {p["id"] for p in train} & {p["id"] for p in test}
+    assert [p["id"] for p in make_problems(10, (3,), seed=5)] == [p["id"] for p in make_problems(10, (3,), seed=5)]
+    with pytest.raises(ValueError, match="distinct"):
+        make_problems(200, (1,), seed=0)  # only 100 one-digit sums exist
+
+
+def test_error_rate_and_verbosity():
+    problems = make_problems(400, (3,), seed=2)
+    sloppy = ArithmeticTeacher(error_rate=0.3, verbosity=0.5, seed=0)
+    wrong = sum(parse_response(sloppy.respond(p)).answer != p["answer"] for p in problems)
+    assert 0.22 < wrong / len(problems) < 0.38
+    clean = ArithmeticTeacher(seed=0)
+    assert sum(len(sloppy.respond(p)) for p in problems) > 1.3 * sum(len(clean.respond(p)) for p in problems)
+    with pytest.raises(ValueError, match="error_rate"):
+        ArithmeticTeacher(error_rate=1.5)
