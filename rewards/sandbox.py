@@ -1,0 +1,774 @@
+"""Run untrusted Python solutions against test cases, contained.
+
+``run_tests(code, tests, limits) -> SandboxResult`` runs one solution against its cases and says, per case, what
+happened (``passed``, ``wrong_answer``, ``error``, ``timeout``, ``memory``, ``output_limit``, ``syntax_error``).
+``run_many`` does the same for a batch on a thread pool (each thread waits on its own sandbox process).
+
+How a solution is contained (one sandbox process per solution; each case runs in a fresh fork of it):
+
+* **Syntax first.** The code is compiled in the calling process (compiling runs nothing); a syntax error scores
+  every case ``syntax_error`` without starting a process.
+* **A separate process** (``python -I -S -c <harness>``) started with an environment built from scratch (no
+  inherited variables, so no secrets), its own process group, and a private temporary working directory that is
+  deleted afterwards.
+* **Namespaces** (``isolation="namespaces"``, needs root): the harness unshares a new network namespace (only a
+  downed loopback: no network at all, not even to the host's localhost), a new PID namespace (the harness's child
+  is PID 1 there; solutions cannot see or signal any process outside, and when PID 1 exits the kernel kills every
+  process left inside, so nothing outlives the sandbox), a new mount namespace (the working directory is mounted on
+  ``/tmp``, ``/var/tmp``, ``/dev/shm`` and ``/run/lock``, the only world-writable places, so nothing can be
+  written outside it; ``hide_paths`` such as ``/root`` and ``/work``, where data sets with expected outputs live,
+  are covered by empty read-only tmpfs; a fresh ``/proc``), and new IPC and UTS namespaces.
+* **An unprivileged user.** Each case runs as a dedicated uid (``uid_base`` + a slot, allocated across threads
+  and processes with lock files) or as ``nobody``; this is what makes the process-count limit apply at all (it
+  does not apply to root) and what keeps the solution out of root-owned files. Dedicated uids keep one
+  solution's fork bomb from starving another's process quota (``RLIMIT_NPROC`` counts per uid).
+* **Resource limits** per case: CPU time (``RLIMIT_CPU``), address space (``RLIMIT_AS``), processes
+  (``RLIMIT_NPROC``), file size (``RLIMIT_FSIZE``), open files, no core dumps; a wall-clock timeout; a cap on
+  the bytes written to stdout + stderr. After each case every process left in the namespace is killed.
+* **Backstop**: if the harness itself does not finish in time, the caller kills its whole process group.
+
+Not root (``isolation="rlimits"``, chosen automatically): no namespaces and no user switch are possible, so the
+solution runs as the calling user with the same resource limits, its own session (killed as a group after each
+case) and the scrubbed environment. It can then reach the network, write where the user can, read
+``/proc/<pid>/environ`` of the user's other processes, and a fork that escapes with ``setsid`` is not killed.
+Use it only for trusted code or inside a container; a warning is logged once.
+
+Expected outputs never enter the sandbox: the harness only receives inputs and assert statements, and returns
+the raw outputs, which are compared here. (Assert cases are the exception by nature: the statement must run.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+logger = logging.getLogger("rewards.sandbox")
+
+STATUSES = ("passed", "wrong_answer", "error", "timeout", "memory", "output_limit", "syntax_error")
+
+#: Outcomes that come from the limits (as opposed to a solution that ran and was wrong).
+LIMIT_STATUSES = ("timeout", "memory", "output_limit")
+
+
+@dataclass
+class SandboxLimits:
+    """Limits and isolation settings for one solution's run."""
+
+    timeout_s: float = field(default=4.0, metadata={"help": "Wall-clock limit per test case, in seconds."})
+    cpu_s: int = field(
+        default=2, metadata={"help": "CPU-time limit per test case, in whole seconds (RLIMIT_CPU; SIGKILL 1 s later)."}
+    )
+    memory_mb: int = field(default=512, metadata={"help": "Address-space limit per test case in MiB (RLIMIT_AS)."})
+    max_processes: int = field(
+        default=16,
+        metadata={
+            "help": "Processes and threads the solution's uid may have at once (RLIMIT_NPROC), itself included."
+        },
+    )
+    max_file_mb: int = field(
+        default=16, metadata={"help": "Largest file the solution may write, in MiB (RLIMIT_FSIZE)."}
+    )
+    max_open_files: int = field(default=64, metadata={"help": "Open file descriptors per process (RLIMIT_NOFILE)."})
+    max_output_bytes: int = field(
+        default=1 << 20, metadata={"help": "Cap on stdout + stderr bytes per test case; more is `output_limit`."}
+    )
+    total_timeout_s: float | None = field(
+        default=None,
+        metadata={
+            "help": "Backstop wall-clock limit for the whole solution (harness included); None: the sum of the "
+            "per-case limits plus 10 s."
+        },
+    )
+    isolation: str = field(
+        default="auto",
+        metadata={
+            "help": "`namespaces` (root: private network, PID, mount, IPC and UTS namespaces plus a user switch), "
+            "`rlimits` (resource limits only; the only choice when not root), or `auto` (namespaces when root)."
+        },
+    )
+    user: str = field(
+        default="dedicated",
+        metadata={
+            "help": "Who runs the solution when root: `dedicated` (one uid per concurrent sandbox, from uid_base), "
+            "`nobody`, or a numeric uid."
+        },
+    )
+    uid_base: int = field(
+        default=61000,
+        metadata={"help": "First uid of the dedicated range; the range must not belong to real accounts."},
+    )
+    uid_count: int = field(default=256, metadata={"help": "Size of the dedicated uid range (concurrent sandboxes)."})
+    hide_paths: tuple[str, ...] = field(
+        default=("/root", "/home", "/work", "/mnt", "/srv", "/data"),
+        metadata={
+            "help": "Directories covered by an empty read-only tmpfs inside the sandbox (namespaces only), so "
+            "solutions cannot read data sets or checkpoints; the interpreter's own prefix is kept visible."
+        },
+    )
+    python: str = field(default=sys.executable, metadata={"help": "The interpreter that runs solutions."})
+    site_packages: bool = field(
+        default=False,
+        metadata={"help": "Let solutions import installed packages (drops `python -S`; slower start-up)."},
+    )
+
+
+@dataclass
+class CaseResult:
+    """What happened to one test case."""
+
+    index: int
+    kind: str  # "stdio" or "assert"
+    status: str  # one of STATUSES
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    returncode: int | None = None
+    detail: str = ""  # the error's last line, the first differing line, or what limit was hit
+    stdout: str = ""  # truncated, for logging
+    stderr: str = ""  # the tail, for logging
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+@dataclass
+class SandboxResult:
+    """One solution's outcome over all its cases."""
+
+    cases: list[CaseResult]
+    isolation: str = ""
+    notes: list[str] = field(default_factory=list)  # e.g. a hidden path that could not be covered
+
+    @property
+    def total(self) -> int:
+        return len(self.cases)
+
+    @property
+    def passed(self) -> int:
+        return sum(c.passed for c in self.cases)
+
+    @property
+    def fraction(self) -> float:
+        return self.passed / self.total if self.cases else 0.0
+
+    @property
+    def all_passed(self) -> bool:
+        return bool(self.cases) and self.passed == self.total
+
+    @property
+    def statuses(self) -> list[str]:
+        return [c.status for c in self.cases]
+
+    def to_dict(self, with_output: bool = False) -> dict[str, Any]:
+        """A JSON-able summary for logging (outputs left out unless ``with_output``)."""
+        cases = [asdict(c) for c in self.cases]
+        if not with_output:
+            for c in cases:
+                c.pop("stdout")
+                c.pop("stderr")
+        return {
+            "passed": self.passed,
+            "total": self.total,
+            "isolation": self.isolation,
+            "notes": self.notes,
+            "cases": cases,
+        }
+
+
+# --------------------------------------------------------------------------------------------- test cases
+
+
+def normalize_tests(tests: Any) -> list[dict[str, str]]:
+    """``tests`` as a list of ``{"input", "output"}`` / ``{"assert"}`` dicts; a JSON string is decoded.
+
+    Raises ``ValueError`` naming the case that has neither shape.
+    """
+    if isinstance(tests, str):
+        try:
+            tests = json.loads(tests)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"tests: not valid JSON ({exc.msg} at char {exc.pos})") from None
+    if isinstance(tests, dict):  # one case on its own
+        tests = [tests]
+    if not isinstance(tests, (list, tuple)):
+        raise ValueError(f"tests: expected a list of cases, got {type(tests).__name__}")
+    out = []
+    for j, case in enumerate(tests):
+        if isinstance(case, dict) and isinstance(case.get("assert"), str):
+            out.append({"assert": case["assert"]})
+        elif isinstance(case, dict) and "input" in case and "output" in case:
+            out.append({"input": _text(case["input"]), "output": _text(case["output"])})
+        else:
+            raise ValueError(f"tests: case {j} must be {{'input', 'output'}} or {{'assert'}}, got {case!r:.80}")
+    return out
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else value if isinstance(value, str) else str(value)
+
+
+def output_lines(text: str) -> list[str]:
+    """Output as compared: surrounding blank lines dropped, each line stripped."""
+    return [line.strip() for line in text.strip().splitlines()]
+
+
+def compare_output(actual: str, expected: str) -> str | None:
+    """None when ``actual`` matches ``expected`` line by line (stripped); otherwise the first difference."""
+    got, want = output_lines(actual), output_lines(expected)
+    if got == want:
+        return None
+    for i, (g, w) in enumerate(zip(got, want)):
+        if g != w:
+            return f"line {i + 1}: expected {w!r:.60}, got {g!r:.60}"
+    return f"expected {len(want)} lines, got {len(got)}"
+
+
+def check_syntax(code: str) -> str | None:
+    """None when ``code`` compiles; otherwise the error (compiling executes nothing)."""
+    try:
+        compile(code, "<solution>", "exec")
+    except (SyntaxError, ValueError) as exc:  # ValueError: null bytes in the source
+        line = getattr(exc, "lineno", None)
+        return f"{type(exc).__name__}: {getattr(exc, 'msg', exc)}" + (f" (line {line})" if line else "")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- the harness
+
+# The program the sandbox process runs (stdlib only, as `python -I -S -c`). It reads a JSON spec on stdin, sets
+# up the namespaces, then runs each case in a fresh fork that drops privileges and sets the limits, and writes one
+# JSON line per case on stdout. It never sees expected outputs. Kept as source text so that starting it imports
+# nothing but what it needs (start-up time is most of the sandbox's overhead).
+_HARNESS = r"""
+import os, sys, json, resource, signal, select, time, io, gc, traceback, builtins
+
+MEMORY_EXIT, ASSERT_EXIT = 201, 202
+spec = json.loads(sys.stdin.buffer.read())
+os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+result_fd = os.dup(1)  # results go here; fd 1 itself is replaced in each case
+notes = []
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x4000000, 0x8000000
+CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
+MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
+
+
+def emit(obj):
+    data = (json.dumps(obj) + "\n").encode()
+    while data:
+        data = data[os.write(result_fd, data):]
+
+
+def setup_namespaces():
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+
+    def mount(src, dst, fstype, flags, data=None):
+        enc = lambda s: None if s is None else s.encode()
+        if libc.mount(enc(src), enc(dst), enc(fstype), flags, enc(data)) != 0:
+            raise OSError(ctypes.get_errno(), f"mount {src} on {dst}: {os.strerror(ctypes.get_errno())}")
+
+    flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
+    if libc.unshare(flags) != 0:
+        emit({"fatal": "unshare: " + os.strerror(ctypes.get_errno())})
+        os._exit(3)
+    pid = os.fork()  # the child is PID 1 of the new PID namespace
+    if pid:
+        status = os.waitpid(pid, 0)[1]
+        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the outer harness
+    mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates back to the host
+    work = spec["workdir"]
+    keep = spec["keep_paths"]
+    for hidden in spec["hide_paths"]:
+        inside = [k for k in keep if k.startswith(hidden + "/")]
+        if not os.path.isdir(hidden) or os.path.islink(hidden) or work.startswith(hidden + "/"):
+            continue
+        try:
+            fds = [os.open(k, os.O_PATH) for k in inside]  # still reachable once the tmpfs covers `hidden`
+            mount("tmpfs", hidden, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
+            for k, fd in zip(inside, fds):
+                os.makedirs(k, exist_ok=True)
+                mount(f"/proc/self/fd/{fd}", k, None, MS_BIND | MS_REC)
+                os.close(fd)
+            mount(None, hidden, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        except OSError as exc:
+            notes.append(f"could not hide {hidden}: {exc}")
+    work_fd = os.open(work, os.O_PATH)  # `work` lies under /tmp, which is about to be covered
+    for shared in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock"):
+        if os.path.isdir(shared) and not os.path.islink(shared):
+            mount(f"/proc/self/fd/{work_fd}", shared, None, MS_BIND)
+    os.close(work_fd)
+    try:
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    except OSError as exc:
+        notes.append(f"fresh /proc not mounted: {exc}")
+    return "/tmp"
+
+
+def set_limits(lim):
+    def cap(res, value):
+        value = int(value)
+        resource.setrlimit(res, (value, value))
+    resource.setrlimit(resource.RLIMIT_CPU, (lim["cpu_s"], lim["cpu_s"] + 1))
+    cap(resource.RLIMIT_AS, lim["memory_mb"] << 20)
+    cap(resource.RLIMIT_FSIZE, lim["max_file_mb"] << 20)
+    cap(resource.RLIMIT_NOFILE, lim["max_open_files"])
+    cap(resource.RLIMIT_CORE, 0)
+    cap(resource.RLIMIT_NPROC, lim["max_processes"])
+    try:  # deep recursion is common in solutions; the stack may grow into the address-space limit
+        resource.setrlimit(resource.RLIMIT_STACK, (min(256, lim["memory_mb"]) << 20, resource.RLIM_INFINITY))
+    except (ValueError, OSError):
+        pass
+
+
+def child(case, in_fd, out_w, err_w):
+    global spec, pending
+    try:
+        os.setsid()
+        os.dup2(in_fd, 0); os.dup2(out_w, 1); os.dup2(err_w, 2)
+        os.closerange(3, 1 << 16)
+        code, lim, uid = spec["code"], spec["limits"], spec["uid"]
+        spec = None
+        pending.clear()  # this fork's copy: the other cases are not this case's business
+        gc.collect()
+        set_limits(lim)
+        if uid is not None:
+            os.setgroups([])
+            os.setresgid(uid[1], uid[1], uid[1])
+            os.setresuid(uid[0], uid[0], uid[0])
+        sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding="utf-8")
+        sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding="utf-8")
+        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", write_through=True)
+        sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+        builtins.exit = builtins.quit = sys.exit  # `site` would have defined them
+        glb = {"__name__": "__main__" if "assert" not in case else "solution", "__builtins__": builtins}
+        exec(compile(code, "<solution>", "exec"), glb)
+        if "assert" in case:
+            try:
+                exec(compile(case["assert"], "<test>", "exec"), glb)
+            except AssertionError:
+                traceback.print_exc()
+                finish(ASSERT_EXIT)
+        finish(0)
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            finish(0 if exc.code is None else exc.code & 0xFF)
+        print(exc.code, file=sys.stderr)
+        finish(1)
+    except MemoryError:
+        finish(MEMORY_EXIT)
+    except BaseException:
+        try:
+            traceback.print_exc()
+        except BaseException:
+            pass
+        finish(1)
+
+
+def finish(code):
+    try:
+        sys.stdout.flush()
+    except MemoryError:
+        code = MEMORY_EXIT
+    except BaseException:
+        pass
+    os._exit(code)
+
+
+def kill_rest(pid):
+    try:
+        if namespaced:
+            os.kill(-1, signal.SIGKILL)  # PID 1 may: every other process in the namespace
+        else:
+            os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_case(case):
+    lim = limits
+    in_fd = os.memfd_create("stdin")
+    data = case.get("input", "").encode("utf-8", "replace")
+    while data:
+        data = data[os.write(in_fd, data):]
+    os.lseek(in_fd, 0, 0)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        child(case, in_fd, out_w, err_w)
+    for fd in (in_fd, out_w, err_w):
+        os.close(fd)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    poller = select.poll()
+    for fd in (out_r, err_r):
+        poller.register(fd, select.POLLIN)
+    if pidfd is not None:
+        poller.register(pidfd, select.POLLIN)
+    out, err, total, status, exited, open_fds = bytearray(), bytearray(), 0, None, False, {out_r, err_r}
+    deadline = start + lim["timeout_s"]
+    while (open_fds or not exited) and status is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            status = "timeout"
+            break
+        wait_ms = remaining * 1000 if pidfd is not None else min(remaining * 1000, 20)
+        for fd, _ in poller.poll(wait_ms):
+            if fd == pidfd:
+                exited = True
+                poller.unregister(pidfd)
+                continue
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                poller.unregister(fd)
+                open_fds.discard(fd)
+                continue
+            total += len(chunk)
+            if fd == out_r:
+                out += chunk[: lim["max_output_bytes"] + 1 - len(out)]
+            else:
+                err = (err + chunk)[-4096:]
+            if total > lim["max_output_bytes"]:
+                status = "output_limit"
+        if pidfd is None and not exited and os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+            exited = True  # no pidfd (old kernel): polled every 20 ms
+        if exited and open_fds:
+            kill_rest(pid)  # the case is over; leftovers still holding its pipes go too
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    kill_rest(pid)
+    _, wstatus, usage = os.wait4(pid, 0)
+    wall = time.monotonic() - start
+    for fd in (out_r, err_r):
+        os.set_blocking(fd, False)
+        try:
+            while fd in open_fds and len(out) <= lim["max_output_bytes"]:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    break
+                if fd == out_r:
+                    out += chunk[: lim["max_output_bytes"] + 1 - len(out)]
+                else:
+                    err = (err + chunk)[-4096:]
+        except OSError:
+            pass
+        os.close(fd)
+    if pidfd is not None:
+        os.close(pidfd)
+    reap()
+    sig = os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None
+    code = os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None
+    if status is None:
+        if sig in (signal.SIGXCPU, signal.SIGKILL):
+            status = "timeout"
+        elif sig == signal.SIGXFSZ:
+            status = "output_limit"
+        elif code == MEMORY_EXIT or b"MemoryError" in err[-300:]:
+            status = "memory"
+        elif code == ASSERT_EXIT:
+            status = "assert_failed"
+        elif code == 0:
+            status = "ok"
+        else:
+            status = "error"
+    emit({"status": status, "returncode": code if sig is None else -sig, "wall_s": wall,
+          "cpu_s": usage.ru_utime + usage.ru_stime, "stdout": out.decode("utf-8", "replace"),
+          "stderr": err.decode("utf-8", "replace")})
+
+
+def reap():
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
+
+
+namespaced, limits = spec["namespaces"], spec["limits"]
+try:
+    workdir = setup_namespaces() if namespaced else spec["workdir"]
+except Exception as exc:
+    emit({"fatal": f"sandbox set-up failed: {type(exc).__name__}: {exc}"})
+    os._exit(3)
+os.chdir(workdir)
+emit({"ready": True, "notes": notes})
+pending = spec.pop("cases")
+while pending:
+    run_case(pending.pop(0))
+"""
+
+
+# ------------------------------------------------------------------------------------------ running a solution
+
+_FALLBACK_WARNED = False
+_NAMESPACES_BROKEN = False
+_SLOT_LOCK = threading.Lock()
+_SLOTS_IN_USE: set[int] = set()
+
+
+def _isolation(limits: SandboxLimits) -> str:
+    global _FALLBACK_WARNED
+    if limits.isolation not in ("auto", "namespaces", "rlimits"):
+        raise ValueError(f"SandboxLimits.isolation must be auto, namespaces or rlimits, got {limits.isolation!r}")
+    root = os.geteuid() == 0
+    if limits.isolation == "namespaces" and not root:
+        raise PermissionError("isolation='namespaces' needs root (private namespaces and a user switch)")
+    if limits.isolation == "rlimits" or not root or (limits.isolation == "auto" and _NAMESPACES_BROKEN):
+        if not _FALLBACK_WARNED and limits.isolation == "auto":
+            _FALLBACK_WARNED = True
+            logger.warning(
+                "code sandbox without namespaces (not root, or unshare failed): solutions keep network access and "
+                "the calling user's rights; run untrusted code only inside a container"
+            )
+        return "rlimits"
+    return "namespaces"
+
+
+@contextlib.contextmanager
+def _uid(limits: SandboxLimits, isolation: str) -> Iterator[tuple[int, int] | None]:
+    """The (uid, gid) to run as, held for the duration; None when no switch is possible (not root)."""
+    if os.geteuid() != 0:
+        yield None
+        return
+    if limits.user == "nobody":
+        yield (65534, 65534)
+        return
+    if limits.user != "dedicated":
+        uid = int(limits.user)
+        yield (uid, uid)
+        return
+    lock_dir = os.path.join(tempfile.gettempdir(), "fastslow-sandbox-uids")
+    os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+    while True:  # a free slot: free in this process (set) and in others (flock)
+        for slot in range(limits.uid_count):
+            uid = limits.uid_base + slot
+            with _SLOT_LOCK:
+                if uid in _SLOTS_IN_USE:
+                    continue
+                _SLOTS_IN_USE.add(uid)
+            fd = os.open(os.path.join(lock_dir, str(uid)), os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                with _SLOT_LOCK:
+                    _SLOTS_IN_USE.discard(uid)
+                continue
+            try:
+                yield (uid, uid)
+            finally:
+                os.close(fd)  # releases the flock
+                with _SLOT_LOCK:
+                    _SLOTS_IN_USE.discard(uid)
+            return
+        time.sleep(0.01)
+
+
+def _keep_paths(limits: SandboxLimits) -> list[str]:
+    """What must stay visible under hidden paths: the interpreter and its standard library."""
+    import sysconfig
+
+    paths = {os.path.realpath(sys.base_prefix), os.path.dirname(os.path.realpath(limits.python))}
+    paths.add(os.path.realpath(sysconfig.get_paths()["stdlib"]))
+    return sorted(paths)
+
+
+def _clean_env(workdir: str) -> dict[str, str]:
+    # Built from scratch: nothing of the caller's environment (tokens, keys) reaches the solution.
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": workdir,
+        "TMPDIR": workdir,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONHASHSEED": "0",
+    }
+
+
+def _limits_dict(limits: SandboxLimits) -> dict[str, Any]:
+    return {
+        "timeout_s": float(limits.timeout_s),
+        "cpu_s": max(1, int(limits.cpu_s)),
+        "memory_mb": int(limits.memory_mb),
+        "max_processes": int(limits.max_processes),
+        "max_file_mb": int(limits.max_file_mb),
+        "max_open_files": int(limits.max_open_files),
+        "max_output_bytes": int(limits.max_output_bytes),
+    }
+
+
+def run_tests(code: str, tests: Any, limits: SandboxLimits | None = None) -> SandboxResult:
+    """Run ``code`` against ``tests`` (see :func:`normalize_tests`) in the sandbox; never raises for bad code.
+
+    Raises ``ValueError`` for malformed ``tests``.
+    """
+    limits = limits or SandboxLimits()
+    cases = normalize_tests(tests)
+    kinds = ["assert" if "assert" in c else "stdio" for c in cases]
+    error = check_syntax(code)
+    if error is not None:
+        return SandboxResult([CaseResult(i, k, "syntax_error", detail=error) for i, k in enumerate(kinds)], "none")
+    if not cases:
+        return SandboxResult([], "none")
+    isolation = _isolation(limits)
+    raw, notes = _run_harness(code, cases, limits, isolation)
+    if raw is None and isolation == "namespaces" and limits.isolation == "auto":
+        isolation = _isolation(limits)  # unshare failed and the fallback is now chosen
+        raw, notes = _run_harness(code, cases, limits, isolation)
+    results = [
+        _judge(i, case, kind, (raw or [])[i] if raw and i < len(raw) else None)
+        for i, (case, kind) in enumerate(zip(cases, kinds))
+    ]
+    return SandboxResult(results, isolation, notes)
+
+
+def _run_harness(
+    code: str, cases: list[dict[str, str]], limits: SandboxLimits, isolation: str
+) -> tuple[list[dict[str, Any]] | None, list[str]]:
+    """Raw per-case records from one sandbox process (fewer than the cases if it died); None if it could not start."""
+    global _NAMESPACES_BROKEN
+    workdir = tempfile.mkdtemp(prefix="fastslow-sandbox-")
+    try:
+        with _uid(limits, isolation) as ids:
+            if ids is not None:
+                os.chown(workdir, *ids)
+            spec = {
+                "code": code,
+                # inputs and assert statements only: expected outputs stay out of the sandbox
+                "cases": [{"assert": c["assert"]} if "assert" in c else {"input": c["input"]} for c in cases],
+                "limits": _limits_dict(limits),
+                "uid": list(ids) if ids else None,
+                "namespaces": isolation == "namespaces",
+                "workdir": workdir,
+                "hide_paths": [p.rstrip("/") for p in limits.hide_paths],
+                "keep_paths": _keep_paths(limits),
+            }
+            stdout = _launch(spec, workdir, limits, len(cases))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    records, notes = [], []
+    for line in stdout.splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a truncated last line: the harness was killed mid-write
+        if "fatal" in rec:
+            logger.warning("sandbox could not start: %s", rec["fatal"])
+            if isolation == "namespaces" and limits.isolation == "auto":
+                _NAMESPACES_BROKEN = True
+            return None, [rec["fatal"]]
+        if rec.get("ready"):
+            notes = rec.get("notes", [])
+            for note in notes:
+                logger.debug("sandbox: %s", note)
+            continue
+        records.append(rec)
+    return records, notes
+
+
+def _launch(spec: dict[str, Any], workdir: str, limits: SandboxLimits, n_cases: int) -> bytes:
+    argv = [limits.python, "-I"] + ([] if limits.site_packages else ["-S"]) + ["-c", _HARNESS]
+    backstop = limits.total_timeout_s or n_cases * (limits.timeout_s + 1.0) + 10.0
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=workdir,
+        env=_clean_env(workdir),
+        close_fds=True,
+        start_new_session=True,  # its own process group, killed as one by the backstop
+    )
+    try:
+        out, err = proc.communicate(json.dumps(spec).encode(), timeout=backstop)
+    except subprocess.TimeoutExpired:
+        logger.warning("sandbox exceeded its backstop of %.1fs; killing its process group", backstop)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+    if proc.returncode not in (0, None) and err:
+        logger.debug("sandbox harness exited with %s: %s", proc.returncode, err[-500:].decode("utf-8", "replace"))
+    return out
+
+
+def _judge(index: int, case: dict[str, str], kind: str, rec: dict[str, Any] | None) -> CaseResult:
+    if rec is None:
+        return CaseResult(index, kind, "error", detail="the sandbox died before this case finished")
+    result = CaseResult(
+        index,
+        kind,
+        rec["status"],
+        wall_s=round(rec["wall_s"], 4),
+        cpu_s=round(rec["cpu_s"], 4),
+        returncode=rec["returncode"],
+        stdout=rec["stdout"][:2000],
+        stderr=rec["stderr"][-2000:],
+    )
+    status = rec["status"]
+    if status == "ok" and kind == "stdio":
+        diff = compare_output(rec["stdout"], case["output"])
+        result.status, result.detail = ("passed", "") if diff is None else ("wrong_answer", diff)
+    elif status == "ok":
+        result.status = "passed"
+    elif status == "assert_failed":
+        result.status, result.detail = "wrong_answer", _last_line(rec["stderr"]) or "AssertionError"
+    elif status == "error":
+        result.detail = _last_line(rec["stderr"]) or f"exit status {rec['returncode']}"
+        if "[Errno 27]" in result.detail:  # EFBIG: Python ignores SIGXFSZ, so the file-size limit shows up here
+            result.status = "output_limit"
+    else:
+        result.detail = {
+            "timeout": "wall-clock or CPU-time limit",
+            "memory": "memory limit",
+            "output_limit": "output or file-size limit",
+        }.get(status, status)
+    return result
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def run_many(
+    jobs: Sequence[tuple[str, Any]], limits: SandboxLimits | None = None, max_workers: int | None = None
+) -> list[SandboxResult]:
+    """``run_tests`` for each ``(code, tests)`` pair, ``max_workers`` sandboxes at a time (default: CPU count).
+
+    Raises ``ValueError`` naming the job whose tests are malformed, before anything runs.
+    """
+    limits = limits or SandboxLimits()
+    checked = []
+    for j, (code, tests) in enumerate(jobs):
+        try:
+            checked.append((code, normalize_tests(tests)))
+        except ValueError as exc:
+            raise ValueError(f"job {j}: {exc}") from None
+    workers = max(1, min(len(checked), max_workers or os.cpu_count() or 1))
+    if workers == 1:
+        return [run_tests(code, tests, limits) for code, tests in checked]
+    with ThreadPoolExecutor(workers, thread_name_prefix="sandbox") as pool:
+        return list(pool.map(lambda job: run_tests(job[0], job[1], limits), checked))
