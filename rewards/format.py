@@ -19,28 +19,22 @@ from rewards.registry import register
 from train.modes import Mode, ParsedResponse, completion_text, detect_mode, parse_response
 
 
-def _prefilled_block(prompt: Any, think_start: str, think_end: str) -> ParsedResponse | None:
-    """The think block a string prompt ends with (prefilled by the template), if any."""
+def _prefilled_block(prompt: Any, think_start: str, think_end: str) -> str | None:
+    """The closed think block a string prompt ends with (prefilled by the template), if any."""
     if not isinstance(prompt, str):
         return None
     tail = prompt.rstrip()
     if not tail.endswith(think_end):
         return None
     start = tail.rfind(think_start)
-    if start == -1:
-        return None
-    return parse_response(tail[start:] + "x", think_start, think_end)
+    return None if start == -1 else prompt[start:]
 
 
 def parse_reply(completion: Any, prompt: Any, think_start: str, think_end: str) -> ParsedResponse:
-    """The reply parsed, with a block prefilled by the prompt taken as the reply's own."""
+    """The reply parsed, with a think block prefilled by a string prompt taken as the start of the reply."""
     text = completion_text(completion)
-    parsed = parse_response(text, think_start, think_end)
-    if parsed.mode == "none":
-        block = _prefilled_block(prompt, think_start, think_end)
-        if block is not None and think_start not in text and think_end not in text:
-            return ParsedResponse(block.thinking, parsed.answer, block.mode, True)
-    return parsed
+    block = _prefilled_block(prompt, think_start, think_end)
+    return parse_response(text if block is None else block + text, think_start, think_end)
 
 
 def _has_answer(parsed: ParsedResponse) -> bool:

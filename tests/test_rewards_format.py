@@ -1,0 +1,85 @@
+"""Format and mode rewards: exact values for well-formed, malformed, prefilled and mode-mismatched replies."""
+
+from __future__ import annotations
+
+import pytest
+
+from rewards.format import FormatReward, ModeReward
+from train.modes import PANGU_THINK_END, PANGU_THINK_START, format_response
+
+SLOW = format_response("42", "6 times 7")  # "<think>\n6 times 7\n</think>\n\n42"
+FAST = format_response("42")  # "<think>\n\n</think>\n\n42"
+PREFILLED_FAST = "<|im_start|>user\nQ /no_think<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+
+
+@pytest.mark.parametrize(
+    ("completion", "prompt", "expected"),
+    [
+        (SLOW, None, 1.0),
+        (FAST, None, 1.0),
+        ("<think>reasoning</think>", None, 0.0),  # no answer after the block
+        ("<think>reasoning</think>   \n", None, 0.0),
+        ("<think>reasoning, never closed. 42", None, 0.0),
+        ("42", None, 0.0),  # no block at all
+        ("42", PREFILLED_FAST, 1.0),  # ...unless the prompt prefilled it
+        ("<think>x</think>42", PREFILLED_FAST, 0.0),  # a second block after the prefilled one
+        ("reasoning</think>42", None, 1.0),  # the opening tag was prefilled in the prompt
+        ("<think>a</think>b<think>c</think>d", None, 0.0),  # two blocks
+        ("Sure! <think>a</think>b", None, 0.0),  # the block does not lead
+        ("<think><think>a</think></think>b", None, 0.0),  # nested
+        ("<think>a</think>b</think>", None, 0.0),  # a stray closing tag in the answer
+        ([{"role": "assistant", "content": SLOW}], None, 1.0),
+        ("", None, 0.0),
+    ],
+)
+def test_format_reward(completion, prompt, expected):
+    assert FormatReward()([completion], prompts=[prompt]) == [expected]
+
+
+def test_format_reward_with_pangu_delimiters():
+    pangu = FormatReward(think_start=PANGU_THINK_START, think_end=PANGU_THINK_END)
+    text = f"{PANGU_THINK_START}reason{PANGU_THINK_END}42"
+    assert pangu([text, SLOW]) == [1.0, 0.0]
+    assert FormatReward()([text]) == [0.0]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "completion", "expected"),
+    [
+        ("What is 6*7? /no_think", FAST, 1.0),
+        ("What is 6*7? /no_think", SLOW, 0.0),
+        ("What is 6*7? /think", SLOW, 1.0),
+        ("What is 6*7? /think", FAST, 0.0),
+        ("What is 6*7?", SLOW, 1.0),  # no tag: slow
+        ("What is 6*7?", FAST, 0.0),
+        ("What is 6*7? /auto_think", FAST, 1.0),
+        ("What is 6*7? /auto_think", SLOW, 1.0),
+        ("What is 6*7? /auto_think", "<think>still thinking", 0.0),  # unclosed: no answer
+        ("What is 6*7? /auto_think", "<think>done</think>", 0.0),  # block but no answer
+        ("What is 6*7? /no_think", "<think>\n\n</think>", 0.0),
+        ("What is 6*7? /no_think", "42", 0.0),  # fast needs its (empty) block
+        (PREFILLED_FAST, "42", 1.0),  # ...which a template may have prefilled
+        ([{"role": "system", "content": "/no_think"}, {"role": "user", "content": "6*7?"}], FAST, 1.0),
+        ([{"role": "system", "content": "/no_think"}, {"role": "user", "content": "6*7? /think"}], FAST, 0.0),
+        ([{"role": "user", "content": "6*7? /auto_think"}], [{"role": "assistant", "content": SLOW}], 1.0),
+    ],
+)
+def test_mode_reward(prompt, completion, expected):
+    assert ModeReward()([completion], prompts=[prompt]) == [expected]
+
+
+def test_mode_reward_without_prompt_is_none():
+    assert ModeReward()([SLOW, FAST]) == [None, None]
+    assert ModeReward()([SLOW], prompts=[None]) == [None]
+
+
+def test_mode_reward_default_mode():
+    assert ModeReward(default_mode="fast")([FAST, SLOW], prompts=["Q", "Q"]) == [1.0, 0.0]
+    assert ModeReward(default_mode="/auto_think")([FAST, SLOW], prompts=["Q", "Q"]) == [1.0, 1.0]
+    with pytest.raises(ValueError, match="unknown mode"):
+        ModeReward(default_mode="medium")
+
+
+def test_mode_reward_batch_mixes_modes():
+    prompts = ["a /no_think", "b /think", "c /auto_think", "d /no_think"]
+    assert ModeReward()([FAST, SLOW, FAST, SLOW], prompts=prompts) == [1.0, 1.0, 1.0, 0.0]
