@@ -1,0 +1,314 @@
+"""Streaming safetensors I/O: read one tensor at a time, write sharded checkpoints tensor by tensor.
+
+Why not ``safetensors.safe_open``: it memory-maps the files, and every mapped page a merge touches stays in the
+process's resident set until the file is closed, so after a merge the resident set holds every input whole, which is
+exactly what streaming is meant to avoid. Reading a tensor's byte range with plain ``readinto`` keeps only the tensors
+in flight in memory. The format is simple (an 8-byte little-endian header length, a JSON header with each tensor's
+dtype, shape and byte range, then the raw data), so reader and writer are a few dozen lines each and the files they
+write load with the official ``safetensors`` library and ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder or file that cannot be read as safetensors."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives: file, dtype, shape and absolute byte range."""
+
+    file: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+def read_header(path: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Parse a safetensors header: ``({name: TensorInfo}, metadata)``. Reads only the header bytes."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        raw_len = f.read(8)
+        if len(raw_len) != 8:
+            raise CheckpointError(f"{path}: too short to be a safetensors file")
+        (n,) = struct.unpack("<Q", raw_len)
+        if n > 100_000_000:
+            raise CheckpointError(f"{path}: implausible safetensors header length {n}")
+        try:
+            header = json.loads(f.read(n))
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path}: safetensors header is not valid JSON ({e})") from e
+    data_start = 8 + n
+    metadata = header.pop("__metadata__", None) or {}
+    entries = {}
+    for name, meta in header.items():
+        if meta["dtype"] not in DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {meta['dtype']}")
+        start, end = meta["data_offsets"]
+        entries[name] = TensorInfo(
+            path, DTYPES[meta["dtype"]], tuple(meta["shape"]), data_start + start, data_start + end
+        )
+    return entries, metadata
+
+
+def weight_files(folder: str | Path) -> list[Path]:
+    """The safetensors files of a ``save_pretrained`` folder, sharded (index) or not."""
+    folder = Path(folder)
+    index = folder / INDEX_NAME
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [folder / f for f in sorted(set(weight_map.values()))]
+    single = folder / SINGLE_NAME
+    if single.is_file():
+        return [single]
+    if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
+        raise CheckpointError(
+            f"{folder}: only pickle weights (*.bin/*.pt) found; merging reads safetensors only "
+            "(re-save with model.save_pretrained(dir) to convert)"
+        )
+    raise CheckpointError(f"{folder}: no {SINGLE_NAME} or {INDEX_NAME} found")
+
+
+class SafetensorsCheckpoint:
+    """Random access to the tensors of a (possibly sharded) safetensors checkpoint, one tensor at a time."""
+
+    def __init__(self, folder: str | Path, files: list[Path] | None = None):
+        self.folder = Path(folder)
+        self.files = weight_files(self.folder) if files is None else [Path(f) for f in files]
+        self.entries: dict[str, TensorInfo] = {}
+        for f in self.files:
+            entries, _ = read_header(f)
+            for name, info in entries.items():
+                if name in self.entries:
+                    raise CheckpointError(f"{self.folder}: tensor {name!r} appears in two shards")
+                self.entries[name] = info
+        self._handles: dict[Path, object] = {}
+
+    @classmethod
+    def from_files(cls, folder: str | Path, files: list[Path]) -> SafetensorsCheckpoint:
+        """A checkpoint made of explicit files (e.g. a PEFT ``adapter_model.safetensors``)."""
+        return cls(folder, files)
+
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self.entries[name]
+        except KeyError:
+            raise CheckpointError(f"{self.folder}: no tensor named {name!r}") from None
+
+    def read(self, name: str) -> torch.Tensor:
+        """Read one tensor into fresh (non-mapped) memory."""
+        info = self.info(name)
+        buf = bytearray(info.nbytes)
+        if info.nbytes:
+            f = self._handle(info.file)
+            f.seek(info.start)
+            got = f.readinto(buf)
+            if got != info.nbytes:
+                raise CheckpointError(f"{info.file}: truncated data for tensor {name!r}")
+            return torch.frombuffer(buf, dtype=info.dtype).reshape(info.shape)
+        return torch.empty(info.shape, dtype=info.dtype)
+
+    def _handle(self, path: Path):
+        if path not in self._handles:
+            self._handles[path] = open(path, "rb")  # noqa: SIM115 - closed in close()
+        return self._handles[path]
+
+    def close(self) -> None:
+        for f in self._handles.values():
+            f.close()
+        self._handles.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def parse_size(size: int | str) -> int:
+    """``5000000``, ``"500MB"``, ``"5GB"``, ``"2GiB"`` -> bytes."""
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?)B?\s*", str(size).upper())
+    if not m:
+        raise ValueError(f"cannot parse size {size!r}; use bytes or e.g. '500MB', '5GB'")
+    number, unit, binary = m.groups()
+    base = 1024 if binary else 1000
+    return int(float(number) * base ** "_KMGT".index(unit or "_"))
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n * torch.empty((), dtype=self.dtype).element_size()
+
+
+class ShardedWriter:
+    """Write a safetensors checkpoint whose layout (names, dtypes, shapes) is known up front, one tensor at a time.
+
+    Knowing the layout lets every shard's header be written before its data, so nothing is buffered: each tensor
+    goes straight to disk when ``write`` is called. Tensors must be written in layout order. Shards are cut before a
+    tensor that would push a shard past ``max_shard_size`` (a single larger tensor gets a shard of its own), and an
+    index file is written when there is more than one shard, as ``save_pretrained`` does.
+    """
+
+    def __init__(self, folder: str | Path, layout: Iterable[OutputTensor], max_shard_size: int | str = "5GB"):
+        self.folder = Path(folder)
+        self.layout = list(layout)
+        limit = parse_size(max_shard_size)
+        shards: list[list[OutputTensor]] = [[]]
+        size = 0
+        for t in self.layout:
+            if shards[-1] and size + t.nbytes > limit:
+                shards.append([])
+                size = 0
+            shards[-1].append(t)
+            size += t.nbytes
+        n = len(shards)
+        names = [SINGLE_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        self.shards = list(zip(names, shards))
+        self._order = [t.name for _, shard in self.shards for t in shard]
+        self._next = 0
+        self._file = None
+        self._shard_idx = -1
+        self._remaining_in_shard = 0
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        if self._next >= len(self._order) or self._order[self._next] != name:
+            expected = self._order[self._next] if self._next < len(self._order) else "nothing"
+            raise RuntimeError(f"tensors must be written in layout order: got {name!r}, expected {expected!r}")
+        spec = self.layout_by_name[name]
+        if tuple(tensor.shape) != spec.shape or tensor.dtype != spec.dtype:
+            raise RuntimeError(
+                f"tensor {name!r} is {tensor.dtype} {tuple(tensor.shape)}, layout says {spec.dtype} {spec.shape}"
+            )
+        if self._remaining_in_shard == 0:
+            self._open_next_shard()
+        data = tensor.detach().contiguous().view(-1).view(torch.uint8).numpy() if tensor.numel() else b""
+        self._file.write(memoryview(data) if len(data) else b"")
+        self._remaining_in_shard -= 1
+        self._next += 1
+        if self._remaining_in_shard == 0:
+            self._close_shard()
+
+    @property
+    def layout_by_name(self) -> dict[str, OutputTensor]:
+        if not hasattr(self, "_by_name"):
+            self._by_name = {t.name: t for t in self.layout}
+        return self._by_name
+
+    def _open_next_shard(self) -> None:
+        self._shard_idx += 1
+        fname, shard = self.shards[self._shard_idx]
+        header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for t in shard:
+            header[t.name] = {
+                "dtype": DTYPE_NAMES[t.dtype],
+                "shape": list(t.shape),
+                "data_offsets": [offset, offset + t.nbytes],
+            }
+            offset += t.nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned, as the reference writer does
+        self._file = open(self.folder / fname, "wb")  # noqa: SIM115 - closed in _close_shard()
+        self._file.write(struct.pack("<Q", len(raw)))
+        self._file.write(raw)
+        self._remaining_in_shard = len(shard)
+
+    def _close_shard(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+
+    def close(self) -> None:
+        """Check every tensor was written and write the index for sharded output."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._next != len(self._order):
+            raise RuntimeError(f"only {self._next} of {len(self._order)} tensors were written")
+        if len(self.shards) > 1:
+            index = {
+                "metadata": {"total_size": sum(t.nbytes for t in self.layout)},
+                "weight_map": {t.name: fname for fname, shard in self.shards for t in shard},
+            }
+            (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 23) -> str:
+    """Hex sha256 of a file, read in 8 MB chunks (same value as ``sha256sum``)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+__all__ = [
+    "CheckpointError",
+    "OutputTensor",
+    "SafetensorsCheckpoint",
+    "ShardedWriter",
+    "TensorInfo",
+    "parse_size",
+    "read_header",
+    "sha256_file",
+    "weight_files",
+]
