@@ -479,10 +479,11 @@ def run_case(case):
         os.close(pidfd)
     reap()
     sig = os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None
+    cpu = usage.ru_utime + usage.ru_stime
     code = os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None
     if status is None:
-        if sig in (signal.SIGXCPU, signal.SIGKILL):
-            status = "timeout"
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= lim["cpu_s"]):
+            status = "timeout"  # the soft CPU limit, or the hard one a second later
         elif sig == signal.SIGXFSZ:
             status = "output_limit"
         elif code == MEMORY_EXIT or b"MemoryError" in err[-300:]:
@@ -494,7 +495,7 @@ def run_case(case):
         else:
             status = "error"
     emit({"status": status, "returncode": code if sig is None else -sig, "wall_s": wall,
-          "cpu_s": usage.ru_utime + usage.ru_stime, "stdout": out.decode("utf-8", "replace"),
+          "cpu_s": cpu, "stdout": out.decode("utf-8", "replace"),
           "stderr": err.decode("utf-8", "replace")})
 
 
@@ -560,7 +561,7 @@ def _uid(limits: SandboxLimits, isolation: str) -> Iterator[tuple[int, int] | No
         uid = int(limits.user)
         yield (uid, uid)
         return
-    lock_dir = os.path.join(tempfile.gettempdir(), "fastslow-sandbox-uids")
+    lock_dir = os.path.join(tempfile.gettempdir(), "fastslow-uid-locks")
     os.makedirs(lock_dir, mode=0o700, exist_ok=True)
     while True:  # a free slot: free in this process (set) and in others (flock)
         for slot in range(limits.uid_count):
