@@ -140,7 +140,7 @@ def _launch(config: str, script: Path, use_cpu_env: bool) -> list[str]:
     if use_cpu_env:
         env["ACCELERATE_USE_CPU"] = "true"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG_DIR / config), str(script)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # workers' output may interleave without newlines between them, hence the ';' terminator
     return sorted(re.findall(r"PROBE [^;]*", proc.stdout))

@@ -183,3 +183,10 @@ def test_general_answers_are_prose():
     for row in GENERAL:
         assert row["prompt"].rstrip().endswith(("?", ".")), row["id"]
         assert re.search(r"[A-Za-z]", row["answer"]), row["id"]
+
+
+def test_code_solutions_pass_in_the_real_sandbox():
+    # the same check through the project's sandbox (rewards/sandbox.py), so the data and the code reward agree
+    sandbox = pytest.importorskip("rewards.sandbox")
+    failed = [r["id"] for r in CODE if not sandbox.run_tests(r["solution"], r["tests"]).all_passed]
+    assert failed == []
