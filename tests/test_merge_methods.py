@@ -225,11 +225,12 @@ def test_mergekit_defaults():
         )
 
     glob, per = resolve_parameters(cfg("ties"), "w", 0.0, cfg("ties").non_base_models())
-    assert glob == {"int8_mask": False, "lambda": 1.0, "normalize": True} and per == [{"weight": 0.5, "density": 1.0}]
+    assert glob == {"int8_mask": False, "lambda": 1.0, "rescale": False, "normalize": True}
+    assert per == [{"weight": 0.5, "density": 1.0}]
     glob, _ = resolve_parameters(cfg("dare_ties"), "w", 0.0, cfg("dare_ties").non_base_models())
     assert glob["normalize"] is False and glob["rescale"] is True
     glob, _ = resolve_parameters(cfg("task_arithmetic"), "w", 0.0, cfg("task_arithmetic").non_base_models())
-    assert glob == {"int8_mask": False, "lambda": 1.0, "normalize": False}
+    assert glob == {"int8_mask": False, "lambda": 1.0, "rescale": False, "normalize": False}
     lin = MergeConfig.from_dict({"merge_method": "linear", "models": [{"model": "a", "parameters": {"weight": 1}}]})
     assert resolve_parameters(lin, "w", 0.0, lin.models)[0] == {"normalize": True}
 
@@ -294,3 +295,11 @@ def test_whole_model_slices_become_models():
     assert [m.model for m in c.models] == ["a", "b"] and c.models[1].layer_range == (0, 2)
     glob, _ = resolve_parameters(c, "model.layers.1.self_attn.q_proj.weight", 1.0, c.non_base_models())
     assert glob["t"] == 1.0
+
+
+def test_ties_rescale_after_trim():
+    # mergekit allows rescale for TIES too (default false): the trimmed delta is divided by the density
+    out = M.generalized_task_arithmetic(
+        torch.zeros(4), [T(0.1, -3, 2, -0.5)], [1.0], [0.5], sparsify="magnitude", rescale=True
+    )
+    assert_exact(out, [0.0, -6.0, 4.0, 0.0])

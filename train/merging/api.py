@@ -144,7 +144,7 @@ class _Plan:
             consensus=spec.consensus,
             normalize=bool(glob["normalize"]),
             lambda_=float(glob["lambda"]),
-            rescale=glob.get("rescale", True),
+            rescale=glob["rescale"],
             generators=generators,
         )
 
@@ -494,7 +494,7 @@ def merge_checkpoints(
         merge_method=method,
         models=inputs,
         base_model=base,
-        parameters=dict(parameters or {}),
+        parameters=_own_parameters(method, parameters or {}),
         dtype=dtype,
         out_dtype=out_dtype,
         tokenizer_source=str(tokenizer_source) if tokenizer_source is not None else None,
@@ -503,6 +503,23 @@ def merge_checkpoints(
         max_shard_size=max_shard_size,
     )
     return merge_from_config(cfg, out_dir, overwrite=overwrite, show_progress=show_progress)
+
+
+def _own_parameters(method: str, parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters ``method`` uses. Parameters only other methods use are dropped (a caller such as the
+    distillation loop passes one set for whichever method is configured); names no method knows are an error."""
+    spec = METHODS[method]
+    own = set(spec.global_params) | set(spec.model_params)
+    known = {k for s in METHODS.values() for k in (*s.global_params, *s.model_params)}
+    kept = {}
+    for key, value in parameters.items():
+        if key in own:
+            kept[key] = value
+        elif key in known:
+            logger.debug("merge method %s does not use parameter %r; ignored", method, key)
+        else:
+            raise ValueError(f"unknown merge parameter {key!r}; known parameters: {sorted(known)}")
+    return kept
 
 
 def merge_lora(

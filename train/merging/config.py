@@ -12,8 +12,8 @@ Defaults are mergekit's (``mergekit/merge_methods/registry.py`` and ``generalize
 method              base  normalize  rescale  lambda  per-model parameters
 ==================  ====  =========  =======  ======  =====================================
 linear              no    true       -        -       weight (required)
-task_arithmetic     yes   false      -        1.0     weight (required)
-ties                yes   true       -        1.0     weight (required), density=1.0
+task_arithmetic     yes   false      false    1.0     weight (required), density (unused)
+ties                yes   true       false    1.0     weight (required), density=1.0
 dare_linear         yes   false      true     1.0     weight (required), density=1.0
 dare_ties           yes   false      true     1.0     weight (required), density=1.0
 slerp               yes   -          -        -       (global ``t``, required)
@@ -51,7 +51,8 @@ class MethodSpec:
     description: str = ""
 
 
-_GTA_GLOBAL = {"int8_mask": False, "lambda": 1.0}
+# int8_mask only changes the dtype of mergekit's sign mask (memory); results are the same, so it is accepted and unused
+_GTA_GLOBAL = {"int8_mask": False, "lambda": 1.0, "rescale": False}
 
 METHODS: dict[str, MethodSpec] = {
     "linear": MethodSpec(
@@ -61,7 +62,7 @@ METHODS: dict[str, MethodSpec] = {
         "task_arithmetic",
         "required",
         {**_GTA_GLOBAL, "normalize": False},
-        {"weight": REQUIRED},
+        {"weight": REQUIRED, "density": 1.0},  # density is accepted (as mergekit does) and unused: no sparsification
         description="base + lambda * sum of weighted deltas",
     ),
     "ties": MethodSpec(

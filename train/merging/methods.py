@@ -116,12 +116,15 @@ def random_drop(
     if density <= 0.0:
         return torch.zeros_like(delta)
     mask = torch.rand(delta.shape, generator=generator, dtype=torch.float32) < density
-    kept = delta * mask
+    return _rescale(delta, delta * mask, density, rescale)
+
+
+def _rescale(original: Tensor, kept: Tensor, density: float, rescale: bool | str) -> Tensor:
+    if density >= 1.0 or rescale is False or rescale is None:
+        return kept
     if rescale is True:
         return kept / density
-    if not rescale:
-        return kept
-    return _match_norm(delta, kept, str(rescale))
+    return _match_norm(original, kept, str(rescale))
 
 
 def _match_norm(original: Tensor, masked: Tensor, norm: str, eps: float = 1e-7) -> Tensor:
@@ -165,7 +168,7 @@ def generalized_task_arithmetic(
     consensus: str | None = None,
     normalize: bool = False,
     lambda_: float = 1.0,
-    rescale: bool | str = True,
+    rescale: bool | str = False,
     generators: Sequence[torch.Generator | None] | None = None,
 ) -> Tensor:
     """``base + lambda * combine(sparsify(x_i - base) * w_i)``: the engine behind task arithmetic, TIES and DARE.
@@ -173,6 +176,8 @@ def generalized_task_arithmetic(
     ``sparsify``: None, ``"magnitude"`` (TIES trim) or ``"random"`` (DARE drop, one generator per model).
     ``consensus``: None or ``"sum"``/``"count"`` (TIES sign election, then the disjoint mean).
     ``normalize``: divide the combined delta by the sum of the weights that contributed at each position.
+    ``rescale``: after sparsifying, divide by the density (True) or match the ``"l1"``/``"l2"``/``"linf"`` norm of
+    the unsparsified delta; mergekit's default is true for DARE and false for TIES.
     """
     _check_same_shape([base, *tensors])
     n = len(tensors)
@@ -189,7 +194,7 @@ def generalized_task_arithmetic(
     for i, x in enumerate(tensors):
         d = x.to(dtype) - base_c
         if sparsify == "magnitude":
-            d = magnitude_prune(d, densities[i])
+            d = _rescale(d, magnitude_prune(d, densities[i]), densities[i], rescale)
         elif sparsify == "random":
             gen = generators[i] if generators is not None else None
             d = random_drop(d, densities[i], gen, rescale)

@@ -1,0 +1,110 @@
+"""Merge checkpoints (or LoRA adapters) with a mergekit-style YAML config, streamed tensor by tensor.
+
+    python recipes/merge.py --config recipes/configs/tiny/merge_ties.yaml --out outputs/merged
+    accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/merge.py --config FILE --out DIR
+
+A mergekit config runs unchanged for the methods both support (linear, task_arithmetic, ties, dare_ties,
+dare_linear, slerp); fastslow adds ``ema``. Every top-level key can be overridden on the command line, e.g.
+``--merge_method dare_ties --dtype bfloat16 --parameters '{lambda: 0.8}'`` (list/mapping keys take YAML text).
+Merging is single-process: under ``accelerate launch`` with several processes only the main one merges.
+See docs/merging.md for methods, parameters and defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+
+from train.cli import parse_args, setup_logging  # noqa: E402
+from train.merging import MergeConfig, merge_from_config  # noqa: E402
+
+logger = logging.getLogger("recipes.merge")
+
+_YAML_FIELDS = ("models", "slices", "parameters", "tokenizer", "modules")
+
+
+@dataclass
+class MergeScriptArguments:
+    """The merge config (mergekit's keys plus fastslow's) and where to write the result."""
+
+    out: str | None = field(default=None, metadata={"help": "Output folder (written atomically). Required."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing non-empty output folder."})
+    merge_method: str | None = field(
+        default=None,
+        metadata={"help": "linear, task_arithmetic, ties, dare_ties, dare_linear, slerp, or ema (fastslow)"},
+    )
+    models: str | None = field(
+        default=None,
+        metadata={"help": "Inputs: a list of {model: PATH, parameters: {weight, density}} (YAML text on the CLI)."},
+    )
+    slices: str | None = field(
+        default=None,
+        metadata={"help": "mergekit slices; only one slice whose sources cover every layer (same as models)."},
+    )
+    base_model: str | None = field(
+        default=None, metadata={"help": "Base model (task vectors are taken from it; slerp's t=0; ema's average)."}
+    )
+    parameters: str | None = field(
+        default=None,
+        metadata={"help": "Method parameters (t, lambda, normalize, rescale, beta, weight, density, int8_mask)."},
+    )
+    dtype: str | None = field(
+        default=None, metadata={"help": "Inputs are cast to this dtype before merging; default: keep theirs."}
+    )
+    out_dtype: str | None = field(default=None, metadata={"help": "Output dtype; default: dtype, else the inputs'."})
+    tokenizer_source: str | None = field(
+        default=None, metadata={"help": "'base' or a model path to copy the tokenizer from; default: base or first."}
+    )
+    tokenizer: str | None = field(default=None, metadata={"help": "mergekit's tokenizer block: not supported."})
+    chat_template: str | None = field(default=None, metadata={"help": "mergekit's chat_template: not supported."})
+    modules: str | None = field(default=None, metadata={"help": "mergekit's multi-module merges: not supported."})
+    vocab_mismatch: str = field(
+        default="error",
+        metadata={"help": "Embeddings of different vocab sizes: error, truncate (shared rows) or source (+ rest)."},
+    )
+    random_seed: int = field(default=0, metadata={"help": "Seed for DARE's random drops (per tensor and model)."})
+    max_shard_size: str = field(default="5GB", metadata={"help": "Largest output shard, e.g. 500MB, 5GB."})
+    show_progress: bool = field(default=True, metadata={"help": "Show a progress bar over tensors."})
+
+    def merge_config(self) -> MergeConfig:
+        """The mergekit-style mapping (YAML text from the command line parsed) as a validated MergeConfig."""
+        skip = {"out", "overwrite", "show_progress"}
+        data: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, str) and value.strip() in ("null", "None", "~", ""):
+                value = None  # lets the command line clear a key the config file set
+            if f.name in skip or value is None:
+                continue
+            if f.name in _YAML_FIELDS and isinstance(value, str):
+                value = yaml.safe_load(value)
+            data[f.name] = value
+        return MergeConfig.from_dict(data)
+
+
+def main(argv: list[str] | None = None) -> Path | None:
+    (args,) = parse_args((MergeScriptArguments,), argv)
+    setup_logging("INFO")
+    if not args.out:
+        raise SystemExit("--out DIR is required")
+    if args.merge_method is None:
+        raise SystemExit("no merge_method: give --config FILE (or --merge_method and --models)")
+    cfg = args.merge_config()
+    if int(os.environ.get("RANK", "0")) != 0:
+        logger.info("not the main process; the main process merges")
+        return None
+    out = merge_from_config(cfg, args.out, overwrite=args.overwrite, show_progress=args.show_progress)
+    logger.info("merged model written to %s", out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
