@@ -1,0 +1,57 @@
+"""Teacher generation: K sampled replies per prompt, written as it goes and resumable.
+
+    # the programmatic arithmetic teacher, with mistakes and padded traces
+    python scripts/generate_teacher.py --input outputs/data/train.jsonl --out outputs/teacher.jsonl \
+        --backend arithmetic --k 4 --error_rate 0.2 --verbosity 0.5
+    # a model served by vLLM (or any OpenAI-compatible endpoint)
+    python scripts/generate_teacher.py --input prompts.jsonl --out teacher.jsonl --backend openai \
+        --model Qwen/Qwen3-32B --base_url http://127.0.0.1:8000/v1 --k 8 --concurrency 64
+    # vLLM's offline engine (pip install 'fastslow[vllm]'), or a local transformers model
+    python scripts/generate_teacher.py --input prompts.jsonl --out teacher.jsonl --backend vllm --model PATH
+
+A rerun with the same --out skips the prompts already done. Options can also come from a YAML file
+(--config teacher.yaml); every option is listed by --help.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train.cli import parse_args, setup_logging  # noqa: E402
+from train.data import read_records  # noqa: E402
+from train.distill_loop import write_json  # noqa: E402
+from train.teacher import TeacherConfig, generate_teacher, make_backend  # noqa: E402
+
+
+@dataclass
+class GenerateArguments:
+    """Input, output and sampling budget of a teacher run (backend options are TeacherConfig's)."""
+
+    input: str = field(metadata={"help": "Records to answer (JSONL, JSON, CSV, Parquet; see train/data.py)."})
+    out: str = field(metadata={"help": "Output JSONL; one line per prompt with its K samples. Resumed if it exists."})
+    k: int = field(default=4, metadata={"help": "Samples per prompt."})
+    chunk_size: int = field(default=64, metadata={"help": "Prompts per backend call; each chunk is flushed to disk."})
+    limit: int | None = field(default=None, metadata={"help": "Answer only the first N records."})
+    report: str | None = field(default=None, metadata={"help": "Write the run's counts (prompts, tokens) as JSON."})
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, teacher = parse_args((GenerateArguments, TeacherConfig), argv)
+    setup_logging()
+    records = read_records(args.input)[: args.limit]
+    report = generate_teacher(records, make_backend(teacher), args.out, k=args.k, chunk_size=args.chunk_size)
+    if args.report:
+        write_json(args.report, report.as_dict())
+    print(
+        f"{args.out}: {report.generated} prompts generated, {report.skipped} already done, "
+        f"{report.samples} samples, {report.tokens} tokens, {report.seconds:.1f}s"
+    )
+    return report.as_dict()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Data selection for distillation: rejection sampling of teacher replies, and model-aware complexity selection.
+
+    # keep, per prompt, the shortest teacher reply that passes the MARS rule (math, code) and model (judge) layers
+    python scripts/select_data.py verify --input outputs/teacher.jsonl --out outputs/pool.jsonl
+    # score prompts by complexity for a student (1 - pass rate of N samples) and select a training set
+    python scripts/select_data.py complexity --model outputs/sft --input outputs/pool.jsonl --out outputs/selected \
+        --num-samples 8 --target-size 2000 --weighting gaussian --center 0.5 --width 0.2
+
+`verify` prints how many prompts kept a response, per task. `complexity` writes selected.jsonl,
+complexity.jsonl, data_stats.json and complexity.png into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train.cli import setup_logging  # noqa: E402
+from train.complexity import WEIGHTINGS, SelectionConfig, measure_complexity, plot_histogram, select  # noqa: E402
+from train.complexity import statistics as selection_statistics  # noqa: E402
+from train.data import read_records, write_jsonl  # noqa: E402
+from train.distill_loop import write_json  # noqa: E402
+from train.teacher import read_teacher_file  # noqa: E402
+from train.verify import Verifier, rejection_sample  # noqa: E402
+
+
+def run_verify(args: argparse.Namespace) -> dict:
+    judge = None
+    if args.judge_model:
+        from rewards.judge import Judge
+
+        judge = Judge(kind="equivalence", backend=args.judge_backend, model=args.judge_model,
+                      base_url=args.judge_base_url, cache_dir=args.judge_cache)  # fmt: skip
+    rows = read_teacher_file(args.input)
+    kept, report = rejection_sample(rows, Verifier(judge=judge, judge_threshold=args.judge_threshold))
+    write_jsonl(args.out, kept)
+    write_json(args.report or Path(args.out).with_suffix(".report.json"), report)
+    for task, r in report.items():
+        print(
+            f"{task}: kept {r['kept']} of {r['prompts']} prompts ({r['kept_rate']:.1%}); "
+            f"{r['correct']} of {r['samples']} samples correct (rule {r['by_rule']}, judge {r['by_model']}, "
+            f"undecided {r['undecided']}); mean kept tokens {r['mean_kept_tokens']:.1f}"
+        )
+    return report
+
+
+def run_complexity(args: argparse.Namespace) -> dict:
+    from train.loading import load_model, load_tokenizer
+
+    records = read_records(args.input, validate=False)
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model, tokenizer=tokenizer)
+    complexities = measure_complexity(
+        model if args.backend == "transformers" else args.model,
+        tokenizer,
+        records,
+        num_samples=args.num_samples,
+        mode=args.mode,
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        backend=args.backend,
+    )
+    config = SelectionConfig(
+        weighting=args.weighting, center=args.center, width=args.width, band_lo=args.band[0], band_hi=args.band[1],
+        target_size=args.target_size, replay_fraction=args.replay_fraction, mastered_max=args.mastered_max,
+        selection_seed=args.seed,
+    )  # fmt: skip
+    selection = select(complexities, config)
+    out = Path(args.out)
+    write_jsonl(out / "complexity.jsonl", [{**r, "complexity": c} for r, c in zip(records, complexities)])
+    write_jsonl(out / "selected.jsonl", [records[i] for i in selection.indices])
+    stats = selection_statistics(records, complexities, selection)
+    write_json(out / "data_stats.json", stats)
+    plot_histogram(complexities, [complexities[i] for i in selection.indices], out / "complexity.png")
+    print(json.dumps({k: stats[k] for k in ("candidates", "selected", "mean_complexity_before",
+                                             "mean_complexity_after")}))  # fmt: skip
+    return stats
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("verify", help="rejection sampling: keep the shortest verified teacher reply per prompt")
+    v.add_argument("--input", required=True, help="teacher JSONL from scripts/generate_teacher.py")
+    v.add_argument("--out", required=True, help="output records (with `response`) JSONL")
+    v.add_argument("--report", help="per-task report JSON (default: next to --out)")
+    v.add_argument("--judge-model", help="model layer: judge model name (http) or path (transformers); off if unset")
+    v.add_argument("--judge-backend", default="http", choices=["http", "transformers"], help="judge backend")
+    v.add_argument("--judge-base-url", default="http://127.0.0.1:8000/v1", help="judge endpoint (http backend)")
+    v.add_argument("--judge-cache", help="folder caching judge replies")
+    v.add_argument("--judge-threshold", type=float, default=0.5, help="lowest judge score counted as correct")
+    c = sub.add_parser("complexity", help="model-aware complexity and selection")
+    c.add_argument("--model", required=True, help="the current student (local folder)")
+    c.add_argument("--input", required=True, help="candidate records")
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--num-samples", type=int, default=8, help="replies sampled per prompt")
+    c.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    c.add_argument("--max-new-tokens", type=int, default=256, help="longest sampled reply")
+    c.add_argument("--batch-size", type=int, default=64, help="prompts per generate() call")
+    c.add_argument("--mode", default=None, help="mode tag for sampling (slow, fast); default: the prompts' own")
+    c.add_argument("--backend", default="transformers", choices=["transformers", "vllm", "auto"], help="sampler")
+    c.add_argument("--weighting", default="gaussian", choices=WEIGHTINGS, help="selection weights")
+    c.add_argument("--center", type=float, default=0.5, help="gaussian centre")
+    c.add_argument("--width", type=float, default=0.2, help="gaussian width")
+    c.add_argument("--band", type=float, nargs=2, default=[0.25, 0.75], metavar=("LO", "HI"), help="band limits")
+    c.add_argument("--target-size", type=int, default=None, help="examples to select")
+    c.add_argument("--replay-fraction", type=float, default=0.0, help="share drawn from mastered prompts")
+    c.add_argument("--mastered-max", type=float, default=0.0, help="complexity at or below which a prompt is mastered")
+    c.add_argument("--seed", type=int, default=0, help="selection seed")
+    args = parser.parse_args(argv)
+    setup_logging()
+    return run_verify(args) if args.command == "verify" else run_complexity(args)
+
+
+if __name__ == "__main__":
+    main()
