@@ -78,6 +78,10 @@ class JudgeConfig:
         default=6000,
         metadata={"help": "Judged texts longer than this keep their first and last halves (keeps prompts bounded)."},
     )
+    reply_think_start: str = field(
+        default="<think>", metadata={"help": "Think-block opening tag of the judge's own replies (skipped)."}
+    )
+    reply_think_end: str = field(default="</think>", metadata={"help": "Think-block closing tag of judge replies."})
     scale: float = field(default=10.0, metadata={"help": "Rubric scores are asked on 0..scale and divided by it."})
 
     def __post_init__(self) -> None:
@@ -510,7 +514,8 @@ class Judge(Reward):
     def parse(self, reply: str | None) -> float | None:
         if reply is None:
             return None
-        answer = parse_response(reply, self.think_start, self.think_end).answer  # a reasoning judge's verdict
+        # A reasoning judge states its verdict after its own think block (its delimiters, not the policy's).
+        answer = parse_response(reply, self.config.reply_think_start, self.config.reply_think_end).answer
         if answer is None:
             return None
         return parse_verdict(answer) if self.kind == "equivalence" else parse_score(answer, self.config.scale)

@@ -26,6 +26,7 @@ The router owns routing: sub-rewards receive every column except the task column
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -115,6 +116,11 @@ class MARSConfig:
         default_factory=dict,
         metadata={"help": "JudgeConfig fields given to every judge* reward (backend, base_url, model, cache_dir...)."},
     )
+    think_start: str | None = field(
+        default=None,
+        metadata={"help": "Think-block opening tag every sub-reward reads answers after (None: each reward's own)."},
+    )
+    think_end: str | None = field(default=None, metadata={"help": "Think-block closing tag (see think_start)."})
     task_column: str = field(default="task", metadata={"help": "Dataset column that names each sample's task."})
     default_task: str | None = field(
         default=None, metadata={"help": "Task for samples with no task value (None: such samples score None)."}
@@ -282,6 +288,8 @@ class MARSRouter(Reward):
         for reward_name in self.reward_names():
             if reward_name not in self.rewards:
                 self.rewards[reward_name] = self._build(reward_name)
+        if config.think_start or config.think_end:
+            self.set_think_delimiters(config.think_start, config.think_end)
         self.stats: dict[tuple[str, str], RunningStats] = {key: RunningStats() for key in self.keys()}
         self.last_metrics: dict[str, float] = {}
         self._warned: set[str] = set()
@@ -294,6 +302,16 @@ class MARSRouter(Reward):
             for source in self.config.sources(task):
                 names += [r for r in source.rewards if r not in names]
         return names
+
+    def set_think_delimiters(self, think_start: str | None, think_end: str | None) -> None:
+        """Make every sub-reward (and the router) read answers after these delimiters (e.g. openPangu's)."""
+        for target in [self, *self.rewards.values()]:
+            if think_start and hasattr(target, "think_start"):
+                target.think_start = think_start
+            if think_end and hasattr(target, "think_end"):
+                target.think_end = think_end
+        self.config.think_start = think_start or self.config.think_start
+        self.config.think_end = think_end or self.config.think_end
 
     def keys(self) -> list[tuple[str, str]]:
         """Every (task, source) pair, in a fixed order (the order of the cross-rank reduction)."""
@@ -490,6 +508,50 @@ class MARSRouter(Reward):
             for key in sorted(metrics):
                 log_metric(key, metrics[key])
         logger.debug("MARS metrics: %s", metrics)
+
+    # -- state (normalisation statistics survive a resumed run)
+
+    STATE_FILE = "mars_state.json"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stats": {f"{t}|{s}": [st.count, st.mean, st.var] for (t, s), st in self.stats.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, (count, mean, var) in state.get("stats", {}).items():
+            task, _, source = key.partition("|")
+            if (task, source) in self.stats:  # a source removed from the config since is dropped
+                self.stats[(task, source)] = RunningStats(int(count), float(mean), float(var))
+
+    def save_state(self, folder: str | Path) -> Path:
+        """Write the statistics to ``folder/mars_state.json`` atomically."""
+        path = Path(folder) / self.STATE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.state_dict()))
+        tmp.replace(path)
+        return path
+
+    def load_state(self, folder: str | Path) -> bool:
+        """Load ``folder/mars_state.json`` if present; True when loaded."""
+        path = Path(folder) / self.STATE_FILE
+        if not path.exists():
+            return False
+        self.load_state_dict(json.loads(path.read_text()))
+        logger.info("MARS normalisation statistics restored from %s", path)
+        return True
+
+    def state_callback(self) -> Any:
+        """A transformers ``TrainerCallback`` saving the statistics into every checkpoint folder."""
+        from transformers import TrainerCallback
+
+        router = self
+
+        class MARSStateCallback(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                if state.is_world_process_zero:
+                    router.save_state(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+        return MARSStateCallback()
 
     # -- separate reward functions
 

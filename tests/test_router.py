@@ -261,3 +261,28 @@ def test_default_config_with_the_registered_rewards(monkeypatch):
     assert "mars/math/accuracy/fallback" in m and m["mars/math/accuracy/fallback"] == 0.0
     assert out[0] > out[1]
     assert m["mars/math/format"] == 1.0
+
+
+def test_state_round_trip_and_think_delimiters(tmp_path):
+    router = MARSRouter({**CONFIG, "normalize": True, "warmup": 0}, rewards=fixed_rewards())
+    call(router)
+    path = router.save_state(tmp_path)
+    assert path.name == "mars_state.json"
+    fresh = MARSRouter({**CONFIG, "normalize": True, "warmup": 0}, rewards=fixed_rewards())
+    assert fresh.load_state(tmp_path) and fresh.stats == router.stats
+    assert not fresh.load_state(tmp_path / "nowhere")
+    assert call(fresh) == pytest.approx(call(router))
+
+    from rewards.math import MathReward
+
+    math_reward = MathReward()
+    pangu = MARSRouter(
+        {"tasks": {"math": [{"name": "accuracy", "rewards": ["math"]}]}, "shared": [], "normalize": False},
+        rewards={"math": math_reward},
+        think_start="[unused16]",
+        think_end="[unused17]",
+    )
+    closed = "[unused16]\nadd\n[unused17]\n\n\\boxed{4}"
+    unclosed = "[unused16]\nthe answer is \\boxed{4}"  # read as an answer if the delimiters were unknown
+    assert pangu([closed, unclosed], task=["math"] * 2, answer=["4"] * 2) == [1.0, 0.0]
+    assert math_reward.think_start == "[unused16]"
