@@ -43,6 +43,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import marshal
 import os
 import shutil
 import signal
@@ -249,71 +250,129 @@ def check_syntax(code: str) -> str | None:
 
 # ---------------------------------------------------------------------------------------------- the harness
 
-# The program the sandbox process runs (stdlib only, as `python -I -S -c`). It reads a JSON spec on stdin, sets
-# up the namespaces, then runs each case in a fresh fork that drops privileges and sets the limits, and writes one
-# JSON line per case on stdout. It never sees expected outputs. Kept as source text so that starting it imports
-# nothing but what it needs (start-up time is most of the sandbox's overhead).
+# The program the sandbox process runs (as `python -I -S -c`). It reads its spec on stdin, sets up the
+# namespaces, then runs each case in a fresh fork that drops privileges and sets the limits, and writes one record
+# per case on stdout. It never sees expected outputs. Start-up time is most of the sandbox's overhead, so it
+# imports only built-in C modules: `posix` rather than `os`, `marshal` rather than `json` (records are framed by a
+# 4-byte length), `_signal` rather than `signal`, `_ctypes` rather than `ctypes`, and formats tracebacks itself;
+# `json`, `signal`, `ctypes` and `traceback` would triple its start-up time.
 _HARNESS = r"""
-import os, sys, json, resource, signal, select, time, io, gc, traceback, builtins
+import posix, sys, marshal, resource, select, time, io, gc, builtins, _signal
 
 MEMORY_EXIT, ASSERT_EXIT = 201, 202
-spec = json.loads(sys.stdin.buffer.read())
-os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-result_fd = os.dup(1)  # results go here; fd 1 itself is replaced in each case
-notes = []
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x4000000, 0x8000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
+SIGKILL, SIGXCPU, SIGXFSZ = _signal.SIGKILL, _signal.SIGXCPU, _signal.SIGXFSZ
+WNOWAIT = posix.WNOWAIT
+
+
+def read_all(fd):
+    chunks = []
+    while True:
+        chunk = posix.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+spec = marshal.loads(read_all(0))
+posix.dup2(posix.open("/dev/null", posix.O_RDONLY), 0)
+result_fd = posix.dup(1)  # records go here; fd 1 itself is replaced in each case
+notes = []
 
 
 def emit(obj):
-    data = (json.dumps(obj) + "\n").encode()
+    data = marshal.dumps(obj)
+    data = len(data).to_bytes(4, "little") + data
     while data:
-        data = data[os.write(result_fd, data):]
+        data = data[posix.write(result_fd, data):]
+
+
+def is_dir(path):
+    try:
+        return (posix.lstat(path).st_mode & 0o170000) == 0o040000  # a directory, not a link to one
+    except OSError:
+        return False
+
+
+def make_dirs(path):
+    parts, cur = path.strip("/").split("/"), ""
+    for part in parts:
+        cur += "/" + part
+        if not is_dir(cur):
+            posix.mkdir(cur, 0o755)
+
+
+def libc_functions():
+    # What ctypes.CDLL(None) would give, from the C module alone.
+    import _ctypes
+
+    class c_int(_ctypes._SimpleCData):
+        _type_ = "i"
+
+    class c_char_p(_ctypes._SimpleCData):
+        _type_ = "z"
+
+    class c_ulong(_ctypes._SimpleCData):
+        _type_ = "L"
+
+    class Fn(_ctypes.CFuncPtr):
+        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+        _restype_ = c_int
+
+    class Libc:
+        _handle = _ctypes.dlopen(None, 2)  # RTLD_NOW
+
+    unshare, mount, prctl = Fn(("unshare", Libc)), Fn(("mount", Libc)), Fn(("prctl", Libc))
+    unshare.argtypes = (c_int,)
+    mount.argtypes = (c_char_p, c_char_p, c_char_p, c_ulong, c_char_p)
+    prctl.argtypes = (c_int, c_ulong)
+    return unshare, mount, prctl, _ctypes.get_errno
 
 
 def setup_namespaces():
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+    unshare, libc_mount, prctl, get_errno = libc_functions()
 
     def mount(src, dst, fstype, flags, data=None):
         enc = lambda s: None if s is None else s.encode()
-        if libc.mount(enc(src), enc(dst), enc(fstype), flags, enc(data)) != 0:
-            raise OSError(ctypes.get_errno(), f"mount {src} on {dst}: {os.strerror(ctypes.get_errno())}")
+        if libc_mount(enc(src), enc(dst), enc(fstype), flags, enc(data)) != 0:
+            err = get_errno()
+            raise OSError(err, f"mount {src} on {dst}: {posix.strerror(err)}")
 
-    flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
-    if libc.unshare(flags) != 0:
-        emit({"fatal": "unshare: " + os.strerror(ctypes.get_errno())})
-        os._exit(3)
-    pid = os.fork()  # the child is PID 1 of the new PID namespace
+    if unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS) != 0:
+        emit({"fatal": "unshare: " + posix.strerror(get_errno())})
+        posix._exit(3)
+    pid = posix.fork()  # the child is PID 1 of the new PID namespace
     if pid:
-        status = os.waitpid(pid, 0)[1]
-        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the outer harness
+        status = posix.waitpid(pid, 0)[1]
+        posix._exit(posix.waitstatus_to_exitcode(status) & 0xFF)
+    if posix.getpid() != 1:
+        emit({"fatal": "the PID namespace was not created"})
+        posix._exit(3)
+    prctl(1, SIGKILL)  # PR_SET_PDEATHSIG: die with the outer harness
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates back to the host
-    work = spec["workdir"]
-    keep = spec["keep_paths"]
+    work, keep = spec["workdir"], spec["keep_paths"]
     for hidden in spec["hide_paths"]:
         inside = [k for k in keep if k.startswith(hidden + "/")]
-        if not os.path.isdir(hidden) or os.path.islink(hidden) or work.startswith(hidden + "/"):
+        if not is_dir(hidden) or work.startswith(hidden + "/"):
             continue
         try:
-            fds = [os.open(k, os.O_PATH) for k in inside]  # still reachable once the tmpfs covers `hidden`
+            fds = [posix.open(k, posix.O_PATH) for k in inside]  # still reachable once the tmpfs covers `hidden`
             mount("tmpfs", hidden, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
             for k, fd in zip(inside, fds):
-                os.makedirs(k, exist_ok=True)
+                make_dirs(k)
                 mount(f"/proc/self/fd/{fd}", k, None, MS_BIND | MS_REC)
-                os.close(fd)
+                posix.close(fd)
             mount(None, hidden, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
         except OSError as exc:
             notes.append(f"could not hide {hidden}: {exc}")
-    work_fd = os.open(work, os.O_PATH)  # `work` lies under /tmp, which is about to be covered
+    work_fd = posix.open(work, posix.O_PATH)  # `work` lies under /tmp, which is about to be covered
     for shared in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock"):
-        if os.path.isdir(shared) and not os.path.islink(shared):
+        if is_dir(shared):
             mount(f"/proc/self/fd/{work_fd}", shared, None, MS_BIND)
-    os.close(work_fd)
+    posix.close(work_fd)
     try:
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     except OSError as exc:
@@ -323,8 +382,8 @@ def setup_namespaces():
 
 def set_limits(lim):
     def cap(res, value):
-        value = int(value)
-        resource.setrlimit(res, (value, value))
+        resource.setrlimit(res, (int(value), int(value)))
+
     resource.setrlimit(resource.RLIMIT_CPU, (lim["cpu_s"], lim["cpu_s"] + 1))
     cap(resource.RLIMIT_AS, lim["memory_mb"] << 20)
     cap(resource.RLIMIT_FSIZE, lim["max_file_mb"] << 20)
@@ -337,21 +396,40 @@ def set_limits(lim):
         pass
 
 
+def format_exception(exc):
+    # traceback.format_exc for the solution's own frames, without importing traceback.
+    lines = ["Traceback (most recent call last):"]
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_filename in ("<solution>", "<test>"):
+            lines.append(f'  File "{code.co_filename}", line {tb.tb_lineno}, in {code.co_name}')
+        tb = tb.tb_next
+    try:
+        message = str(exc)
+    except BaseException:
+        message = "<unprintable>"
+    lines.append(f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
+    return "\n".join(lines) + "\n"
+
+
 def child(case, in_fd, out_w, err_w):
     global spec, pending
     try:
-        os.setsid()
-        os.dup2(in_fd, 0); os.dup2(out_w, 1); os.dup2(err_w, 2)
-        os.closerange(3, 1 << 16)
+        posix.setsid()
+        posix.dup2(in_fd, 0)
+        posix.dup2(out_w, 1)
+        posix.dup2(err_w, 2)
+        posix.closerange(3, 1 << 16)
         code, lim, uid = spec["code"], spec["limits"], spec["uid"]
         spec = None
         pending.clear()  # this fork's copy: the other cases are not this case's business
         gc.collect()
         set_limits(lim)
         if uid is not None:
-            os.setgroups([])
-            os.setresgid(uid[1], uid[1], uid[1])
-            os.setresuid(uid[0], uid[0], uid[0])
+            posix.setgroups([])
+            posix.setresgid(uid[1], uid[1], uid[1])
+            posix.setresuid(uid[0], uid[0], uid[0])
         sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding="utf-8")
         sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding="utf-8")
         sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", write_through=True)
@@ -362,20 +440,23 @@ def child(case, in_fd, out_w, err_w):
         if "assert" in case:
             try:
                 exec(compile(case["assert"], "<test>", "exec"), glb)
-            except AssertionError:
-                traceback.print_exc()
+            except AssertionError as exc:
+                sys.stderr.write(format_exception(exc))
                 finish(ASSERT_EXIT)
         finish(0)
     except SystemExit as exc:
         if exc.code is None or isinstance(exc.code, int):
             finish(0 if exc.code is None else exc.code & 0xFF)
-        print(exc.code, file=sys.stderr)
+        try:
+            sys.stderr.write(f"{exc.code}\n")
+        except BaseException:
+            pass
         finish(1)
     except MemoryError:
         finish(MEMORY_EXIT)
-    except BaseException:
+    except BaseException as exc:
         try:
-            traceback.print_exc()
+            sys.stderr.write(format_exception(exc))
         except BaseException:
             pass
         finish(1)
@@ -388,38 +469,51 @@ def finish(code):
         code = MEMORY_EXIT
     except BaseException:
         pass
-    os._exit(code)
+    posix._exit(code)
 
 
 def kill_rest(pid):
     try:
-        if namespaced:
-            os.kill(-1, signal.SIGKILL)  # PID 1 may: every other process in the namespace
-        else:
-            os.killpg(pid, signal.SIGKILL)
+        # kill(-1) from PID 1 of our own PID namespace reaches only that namespace. Anywhere else, as root, it
+        # would kill every process on the machine: hence the getpid() check, whatever `namespaced` says.
+        if namespaced and posix.getpid() == 1:
+            posix.kill(-1, SIGKILL)
+        elif pid > 1:
+            posix.killpg(pid, SIGKILL)  # the case's own session (it called setsid)
     except (ProcessLookupError, PermissionError):
         pass
 
 
+def read_into(fd, out, err, out_r):
+    # One read; returns the bytes read (0 at end of file). stdout is kept up to the cap, stderr's tail.
+    chunk = posix.read(fd, 1 << 16)
+    if fd == out_r:
+        out += chunk[: limits["max_output_bytes"] + 1 - len(out)]
+    else:
+        err += chunk
+        del err[:-4096]
+    return len(chunk)
+
+
 def run_case(case):
     lim = limits
-    in_fd = os.memfd_create("stdin")
+    in_fd = posix.memfd_create("stdin")
     data = case.get("input", "").encode("utf-8", "replace")
     while data:
-        data = data[os.write(in_fd, data):]
-    os.lseek(in_fd, 0, 0)
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
+        data = data[posix.write(in_fd, data):]
+    posix.lseek(in_fd, 0, 0)
+    out_r, out_w = posix.pipe()
+    err_r, err_w = posix.pipe()
     start = time.monotonic()
-    pid = os.fork()
+    pid = posix.fork()
     if pid == 0:
         child(case, in_fd, out_w, err_w)
     for fd in (in_fd, out_w, err_w):
-        os.close(fd)
+        posix.close(fd)
     try:
-        pidfd = os.pidfd_open(pid)
+        pidfd = posix.pidfd_open(pid)
     except (AttributeError, OSError):
-        pidfd = None
+        pidfd = None  # old kernel: exit is polled every 20 ms
     poller = select.poll()
     for fd in (out_r, err_r):
         poller.register(fd, select.POLLIN)
@@ -432,59 +526,47 @@ def run_case(case):
         if remaining <= 0:
             status = "timeout"
             break
-        wait_ms = remaining * 1000 if pidfd is not None else min(remaining * 1000, 20)
-        for fd, _ in poller.poll(wait_ms):
+        for fd, _ in poller.poll(remaining * 1000 if pidfd is not None else min(remaining * 1000, 20)):
             if fd == pidfd:
                 exited = True
                 poller.unregister(pidfd)
                 continue
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
+            n = read_into(fd, out, err, out_r)
+            if not n:
                 poller.unregister(fd)
                 open_fds.discard(fd)
-                continue
-            total += len(chunk)
-            if fd == out_r:
-                out += chunk[: lim["max_output_bytes"] + 1 - len(out)]
-            else:
-                err = (err + chunk)[-4096:]
+            total += n
             if total > lim["max_output_bytes"]:
                 status = "output_limit"
-        if pidfd is None and not exited and os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
-            exited = True  # no pidfd (old kernel): polled every 20 ms
+        if pidfd is None and not exited and posix.waitid(posix.P_PID, pid, posix.WEXITED | posix.WNOHANG | WNOWAIT):
+            exited = True
         if exited and open_fds:
             kill_rest(pid)  # the case is over; leftovers still holding its pipes go too
     try:
-        os.kill(pid, signal.SIGKILL)
+        posix.kill(pid, SIGKILL)
     except ProcessLookupError:
         pass
     kill_rest(pid)
-    _, wstatus, usage = os.wait4(pid, 0)
+    _, wstatus, usage = posix.wait4(pid, 0)
     wall = time.monotonic() - start
     for fd in (out_r, err_r):
-        os.set_blocking(fd, False)
+        posix.set_blocking(fd, False)
         try:
-            while fd in open_fds and len(out) <= lim["max_output_bytes"]:
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    break
-                if fd == out_r:
-                    out += chunk[: lim["max_output_bytes"] + 1 - len(out)]
-                else:
-                    err = (err + chunk)[-4096:]
+            while fd in open_fds and len(out) <= lim["max_output_bytes"] and read_into(fd, out, err, out_r):
+                pass
         except OSError:
             pass
-        os.close(fd)
+        posix.close(fd)
     if pidfd is not None:
-        os.close(pidfd)
+        posix.close(pidfd)
     reap()
-    sig = os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None
+    sig = posix.WTERMSIG(wstatus) if posix.WIFSIGNALED(wstatus) else None
+    code = posix.WEXITSTATUS(wstatus) if posix.WIFEXITED(wstatus) else None
     cpu = usage.ru_utime + usage.ru_stime
-    code = os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None
     if status is None:
-        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= lim["cpu_s"]):
+        if sig == SIGXCPU or (sig == SIGKILL and cpu >= lim["cpu_s"]):
             status = "timeout"  # the soft CPU limit, or the hard one a second later
-        elif sig == signal.SIGXFSZ:
+        elif sig == SIGXFSZ:
             status = "output_limit"
         elif code == MEMORY_EXIT or b"MemoryError" in err[-300:]:
             status = "memory"
@@ -494,15 +576,14 @@ def run_case(case):
             status = "ok"
         else:
             status = "error"
-    emit({"status": status, "returncode": code if sig is None else -sig, "wall_s": wall,
-          "cpu_s": cpu, "stdout": out.decode("utf-8", "replace"),
-          "stderr": err.decode("utf-8", "replace")})
+    emit({"status": status, "returncode": code if sig is None else -sig, "wall_s": wall, "cpu_s": cpu,
+          "stdout": out.decode("utf-8", "replace"), "stderr": err.decode("utf-8", "replace")})
 
 
 def reap():
     while True:
         try:
-            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+            if posix.waitpid(-1, posix.WNOHANG)[0] == 0:
                 return
         except ChildProcessError:
             return
@@ -513,8 +594,8 @@ try:
     workdir = setup_namespaces() if namespaced else spec["workdir"]
 except Exception as exc:
     emit({"fatal": f"sandbox set-up failed: {type(exc).__name__}: {exc}"})
-    os._exit(3)
-os.chdir(workdir)
+    posix._exit(3)
+posix.chdir(workdir)
 emit({"ready": True, "notes": notes})
 pending = spec.pop("cases")
 while pending:
@@ -671,11 +752,7 @@ def _run_harness(
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     records, notes = [], []
-    for line in stdout.splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            break  # a truncated last line: the harness was killed mid-write
+    for rec in _records(stdout):
         if "fatal" in rec:
             logger.warning("sandbox could not start: %s", rec["fatal"])
             if isolation == "namespaces" and limits.isolation == "auto":
@@ -688,6 +765,17 @@ def _run_harness(
             continue
         records.append(rec)
     return records, notes
+
+
+def _records(data: bytes) -> Iterator[dict[str, Any]]:
+    """The harness's records: each a 4-byte little-endian length, then marshal data (written by our own code)."""
+    pos = 0
+    while pos + 4 <= len(data):
+        size = int.from_bytes(data[pos : pos + 4], "little")
+        if pos + 4 + size > len(data):
+            return  # a truncated last record: the harness was killed mid-write
+        yield marshal.loads(data[pos + 4 : pos + 4 + size])
+        pos += 4 + size
 
 
 def _launch(spec: dict[str, Any], workdir: str, limits: SandboxLimits, n_cases: int) -> bytes:
@@ -704,7 +792,7 @@ def _launch(spec: dict[str, Any], workdir: str, limits: SandboxLimits, n_cases: 
         start_new_session=True,  # its own process group, killed as one by the backstop
     )
     try:
-        out, err = proc.communicate(json.dumps(spec).encode(), timeout=backstop)
+        out, err = proc.communicate(marshal.dumps(spec), timeout=backstop)
     except subprocess.TimeoutExpired:
         logger.warning("sandbox exceeded its backstop of %.1fs; killing its process group", backstop)
         with contextlib.suppress(ProcessLookupError):

@@ -1,0 +1,264 @@
+"""Benchmark the rule rewards against naive baselines measured in the same run.
+
+    python scripts/bench/rewards.py                       # both parts, defaults below
+    python scripts/bench/rewards.py --part code --solutions 64 --cases 1 5 10 --workers 2
+
+(a) math: ``MathReward`` (each reference parsed once, then cached) against a naive verifier that parses both the
+reference and the answer on every call (``verify_answer(..., use_cache=False)``); the GRPO shape, several
+completions per prompt. math-verify's own small LaTeX caches are emptied before every call in both arms, so the
+answer is always parsed afresh and only the reference cache differs. Target: >= 2x.
+
+(b) code: ``CodeReward`` with the full sandbox (namespaces, user switch, limits; one sandbox process per solution,
+a fork per case) against a bare ``subprocess.run`` of the same interpreter with the same flags (``-I -S``) per test
+case, no limits, compared the same way. Both run on a thread pool of ``--workers``. Overhead = sandbox time /
+bare time; target <= 1.5x. Both arms must give the same scores (checked).
+
+Arms are interleaved over ``--repeats`` rounds and the median time per arm is reported, which damps the noise of a
+shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, ahead of this file's own folder
+
+from rewards.base import extract_answer  # noqa: E402
+from rewards.code import CodeReward, extract_code  # noqa: E402
+from rewards.sandbox import SandboxLimits, compare_output, normalize_tests  # noqa: E402
+
+# ------------------------------------------------------------------------------------------------------ math
+
+# (reference, ways a completion may state it): several completions per prompt, as GRPO samples them.
+MATH_ITEMS = [
+    ("\\frac{1}{2}", ["$\\boxed{\\frac{1}{2}}$", "so $\\boxed{0.5}$", "$\\boxed{\\frac{2}{4}}$", "$\\boxed{1/3}$"]),
+    ("2\\sqrt{3}", ["$\\boxed{\\sqrt{12}}$", "$\\boxed{2\\sqrt{3}}$", "$\\boxed{3.46}$", "$\\boxed{\\sqrt{3}}$"]),
+    ("x^2+2x+1", ["$\\boxed{(x+1)^2}$", "$\\boxed{x^2+2x+1}$", "$\\boxed{x^2+1}$", "$\\boxed{(x-1)^2}$"]),
+    ("(1,2)", ["$\\boxed{(1,2)}$", "$\\boxed{(2,1)}$", "$\\boxed{1<x<2}$", "$\\boxed{(1, 2)}$"]),
+    ("\\{1,2,3\\}", ["$\\boxed{\\{3,2,1\\}}$", "$\\boxed{\\{1,2\\}}$", "$\\boxed{\\{1,2,3\\}}$", "$\\boxed{6}$"]),
+    (
+        "\\frac{\\pi}{4}",
+        ["$\\boxed{\\pi/4}$", "$\\boxed{\\frac{\\pi}{4}}$", "$\\boxed{45}$", "$\\boxed{\\frac{\\pi}{2}}$"],
+    ),
+    ("1000", ["The answer is $\\boxed{1000}$", "$\\boxed{1,000}$", "$\\boxed{999}$", "$\\boxed{10^3}$"]),
+    ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", ["$\\boxed{\\begin{pmatrix}1\\\\2\\end{pmatrix}}$", "$\\boxed{(1,2)}$"]),
+]
+
+
+def math_workload(generations: int) -> tuple[list[str], list[str]]:
+    """``generations`` completions per reference (cycling through its phrasings), with a think block."""
+    completions, golds = [], []
+    for gold, answers in MATH_ITEMS:
+        for g in range(generations):
+            completions.append(f"<think>working it out, try {g}</think>So the result is {answers[g % len(answers)]}.")
+            golds.append(gold)
+    return completions, golds
+
+
+def bench_math(generations: int, repeats: int) -> dict[str, float]:
+    from rewards.math import MathReward, _clear_math_verify_caches, clear_cache, verify_answer
+
+    completions, golds = math_workload(generations)
+    reward = MathReward()
+
+    def naive() -> tuple[float, list[float | None]]:
+        total, out = 0.0, []
+        for completion, gold in zip(completions, golds):
+            _clear_math_verify_caches()
+            start = time.perf_counter()
+            ok = verify_answer(gold, extract_answer(completion), use_cache=False)
+            total += time.perf_counter() - start
+            out.append(None if ok is None else float(ok))
+        return total, out
+
+    def cached() -> tuple[float, list[float | None]]:
+        clear_cache(math_verify_caches=True)  # every round starts cold: the first parse of a reference counts
+        total, out = 0.0, []
+        for completion, gold in zip(completions, golds):
+            _clear_math_verify_caches()
+            start = time.perf_counter()
+            out.append(reward.score(completion, answer=gold))
+            total += time.perf_counter() - start
+        return total, out
+
+    naive_t, cached_t, scores = [], [], set()
+    for _ in range(repeats):
+        t, a = naive()
+        naive_t.append(t)
+        t, b = cached()
+        cached_t.append(t)
+        scores.add((tuple(a), tuple(b)))
+    a, b = scores.pop()
+    if a != b:
+        raise SystemExit(f"math arms disagree: naive {a} vs cached {b}")
+    n = len(completions)
+    return {
+        "calls": n,
+        "naive_per_s": n / statistics.median(naive_t),
+        "cached_per_s": n / statistics.median(cached_t),
+        "correct": sum(x == 1.0 for x in a),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------ code
+
+PROGRAMS = {  # name: (correct solution, wrong solution); every program reads stdin and prints
+    "sum": ("print(sum(map(int, input().split())))", "print(sum(map(int, input().split())) + 1)"),
+    "sort": (
+        "n = int(input())\nxs = sorted(map(int, input().split()))\nprint(' '.join(map(str, xs)))",
+        "n = int(input())\nxs = list(map(int, input().split()))\nprint(' '.join(map(str, xs)))",
+    ),
+    "fib": (
+        "import sys\nn = int(sys.stdin.readline())\na, b = 0, 1\nfor _ in range(n):\n    a, b = b, a + b\nprint(a)",
+        "n = int(input())\nprint(n * n)",
+    ),
+    "primes": (
+        "n = int(input())\nsieve = [True] * (n + 1)\nsieve[:2] = [False, False]\n"
+        "for i in range(2, int(n ** 0.5) + 1):\n    if sieve[i]:\n        sieve[i*i::i] = [False] * len(sieve[i*i::i])\n"
+        "print(sum(sieve))",
+        "n = int(input())\nprint(n // 2)",
+    ),
+}
+
+
+def _case(program: str, rng: random.Random) -> dict[str, str]:
+    if program == "sum":
+        xs = [rng.randint(-1000, 1000) for _ in range(rng.randint(1, 20))]
+        return {"input": " ".join(map(str, xs)), "output": str(sum(xs))}
+    if program == "sort":
+        xs = [rng.randint(0, 99) for _ in range(rng.randint(1, 30))]
+        return {"input": f"{len(xs)}\n{' '.join(map(str, xs))}", "output": " ".join(map(str, sorted(xs)))}
+    if program == "fib":
+        n = rng.randint(0, 90)
+        a, b = 0, 1
+        for _ in range(n):
+            a, b = b, a + b
+        return {"input": str(n), "output": str(a)}
+    n = rng.randint(2, 20000)
+    return {
+        "input": str(n),
+        "output": str(sum(all(k % d for d in range(2, int(k**0.5) + 1)) for k in range(2, n + 1))),
+    }
+
+
+def code_workload(solutions: int, cases: int, seed: int = 0) -> tuple[list[str], list[list[dict[str, str]]]]:
+    """Completions (3 in 4 correct, the rest wrong or crashing) and their tests."""
+    rng = random.Random(seed)
+    names = sorted(PROGRAMS)
+    completions, tests = [], []
+    for i in range(solutions):
+        name = names[i % len(names)]
+        good, bad = PROGRAMS[name]
+        code = good if i % 4 else (bad if i % 8 else "raise RuntimeError('oops')")
+        completions.append(f"<think>plan for {name}</think>Here it is:\n```python\n{code}\n```")
+        tests.append([_case(name, rng) for _ in range(cases)])
+    return completions, tests
+
+
+def bare_reward(python: str, workers: int, timeout_s: float) -> Callable[..., list[float]]:
+    """The baseline: the same extraction and comparison, but a bare subprocess.run per case, no containment."""
+
+    def one(completion: str, tests: list[dict[str, str]]) -> float:
+        code = extract_code(extract_answer(completion))
+        if code is None:
+            return 0.0
+        passed = 0
+        for case in normalize_tests(tests):
+            try:
+                proc = subprocess.run(
+                    [python, "-I", "-S", "-c", code],
+                    input=case["input"],
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout_s,
+                )
+            except subprocess.TimeoutExpired:
+                continue
+            passed += proc.returncode == 0 and compare_output(proc.stdout, case["output"]) is None
+        return passed / len(tests)
+
+    def reward(completions: list[str], tests: list[list[dict[str, str]]]) -> list[float]:
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(one, completions, tests))
+
+    return reward
+
+
+def bench_code(solutions: int, cases: int, workers: int, repeats: int) -> dict[str, float]:
+    completions, tests = code_workload(solutions, cases)
+    limits = SandboxLimits()
+    sandboxed = CodeReward(limits=limits, max_workers=workers)
+    bare = bare_reward(limits.python, workers, limits.timeout_s)
+    bare_t, box_t = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a = bare(completions, tests)
+        bare_t.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        b = sandboxed(completions, tests=tests)
+        box_t.append(time.perf_counter() - start)
+        if a != b:
+            raise SystemExit(f"code arms disagree ({cases} cases): bare {a} vs sandbox {b}")
+    isolation = next(r.isolation for r in sandboxed.last_results if r is not None and r.cases)
+    return {
+        "cases": cases,
+        "bare_s": statistics.median(bare_t),
+        "sandbox_s": statistics.median(box_t),
+        "isolation": isolation,
+        "mean_score": sum(b) / len(b),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[2], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--part", choices=("math", "code", "all"), default="all", help="which benchmark to run")
+    parser.add_argument("--generations", type=int, default=8, help="math: completions per reference (GRPO group)")
+    parser.add_argument("--solutions", type=int, default=32, help="code: solutions per batch")
+    parser.add_argument("--cases", type=int, nargs="+", default=[1, 5, 10], help="code: test cases per solution")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="code: solutions run at once")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per arm (median reported)")
+    args = parser.parse_args(argv)
+
+    print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, euid {os.geteuid()}")
+    if args.part in ("math", "all"):
+        m = bench_math(args.generations, args.repeats)
+        print(
+            f"\n(a) math reward, {m['calls']} calls ({args.generations} completions per reference, "
+            f"{m['correct']} correct)"
+        )
+        print("| arm | calls/s | speed-up |\n|---|---|---|")
+        print(f"| naive: parse both sides every call | {m['naive_per_s']:.0f} | 1.00x |")
+        print(
+            f"| MathReward: reference parsed once | {m['cached_per_s']:.0f} | "
+            f"{m['cached_per_s'] / m['naive_per_s']:.2f}x (target >= 2x) |"
+        )
+    if args.part in ("code", "all"):
+        print(f"\n(b) code reward, {args.solutions} solutions per batch, {args.workers} workers")
+        print(
+            "| cases/solution | bare subprocess.run per case (solutions/s) | full sandbox (solutions/s) | "
+            "isolation | overhead (target <= 1.5x) |\n|---|---|---|---|---|"
+        )
+        for cases in args.cases:
+            c = bench_code(args.solutions, cases, args.workers, args.repeats)
+            print(
+                f"| {cases} | {args.solutions / c['bare_s']:.1f} | {args.solutions / c['sandbox_s']:.1f} | "
+                f"{c['isolation']} | {c['sandbox_s'] / c['bare_s']:.2f}x |"
+            )
+
+
+if __name__ == "__main__":
+    main()
