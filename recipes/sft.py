@@ -30,7 +30,7 @@ logger = logging.getLogger("recipes.sft")
 
 def main(argv: list[str] | None = None) -> Path:
     script_args, training_args, model_args = parse_args((SFTScriptArguments, SFTConfig, ModelConfig), argv)
-    setup_logging(training_args.get_process_log_level())
+    setup_logging(training_args)
 
     # 1. Setup: model, tokenizer (with the fastslow template) and chat-formatted data.
     model, tokenizer = load_for_training(model_args, script_args.think_start, script_args.think_end)
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     # 2. Train.
     trainer = build_sft_trainer(model, tokenizer, training_args, model_args, train_dataset, eval_dataset)
+    logger.info("device %s, %d process(es)", trainer.accelerator.device, trainer.accelerator.num_processes)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
     # 3. Save a folder the next stage can load.

@@ -1,6 +1,6 @@
 """Build a tiny tokenizer and Qwen3-style model offline and save them with save_pretrained.
 
-    python scripts/make_tiny_model.py --out outputs/tiny-model --size small --corpus outputs/data/train.jsonl
+python scripts/make_tiny_model.py --out outputs/tiny-model --size small --corpus outputs/data/train.jsonl
 """
 
 from __future__ import annotations

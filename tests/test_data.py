@@ -7,20 +7,31 @@ import json
 import pytest
 from datasets import Dataset
 
-from train.data import DataError, load_records, mix, read_records, code_tests, validate_record, write_jsonl
+from train.data import DataError, code_tests, load_records, mix, read_records, validate_record, write_jsonl
 
 GOOD = [
     {"id": "m1", "prompt": "1+1?", "task": "math", "answer": 2, "difficulty": 1},
-    {"prompt": [{"role": "user", "content": "Print hi"}], "task": "code",
-     "tests": [{"input": "", "output": "hi"}, {"assert": "assert True"}]},
+    {
+        "prompt": [{"role": "user", "content": "Print hi"}],
+        "task": "code",
+        "tests": [{"input": "", "output": "hi"}, {"assert": "assert True"}],
+    },
     {"prompt": "Capital of France?", "task": "General", "answer": "Paris", "source": "hand"},
 ]
 
 
 def test_validate_normalises():
     rec = validate_record(GOOD[0], "f.jsonl", 1)
-    assert rec == {"prompt": "1+1?", "task": "math", "answer": "2", "tests": None, "response": None,
-                   "difficulty": 1.0, "source": None, "id": "m1"}
+    assert rec == {
+        "prompt": "1+1?",
+        "task": "math",
+        "answer": "2",
+        "tests": None,
+        "response": None,
+        "difficulty": 1.0,
+        "source": None,
+        "id": "m1",
+    }
     assert validate_record(GOOD[2])["task"] == "general"
     assert len(validate_record(GOOD[2])["id"]) == 12  # derived, stable
     assert validate_record(GOOD[2])["id"] == validate_record(dict(GOOD[2]))["id"]
@@ -60,10 +71,18 @@ def test_malformed_json_line(tmp_path):
 def test_every_format_loads_the_same(tmp_path):
     write_jsonl(tmp_path / "r.jsonl", GOOD)
     (tmp_path / "r.json").write_text(json.dumps(GOOD))
-    flat = [{**r, "answer": None if r.get("answer") is None else str(r["answer"]), "prompt": r["prompt"] if isinstance(r["prompt"], str) else r["prompt"][0]["content"],
-             "tests": json.dumps(r.get("tests")) if r.get("tests") else ""} for r in GOOD]
+    flat = [
+        {
+            **r,
+            "answer": None if r.get("answer") is None else str(r["answer"]),
+            "prompt": r["prompt"] if isinstance(r["prompt"], str) else r["prompt"][0]["content"],
+            "tests": json.dumps(r.get("tests")) if r.get("tests") else "",
+        }
+        for r in GOOD
+    ]
     Dataset.from_list([{k: (None if v == "" else v) for k, v in r.items()} for r in flat]).to_parquet(
-        str(tmp_path / "r.parquet"))
+        str(tmp_path / "r.parquet")
+    )
     import csv
 
     with (tmp_path / "r.csv").open("w", newline="") as f:

@@ -128,8 +128,9 @@ def test_pangu_delimiters_configurable():
     assert tok.decode(ids, skip_special_tokens=True) == reply
     parsed = parse_response(reply, PANGU_THINK_START, PANGU_THINK_END)
     assert (parsed.thinking, parsed.answer) == ("3+4", "7")
-    prompt = tok.apply_chat_template([{"role": "user", "content": "q"}], tokenize=False, add_generation_prompt=True,
-                                     enable_thinking=False)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "q"}], tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
     assert prompt.endswith("[unused16]\n\n[unused17]\n\n")
 
 

@@ -20,7 +20,7 @@ def test_model_init_is_deterministic_and_isolated():
     c = build_model(tok, "nano", seed=8)
     torch.manual_seed(123)
     assert torch.equal(before, torch.rand(1))  # building did not consume the caller's RNG
-    for (name, pa), pb, pc in zip(a.named_parameters(), b.parameters(), c.parameters()):
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
         assert torch.equal(pa, pb), name
     assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
 
@@ -49,8 +49,12 @@ def test_save_reload_and_generate(tmp_path):
     out = make_tiny(tmp_path / "m", ["Compute 1+2."], size="nano", seed=3)
     model, tok = load_model_and_tokenizer(out)
     assert tok.chat_template is not None and "generation" in tok.chat_template
-    ids = tok.apply_chat_template([{"role": "user", "content": "Compute 1+2."}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "Compute 1+2."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     out_ids = model.generate(**ids, max_new_tokens=5, do_sample=False)
     assert out_ids.shape[1] > ids["input_ids"].shape[1]
     again = build_model(tok, "nano", seed=3)
@@ -77,9 +81,19 @@ def test_make_tiny_model_script(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("αβγ 123\n")
     res = subprocess.run(
-        [sys.executable, "scripts/make_tiny_model.py", "--out", str(tmp_path / "m"), "--size", "nano",
-         "--corpus", str(corpus)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "scripts/make_tiny_model.py",
+            "--out",
+            str(tmp_path / "m"),
+            "--size",
+            "nano",
+            "--corpus",
+            str(corpus),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     _, tok = load_model_and_tokenizer(tmp_path / "m")

@@ -56,7 +56,13 @@ def parse_args(dataclass_types: Sequence[type], args: Sequence[str] | None = Non
     return tuple(parser.parse_args_and_config(args=argv))
 
 
-def setup_logging(level: str | int = "INFO") -> None:
+def setup_logging(level: str | int | Any = "INFO") -> None:
+    """Log to stderr. Given a trl/transformers config: INFO on the main process, WARNING on the others, unless
+    the config sets ``log_level``/``log_level_replica`` itself."""
+    if hasattr(level, "get_process_log_level"):
+        args = level
+        explicit = args.log_level != "passive" if args.should_log else args.log_level_replica != "warning"
+        level = args.get_process_log_level() if explicit else (logging.INFO if args.should_log else logging.WARNING)
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True
     )

@@ -171,9 +171,7 @@ def read_records(path: str | Path, validate: bool = True) -> list[dict[str, Any]
     return [validate_record(row, str(path), i) for i, row in rows]
 
 
-def load_records(
-    spec: str | Path, split: str = "train", validate: bool = True, limit: int | None = None
-) -> Dataset:
+def load_records(spec: str | Path, split: str = "train", validate: bool = True, limit: int | None = None) -> Dataset:
     """A :class:`datasets.Dataset` of records from a local file or a hub dataset name.
 
     Local paths never touch the network. A hub name is loaded with ``datasets.load_dataset(spec, split=split)``.

@@ -37,7 +37,9 @@ class SFTScriptArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
     think_start: str | None = field(
         default=None,
-        metadata={"help": "Think-block opening tag (default: the tokenizer's, else `<think>`; openPangu: [unused16])."},
+        metadata={
+            "help": "Think-block opening tag (default: the tokenizer's, else `<think>`; openPangu: [unused16])."
+        },
     )
     think_end: str | None = field(default=None, metadata={"help": "Think-block closing tag (openPangu: [unused17])."})
     merge_lora: bool = field(
@@ -124,9 +126,11 @@ def save_trained(trainer: SFTTrainer, output_dir: str | Path, merge_lora: bool =
     model = trainer.model
     if hasattr(model, "merge_and_unload") and merge_lora:
         merged_dir = output_dir / "merged"
-        merged = model.merge_and_unload()
-        merged.save_pretrained(merged_dir)
-        trainer.processing_class.save_pretrained(merged_dir)
-        logger.info("saved the LoRA-merged model to %s", merged_dir)
+        if trainer.accelerator.is_main_process:
+            merged = trainer.accelerator.unwrap_model(model).merge_and_unload()
+            merged.save_pretrained(merged_dir)
+            trainer.processing_class.save_pretrained(merged_dir)
+            logger.info("saved the LoRA-merged model to %s", merged_dir)
+        trainer.accelerator.wait_for_everyone()
         return merged_dir
     return output_dir
