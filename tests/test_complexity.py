@@ -1,0 +1,75 @@
+"""Complexity, selection weights and selection: exact values on fixed pass rates."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from train.complexity import (
+    SelectionConfig,
+    band_weight,
+    complexity,
+    gaussian_weight,
+    histogram,
+    plot_histogram,
+    select,
+    statistics,
+)
+
+
+def test_complexity_and_weights_are_exact():
+    assert [complexity(r) for r in (0.0, 0.25, 0.5, 1.0)] == [1.0, 0.75, 0.5, 0.0]
+    with pytest.raises(ValueError):
+        complexity(1.5)
+    assert gaussian_weight(0.5, 0.5, 0.2) == 1.0
+    assert gaussian_weight(0.7, 0.5, 0.2) == pytest.approx(math.exp(-0.5), rel=1e-12)
+    assert gaussian_weight(0.1, 0.5, 0.2) == pytest.approx(math.exp(-2.0), rel=1e-12)
+    assert gaussian_weight(0.25, 0.5, 0.25) == gaussian_weight(0.75, 0.5, 0.25)  # symmetric
+    assert [band_weight(c, 0.25, 0.75) for c in (0.0, 0.25, 0.5, 0.75, 1.0)] == [0, 1, 1, 1, 0]
+    with pytest.raises(ValueError):
+        gaussian_weight(0.5, 0.5, 0.0)
+
+
+def test_band_selection_never_takes_zero_weight_prompts():
+    cs = [0.0, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0] * 3
+    sel = select(cs, SelectionConfig(weighting="band", band_lo=0.25, band_hi=0.75, target_size=100))
+    assert sorted(cs[i] for i in sel.indices) == [0.3] * 3 + [0.5] * 3 + [0.7] * 3
+    assert sel.replay == []
+
+
+def test_selection_size_replay_and_determinism():
+    rng = random.Random(0)
+    cs = [rng.choice([0.0, 0.25, 0.5, 0.75, 1.0]) for _ in range(400)]
+    config = SelectionConfig(target_size=100, replay_fraction=0.2, center=0.5, width=0.15, selection_seed=1)
+    sel = select(cs, config)
+    assert len(sel.indices) == len(set(sel.indices)) == 100
+    assert len(sel.replay) == 20 and all(cs[i] == 0.0 for i in sel.replay)
+    assert all(cs[i] > 0.0 for i in sel.learn)  # mastered prompts only come in as replay
+    assert select(cs, config).indices == sel.indices
+    learn = [cs[i] for i in sel.learn]
+    assert learn.count(0.5) > learn.count(0.25) > learn.count(1.0)  # the Gaussian favours the middle
+    uniform = select(cs, SelectionConfig(weighting="uniform", target_size=400))
+    assert sorted(uniform.indices) == list(range(400))
+
+
+def test_statistics_and_png(tmp_path):
+    cs = [0.0, 0.5, 0.5, 1.0]
+    records = [{"difficulty": d} for d in (1, 2, 2, 3)]
+    sel = select(cs, SelectionConfig(weighting="band", band_lo=0.4, band_hi=0.6))
+    stats = statistics(records, cs, sel, bins=4)
+    assert stats["histogram_before"] == [1, 0, 2, 1] and stats["histogram_after"] == [0, 0, 2, 0]
+    assert stats["mean_complexity_before"] == 0.5 and stats["mean_complexity_after"] == 0.5
+    assert (stats["mastered_before"], stats["unsolved_before"], stats["selected"]) == (1, 1, 2)
+    assert stats["difficulty_after"] == {"2": 2}
+    assert histogram([0.0, 0.099, 0.1, 1.0], 10) == [2, 1, 0, 0, 0, 0, 0, 0, 0, 1]
+    png = plot_histogram(cs, [0.5, 0.5], tmp_path / "h.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="weighting"):
+        SelectionConfig(weighting="cubic")
+    with pytest.raises(ValueError, match="replay_fraction"):
+        SelectionConfig(replay_fraction=1.5)
