@@ -1,0 +1,157 @@
+"""Mode-aware evaluation gives exact numbers on a fixed set of replies; benchmark files load in common formats."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from train import benchmarks
+from train.evaluation import (
+    markdown_table,
+    pass_at_k,
+    per_prompt_scores,
+    results_from_scores,
+    right_modes,
+    score_generations,
+    write_results,
+)
+from train.generation import Generation
+from train.modes import Mode
+
+
+def F(answer, tokens=5):
+    return Generation(f"<think>\n\n</think>\n\n{answer}", tokens, False)
+
+
+def S(answer, tokens=10):
+    return Generation(f"<think>\nsteps\n</think>\n\n{answer}", tokens, False)
+
+
+RECORDS = [
+    {"id": "a", "answer": "2", "difficulty": 1},
+    {"id": "b", "answer": "5", "difficulty": 1},
+    {"id": "c", "answer": "579", "difficulty": 3},
+]
+GENS = {
+    "fast": [[F(2), F(2)], [F(5), F(4)], [F(578, 7), F(578, 7)]],
+    "slow": [[S(2), S(2)], [S(5), S(5)], [S(579, 20), Generation("<think>\nsteps", 30, True)]],
+    "auto": [[F(2), F(2)], [S(5), S(5)], [S(579, 20), F(578, 7)]],
+}
+
+
+def exact(answer, record):
+    return answer == record["answer"]
+
+
+@pytest.fixture
+def results():
+    scores = {m: per_prompt_scores(RECORDS, GENS[m], m, exact) for m in GENS}
+    return results_from_scores(scores, k=2)
+
+
+def test_pass_at_k_exact_values():
+    assert pass_at_k(4, 1, 1) == 0.25
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
+    assert pass_at_k(4, 0, 3) == 0.0
+    assert pass_at_k(4, 3, 2) == 1.0
+    with pytest.raises(ValueError, match="pass@k"):
+        pass_at_k(2, 3, 1)
+
+
+def test_exact_numbers_per_mode(results):
+    fast, slow, auto = (results["modes"][m] for m in ("fast", "slow", "auto"))
+    assert fast["avg@2"] == 0.5 and fast["pass@2"] == pytest.approx(2 / 3)
+    assert fast["mean_tokens"] == pytest.approx(34 / 6) and fast["compliance"] == 1.0 and fast["fast_share"] == 1.0
+    assert slow["avg@2"] == pytest.approx(5 / 6) and slow["pass@2"] == 1.0
+    assert slow["mean_tokens"] == 15.0 and slow["compliance"] == pytest.approx(5 / 6) and slow["fast_share"] == 0.0
+    assert auto["avg@2"] == pytest.approx(5 / 6) and auto["mean_tokens"] == 9.5
+    assert auto["compliance"] == 1.0 and auto["fast_share"] == 0.5
+    assert "right_mode_rate" not in fast
+
+
+def test_fast_share_and_right_mode_per_difficulty(results):
+    auto = results["modes"]["auto"]
+    assert auto["right_mode_rate"] == pytest.approx(5 / 6)
+    assert auto["per_difficulty"]["1"]["fast_share"] == 0.5 and auto["per_difficulty"]["3"]["fast_share"] == 0.5
+    assert auto["per_difficulty"]["1"]["right_mode_rate"] == 1.0
+    assert auto["per_difficulty"]["3"]["right_mode_rate"] == 0.5
+    assert results["modes"]["fast"]["per_difficulty"]["3"]["avg@2"] == 0.0
+
+
+def test_right_modes_follow_the_label_rule():
+    scores = {m: per_prompt_scores(RECORDS, GENS[m], m, exact) for m in ("fast", "slow")}
+    assert right_modes(scores["fast"], scores["slow"]) == ["fast", "slow", "slow"]
+    with pytest.raises(ValueError, match="aligned"):
+        right_modes(scores["fast"], scores["slow"][::-1])
+
+
+def test_score_generations_keeps_its_contract():
+    out = score_generations(RECORDS, GENS["slow"], Mode.SLOW, exact)
+    assert out == {"accuracy": 5 / 6, "mean_tokens": 15.0, "compliance": 5 / 6, "fast_rate": 0.0}
+
+
+def test_outputs_written(results, tmp_path):
+    table = markdown_table(results)
+    assert "| auto | 83.3% | 100.0% | 9.5 | 100.0% | 50.0% | 83.3% |" in table
+    assert "| fast | 50.0% | 66.7% | 5.7 | 100.0% | 100.0% | - |" in table
+    paths = write_results(results, tmp_path, "x")
+    assert json.loads(paths["json"].read_text())["modes"]["slow"]["mean_tokens"] == 15.0
+    assert paths["md"].read_text() == table
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+# --------------------------------------------------------------------------------------------------- benchmarks
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_aime_and_math500_rows(tmp_path):
+    aime = benchmarks.load_benchmark(_write(tmp_path / "aime.jsonl", [{"problem": "Find x.", "answer": 33}]))
+    assert aime[0]["task"] == "math" and aime[0]["answer"] == "33" and "\\boxed{}" in aime[0]["prompt"]
+    m500 = benchmarks.load_benchmark(
+        _write(tmp_path / "m.jsonl", [{"problem": "p", "solution": "s", "answer": "\\frac12", "level": "Level 4"}])
+    )
+    assert benchmarks.detect_format({"problem": 1, "level": 2, "answer": 3}) == "math500"
+    assert m500[0]["difficulty"] == 4.0 and m500[0]["answer"] == "\\frac12"
+    assert benchmarks.check("\\boxed{\\frac{1}{2}}", m500[0]) is True
+    assert benchmarks.check("\\boxed{0.3}", m500[0]) is False
+
+
+def test_gpqa_rows_shuffle_deterministically(tmp_path):
+    row = {
+        "Question": "Pick",
+        "Correct Answer": "right",
+        "Incorrect Answer 1": "w1",
+        "Incorrect Answer 2": "w2",
+        "Incorrect Answer 3": "w3",
+    }
+    a = benchmarks.load_benchmark(_write(tmp_path / "g.jsonl", [row]))[0]
+    b = benchmarks.load_benchmark(_write(tmp_path / "g2.jsonl", [row]))[0]
+    assert a == b and a["task"] == "choice"
+    letter = a["answer"]
+    assert f"({letter}) right" in a["prompt"]
+    assert benchmarks.check(f"The answer is ({letter}).", a) is True
+    assert benchmarks.check(f"\\boxed{{{letter}}}", a) is True
+    other = next(x for x in "ABCD" if x != letter)
+    assert benchmarks.check(f"({other})", a) is False
+    listed = benchmarks.convert_row({"question": "q", "choices": ["x", "y"], "answer": 1}, "gpqa", "row")
+    assert listed["answer"] == "B"
+
+
+def test_code_rows(tmp_path):
+    he = {"prompt": "def f(x):\n", "test": "def check(c):\n    assert c(1) == 2", "entry_point": "f"}
+    rec = benchmarks.load_benchmark(_write(tmp_path / "he.jsonl", [he]))[0]
+    assert rec["task"] == "code" and "check(f)" in rec["tests"][0]["assert"]
+    io = benchmarks.convert_row({"question": "echo", "tests": [{"input": "1", "output": "1"}]}, "code", "row")
+    assert io["tests"] == [{"input": "1", "output": "1"}]
+    with pytest.raises(benchmarks.DataError, match="needs tests"):
+        benchmarks.convert_row({"question": "q", "tests": []}, "code", "f.jsonl, row 3")
+
+
+def test_unknown_format_names_the_keys(tmp_path):
+    with pytest.raises(benchmarks.DataError, match="cannot tell"):
+        benchmarks.load_benchmark(_write(tmp_path / "x.jsonl", [{"foo": 1}]))
