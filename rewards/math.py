@@ -8,9 +8,9 @@ its length rewards.
 
 Each reference is parsed once per process (an LRU cache keyed on the reference string). math-verify's own time
 limits use ``signal.alarm``, which fails off the main thread, so they are switched off and replaced by
-``time_limit``: a watchdog thread that raises ``VerifyTimeout`` in the verifying thread when the limit passes. That
-works on any thread and in worker processes (the watchdog restarts after a fork). It interrupts Python code (all of
-sympy's simplification); a single long C call (a huge integer power, say) finishes before the limit can act.
+``run_with_time_limit``: a watchdog thread that raises ``VerifyTimeout`` in the verifying thread when the limit
+passes. That works on any thread and in worker processes (the watchdog restarts after a fork). It interrupts Python
+code (all of sympy's simplification); a single long C call (a huge integer power, say) finishes first.
 
 Scores: 1.0 correct, 0.0 wrong or missing answer (an unclosed think block has no answer), ``None`` when the sample
 is not a math task, has no reference, or the reference cannot be parsed, and ``None`` on a time-out or an error.
@@ -56,7 +56,7 @@ _WORD = re.compile(r"[A-Za-z]{3,}")
 
 
 class _TimeoutWarningFilter(logging.Filter):
-    """Drop math-verify's "timeout is disabled" warning: we always switch it off and apply ``time_limit``."""
+    """Drop math-verify's "timeout is disabled" warning: we always switch it off and apply ``run_with_time_limit``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "Timeout is disabled" not in record.getMessage()
@@ -70,7 +70,7 @@ for _name in ("math_verify.parser", "math_verify.grader"):
 
 
 class VerifyTimeout(BaseException):
-    """Raised inside a thread whose ``time_limit`` has passed.
+    """Raised inside a thread whose ``run_with_time_limit`` limit has passed.
 
     A ``BaseException`` so that math-verify's and sympy's ``except Exception`` handlers do not swallow it.
     """
@@ -80,7 +80,10 @@ class _Watchdog:
     """One daemon thread per process that interrupts threads whose deadline has passed."""
 
     def __init__(self) -> None:
-        self.cond = threading.Condition(threading.Lock())
+        # disarm() takes the raw lock with a C-level __enter__: a VerifyTimeout landing as it is taken cannot leave
+        # it held (Condition.__enter__ is Python code, so the exception could fall between acquire and the with).
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
         self.heap: list[tuple[float, int]] = []  # (deadline, token)
         self.armed: dict[int, int] = {}  # token -> thread ident
         self.tokens = itertools.count()
@@ -99,7 +102,7 @@ class _Watchdog:
 
     def disarm(self, token: int) -> bool:
         """Cancel ``token``; True when the watchdog already fired it (an exception is pending or raised)."""
-        with self.cond:
+        with self.lock:
             return self.armed.pop(token, None) is None
 
     def _run(self) -> None:
@@ -185,6 +188,8 @@ def parse_reference(gold: str) -> tuple[Any, ...]:
         # Only strings back means math-verify fell back to the raw text: nothing was understood.
         if any(not isinstance(p, str) for p in parsed):
             return tuple(parsed)
+    # Logged once per reference and process (the result is cached): its samples score None.
+    logger.warning("unparseable math reference %.80r: the math rewards give None for its samples", gold)
     return ()
 
 
@@ -208,10 +213,12 @@ def _clear_math_verify_caches() -> None:
         getattr(_mv_parser, name).cache_clear()
 
 
-def _verify(gold: str, answer: str, strict: bool, use_cache: bool) -> bool | None:
+def _verify(gold: str, answer: str | None, strict: bool, use_cache: bool) -> bool | None:
     reference = parse_reference(gold) if use_cache else parse_reference.__wrapped__(gold)
     if not reference:
-        return None
+        return None  # checked before the answer: an unparseable reference is None whatever the completion
+    if answer is None or not answer.strip():
+        return False
     parsed = parse_answer(answer)
     if not parsed:
         return False
@@ -235,8 +242,6 @@ def verify_answer(
     """
     if gold is None or str(gold).strip() == "":
         return None
-    if answer is None or not answer.strip():
-        return False
     try:
         return run_with_time_limit(_verify, timeout_s, str(gold), answer, strict, use_cache)
     except VerifyTimeout:
@@ -274,28 +279,13 @@ class MathReward(Reward):
 
     def correct(self, completion: Any, answer: Any = None, task: Any = None) -> bool | None:
         """True/False for a math row, None when the reward does not apply (also used by the length rewards)."""
-        if not applies_to_task(task, self.tasks) or answer is None or str(answer).strip() == "":
+        if not applies_to_task(task, self.tasks):
             return None
-        if parse_reference_safe(str(answer), self.timeout_s) is None:
-            return None  # an unparseable reference says nothing about the completion
         return verify_answer(answer, self.answer(completion), timeout_s=self.timeout_s, strict=self.strict)
 
     def score(self, completion: Any, answer: Any = None, task: Any = None, **_: Any) -> float | None:
         ok = self.correct(completion, answer, task)
         return None if ok is None else float(ok)
-
-
-def parse_reference_safe(gold: str, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> tuple[Any, ...] | None:
-    """The cached parsed reference, or None when it is empty, unparseable or timed out (logged at debug)."""
-    try:
-        parsed = run_with_time_limit(parse_reference, timeout_s, gold)
-    except VerifyTimeout:
-        logger.warning("parsing the reference timed out after %ss: %.80r", timeout_s, gold)
-        return None
-    if not parsed:
-        logger.debug("unparseable math reference: %.80r", gold)
-        return None
-    return parsed
 
 
 # ------------------------------------------------------------------------------------------------ measurement

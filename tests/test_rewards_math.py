@@ -111,6 +111,13 @@ def test_verify_answer_values():
     assert verify_answer("\\frac12", "1/3") is False
     assert verify_answer("\\frac12", None) is False and verify_answer("\\frac12", " ") is False
     assert verify_answer(None, "1") is None and verify_answer("no answer", "1") is None
+    assert verify_answer("no answer", None) is None  # the reference decides first
+
+
+def test_unparseable_reference_is_logged_once(caplog):
+    clear_cache()
+    MathReward()(["\\boxed{1}"] * 3, answer=["see the proof"] * 3)
+    assert caplog.text.count("unparseable math reference 'see the proof'") == 1
 
 
 def _busy(*_args, **_kwargs):
@@ -134,14 +141,31 @@ def test_time_limit_interrupts_on_main_thread_and_workers():
         assert list(pool.map(lambda _: in_worker(), range(3))) == [3, 3, 3]
 
 
-def test_time_limit_never_leaks_into_the_caller():
-    # Limits shorter than the call itself race with its return: the exception must stay inside.
-    for _ in range(300):
+def test_time_limit_never_leaks_into_the_caller_nor_deadlocks():
+    # Limits as short as the call itself race with its return: the exception must stay inside, and the watchdog
+    # lock must never be left held (that would hang every later call, so the work runs in threads with a join).
+    leaked: list[BaseException] = []
+
+    def race(limit: float) -> None:
         try:
-            run_with_time_limit(sum, 1e-5, range(200))
-        except VerifyTimeout:
-            pass
-    time.sleep(0.05)  # a leaked pending exception would surface here
+            for _ in range(300):
+                try:
+                    run_with_time_limit(sum, limit, range(200))
+                except VerifyTimeout:
+                    pass
+            time.sleep(0.05)  # a leaked pending exception would surface here
+        except BaseException as exc:
+            leaked.append(exc)
+
+    threads = [threading.Thread(target=race, args=(limit,)) for limit in (1e-6, 1e-5, 5e-5, 1e-4)]
+    for t in threads:
+        t.start()
+    race(2e-5)
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "run_with_time_limit deadlocked"
+    assert leaked == []
+    assert run_with_time_limit(sum, 1.0, [1, 2]) == 3
 
 
 def test_verification_timeout_gives_none(monkeypatch, caplog):
