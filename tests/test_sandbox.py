@@ -391,3 +391,34 @@ def test_threads_do_not_share_sandboxes():
 def test_limits_validation():
     with pytest.raises(ValueError, match="isolation"):
         run_tests("print(1)", STDIO, SandboxLimits(isolation="docker"))
+
+
+# ------------------------------------------------------------------------------------ processes around the sandbox
+
+
+@needs_root
+@pytest.mark.parametrize("fork_server", [True, False], ids=["fork-server", "fresh-interpreter"])
+def test_both_launch_paths_give_the_same_outcomes(fork_server, no_leftovers):
+    limits = SandboxLimits(**{**FAST.__dict__, "fork_server": fork_server})
+    assert run_tests(DOUBLE, STDIO, limits).statuses == ["passed"] * 3
+    result = run_tests("import os\nos.kill(os.getppid(), 9)\nprint(int(input()) * 2)", STDIO[:2], limits)
+    assert result.statuses == ["error", "error"]  # refused, and the harness lived to run the second case
+    assert one("while True:\n    pass", limits=limits).status == "timeout"
+
+
+@needs_root
+def test_backstop_kills_a_harness_that_overruns(no_leftovers):
+    limits = SandboxLimits(**{**FAST.__dict__, "total_timeout_s": 0.5})
+    result = run_tests("import time\ntime.sleep(30)", [{"input": "", "output": ""}] * 2, limits)
+    assert result.statuses == ["error", "error"]
+    assert result.cases[0].detail == "the sandbox died before this case finished"
+
+
+@needs_root
+def test_fork_server_is_restarted_when_it_dies(no_leftovers):
+    assert run_tests(DOUBLE, STDIO, FAST).fraction == 1.0
+    server = sandbox._ForkServer.get(FAST)
+    server.proc.kill()
+    server.proc.wait()
+    assert run_tests(DOUBLE, STDIO, FAST).fraction == 1.0
+    assert server.proc.poll() is None
