@@ -41,6 +41,9 @@ T = TypeVar("T")
 
 #: How many parsed references each process keeps.
 REFERENCE_CACHE_SIZE = 8192
+#: How many parsed answers each process keeps, and the longest answer text that is cached.
+ANSWER_CACHE_SIZE = 8192
+ANSWER_CACHE_MAX_CHARS = 2000
 #: Default wall-clock limit, in seconds, for parsing and verifying one sample.
 DEFAULT_TIMEOUT_S = 5.0
 #: Task-column values the math rewards apply to (compared case-insensitively).
@@ -194,16 +197,27 @@ def parse_reference(gold: str) -> tuple[Any, ...]:
 
 
 def parse_answer(answer: str) -> list[Any]:
-    """The parsed final answer of an answer text: ``\\boxed{}`` first, then the last answer-like expression."""
-    return _parse(answer)
+    """The parsed final answer of an answer text: ``\\boxed{}`` first, then the last answer-like expression.
+
+    Answer texts up to ``ANSWER_CACHE_MAX_CHARS`` long are cached: within a GRPO group the text after the think
+    block ("The answer is \\boxed{42}.") often repeats word for word.
+    """
+    if len(answer) > ANSWER_CACHE_MAX_CHARS:
+        return _parse(answer)
+    return list(_parse_answer_cached(answer))
+
+
+@functools.lru_cache(maxsize=ANSWER_CACHE_SIZE)
+def _parse_answer_cached(answer: str) -> tuple[Any, ...]:
+    return tuple(_parse(answer))
 
 
 def clear_cache(math_verify_caches: bool = False) -> None:
-    """Forget the parsed references; ``math_verify_caches=True`` also empties math-verify's small LaTeX caches.
-
-    Benchmarks call it with ``True`` to time a truly fresh parse.
+    """Forget the parsed references and answers; ``math_verify_caches=True`` also empties math-verify's own small
+    LaTeX caches. Benchmarks call it with ``True`` to time a truly fresh parse.
     """
     parse_reference.cache_clear()
+    _parse_answer_cached.cache_clear()
     if math_verify_caches:
         _clear_math_verify_caches()
 
@@ -292,24 +306,26 @@ class MathReward(Reward):
 
 
 def measure_cost(pairs: list[tuple[str, str]], repeats: int = 20) -> dict[str, float]:
-    """Mean milliseconds per ``verify_answer`` call with a fresh reference vs a cached one.
+    """Mean milliseconds per ``verify_answer`` call, by what is already parsed.
 
-    Every call parses its answer afresh (math-verify's own small caches are emptied before each call), so the
-    difference is the reference parse that the cache saves.
+    ``fresh_ms``: nothing cached (every cache emptied first). ``cached_reference_ms``: the reference cached, the
+    answer parsed afresh (the common case in GRPO: one reference, many different completions).
+    ``cached_both_ms``: the answer text seen before too.
     """
-    fresh_total = cached_total = 0.0
+    totals = {"fresh_ms": 0.0, "cached_reference_ms": 0.0, "cached_both_ms": 0.0}
     for _ in range(repeats):
         for gold, answer in pairs:
-            clear_cache(math_verify_caches=True)
-            start = time.perf_counter()
-            verify_answer(gold, answer)
-            fresh_total += time.perf_counter() - start
-            _clear_math_verify_caches()
-            start = time.perf_counter()
-            verify_answer(gold, answer)
-            cached_total += time.perf_counter() - start
+            for key in totals:
+                if key == "fresh_ms":
+                    clear_cache(math_verify_caches=True)
+                elif key == "cached_reference_ms":
+                    _parse_answer_cached.cache_clear()
+                    _clear_math_verify_caches()
+                start = time.perf_counter()
+                verify_answer(gold, answer)
+                totals[key] += time.perf_counter() - start
     n = repeats * len(pairs)
-    return {"fresh_ms": 1e3 * fresh_total / n, "cached_ms": 1e3 * cached_total / n, "calls": n}
+    return {**{k: 1e3 * v / n for k, v in totals.items()}, "calls": n}
 
 
 _SAMPLE_PAIRS = [
@@ -322,14 +338,19 @@ _SAMPLE_PAIRS = [
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Time verify_answer: fresh references vs cached ones.")
-    parser.add_argument("--repeats", type=int, default=20, help="passes over the sample pairs")
-    args = parser.parse_args(argv)
-    cost = measure_cost(_SAMPLE_PAIRS, args.repeats)
-    print(
-        f"verify_answer over {cost['calls']} calls: fresh {cost['fresh_ms']:.3f} ms/call, "
-        f"cached reference {cost['cached_ms']:.3f} ms/call ({cost['fresh_ms'] / cost['cached_ms']:.1f}x)"
+    parser = argparse.ArgumentParser(
+        description="Time verify_answer per call: nothing cached, the reference cached (answer parsed afresh), and "
+        "both cached. Prints one line per sample pair and the mean over all."
     )
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per pair and setting")
+    args = parser.parse_args(argv)
+    verify_answer("1", "1")  # import-time and first-call costs are not what is measured
+    rows = [((gold, answer), measure_cost([(gold, answer)], args.repeats)) for gold, answer in _SAMPLE_PAIRS]
+    rows.append((("all pairs", ""), measure_cost(_SAMPLE_PAIRS, args.repeats)))
+    print(f"{'reference':>14} {'answer':<38} {'fresh':>9} {'ref cached':>11} {'both cached':>12}  (ms/call)")
+    for (gold, answer), c in rows:
+        fresh, ref, both = c["fresh_ms"], c["cached_reference_ms"], c["cached_both_ms"]
+        print(f"{gold:>14} {answer:<38} {fresh:9.3f} {ref:11.3f} {both:12.3f}")
 
 
 if __name__ == "__main__":

@@ -187,6 +187,18 @@ def test_works_off_the_main_thread_where_math_verify_defaults_fail():
         assert pool.submit(MathReward(), ["\\boxed{1}"], answer=["1"]).result() == [1.0]
 
 
-def test_measure_cost_reports_both():
+def test_measure_cost_reports_each_setting():
     cost = rmath.measure_cost([("42", "\\boxed{42}")], repeats=2)
-    assert cost["calls"] == 2 and cost["fresh_ms"] > 0 and cost["cached_ms"] > 0
+    assert cost["calls"] == 2 and set(cost) == {"calls", "fresh_ms", "cached_reference_ms", "cached_both_ms"}
+    assert all(v > 0 for v in cost.values())
+
+
+def test_answer_texts_are_cached_up_to_a_length(monkeypatch):
+    clear_cache()
+    calls = []
+    real = rmath._parse
+    monkeypatch.setattr(rmath, "_parse", lambda text: calls.append(text) or real(text))
+    assert MathReward()(["<think>a</think>\\boxed{7}", "<think>b</think>\\boxed{7}"], answer=["7", "7"]) == [1.0, 1.0]
+    assert calls == ["$7$", "\\boxed{7}"]  # the reference once, the shared answer text once
+    monkeypatch.setattr(rmath, "ANSWER_CACHE_MAX_CHARS", 5)
+    assert verify_answer("7", "\\boxed{7}") is True and calls[-1] == "\\boxed{7}" and len(calls) == 3
