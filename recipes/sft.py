@@ -27,9 +27,12 @@ from train.sft import (  # noqa: E402
 
 logger = logging.getLogger("recipes.sft")
 
+# The config dataclasses, in the order TrlParser fills them (also read by the config-validation test).
+ARG_CLASSES = (SFTScriptArguments, SFTConfig, ModelConfig)
+
 
 def main(argv: list[str] | None = None) -> Path:
-    script_args, training_args, model_args = parse_args((SFTScriptArguments, SFTConfig, ModelConfig), argv)
+    script_args, training_args, model_args = parse_args(ARG_CLASSES, argv)
     setup_logging(training_args)
 
     # 1. Setup: model, tokenizer (with the fastslow template) and chat-formatted data.
