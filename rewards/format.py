@@ -7,7 +7,9 @@ in every mode a well-formed block and a non-empty answer must follow. 0.0 otherw
 
 A reply with no think block at all is 0.0 for both, unless the prompt itself ends with the block (a template that
 prefills it, e.g. Qwen3's ``enable_thinking=False`` prefills an empty block): then the prefilled block counts.
-Prefilling is only visible in string prompts; trl passes conversational prompts as messages, rendered later.
+Prefilling is only visible in string prompts; trl passes conversational prompts as messages, rendered later, so
+when a conversational run prefills the empty block (``chat_template_kwargs={"enable_thinking": False}``) pass
+``allow_no_block=True``: a reply with no block then counts as a fast reply.
 """
 
 from __future__ import annotations
@@ -30,11 +32,20 @@ def _prefilled_block(prompt: Any, think_start: str, think_end: str) -> str | Non
     return None if start == -1 else prompt[start:]
 
 
-def parse_reply(completion: Any, prompt: Any, think_start: str, think_end: str) -> ParsedResponse:
-    """The reply parsed, with a think block prefilled by a string prompt taken as the start of the reply."""
+def parse_reply(
+    completion: Any, prompt: Any, think_start: str, think_end: str, allow_no_block: bool = False
+) -> ParsedResponse:
+    """The reply parsed, with a think block prefilled by a string prompt taken as the start of the reply.
+
+    ``allow_no_block``: a reply with no think block at all is read as a fast reply (its block was prefilled
+    where the reward cannot see it).
+    """
     text = completion_text(completion)
     block = _prefilled_block(prompt, think_start, think_end)
-    return parse_response(text if block is None else block + text, think_start, think_end)
+    parsed = parse_response(text if block is None else block + text, think_start, think_end)
+    if allow_no_block and parsed.mode == "none":
+        return ParsedResponse("", parsed.answer, "fast", True)
+    return parsed
 
 
 def _has_answer(parsed: ParsedResponse) -> bool:
@@ -47,16 +58,22 @@ class FormatReward(Reward):
 
     Args:
         think_start, think_end: the think delimiters (``[unused16]``/``[unused17]`` for openPangu).
+        allow_no_block: read a reply without any think block as a fast reply (the template prefilled the block
+            in a conversational prompt the reward cannot see).
     """
 
     name = "format"
 
-    def __init__(self, think_start: str = Reward.think_start, think_end: str = Reward.think_end) -> None:
+    def __init__(
+        self, think_start: str = Reward.think_start, think_end: str = Reward.think_end, allow_no_block: bool = False
+    ) -> None:
         self.think_start = think_start
         self.think_end = think_end
+        self.allow_no_block = allow_no_block
 
     def score(self, completion: Any, prompts: Any = None, prompt: Any = None, **_: Any) -> float:
-        parsed = parse_reply(completion, prompts if prompts is not None else prompt, self.think_start, self.think_end)
+        prompt = prompts if prompts is not None else prompt
+        parsed = parse_reply(completion, prompt, self.think_start, self.think_end, self.allow_no_block)
         return 1.0 if _has_answer(parsed) else 0.0
 
 
@@ -67,6 +84,7 @@ class ModeReward(Reward):
     Args:
         think_start, think_end: the think delimiters.
         default_mode: the mode of a prompt with no tag (slow, as in openPangu-Embedded and Qwen3).
+        allow_no_block: read a reply without any think block as a fast reply (see ``format``).
     """
 
     name = "mode"
@@ -76,17 +94,19 @@ class ModeReward(Reward):
         think_start: str = Reward.think_start,
         think_end: str = Reward.think_end,
         default_mode: str = Mode.SLOW.value,
+        allow_no_block: bool = False,
     ) -> None:
         self.think_start = think_start
         self.think_end = think_end
         self.default_mode = Mode.parse(default_mode).value
+        self.allow_no_block = allow_no_block
 
     def score(self, completion: Any, prompts: Any = None, prompt: Any = None, **_: Any) -> float | None:
         prompt = prompts if prompts is not None else prompt
         if prompt is None:
             return None
         wanted = detect_mode(prompt, default=Mode.parse(self.default_mode))
-        parsed = parse_reply(completion, prompt, self.think_start, self.think_end)
+        parsed = parse_reply(completion, prompt, self.think_start, self.think_end, self.allow_no_block)
         if not _has_answer(parsed):
             return 0.0
         if wanted is Mode.AUTO:

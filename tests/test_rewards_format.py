@@ -83,3 +83,11 @@ def test_mode_reward_default_mode():
 def test_mode_reward_batch_mixes_modes():
     prompts = ["a /no_think", "b /think", "c /auto_think", "d /no_think"]
     assert ModeReward()([FAST, SLOW, FAST, SLOW], prompts=prompts) == [1.0, 1.0, 1.0, 0.0]
+
+
+def test_allow_no_block_reads_a_bare_reply_as_fast():
+    prompts = [[{"role": "user", "content": "6*7? /no_think"}]] * 3
+    assert FormatReward()(["42"], prompts=prompts[:1]) == [0.0]
+    assert FormatReward(allow_no_block=True)(["42", "", SLOW], prompts=prompts) == [1.0, 0.0, 1.0]
+    assert ModeReward(allow_no_block=True)(["42", SLOW, "<think>open"], prompts=prompts) == [1.0, 0.0, 0.0]
+    assert ModeReward(allow_no_block=True)(["42"], prompts=["6*7? /think"]) == [0.0]
