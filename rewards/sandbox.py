@@ -8,9 +8,12 @@ How a solution is contained (one sandbox process per solution; each case runs in
 
 * **Syntax first.** The code is compiled in the calling process (compiling runs nothing); a syntax error scores
   every case ``syntax_error`` without starting a process.
-* **A separate process** (``python -I -S -c <harness>``) started with an environment built from scratch (no
-  inherited variables, so no secrets), its own process group, and a private temporary working directory that is
-  deleted afterwards.
+* **A separate process** per solution: a fork of a long-lived *fork server* (``python -I -S -c <harness>``,
+  started once per calling process with an environment built from scratch: no inherited variables, so no
+  secrets), in its own session and process group, with a private temporary working directory that is deleted
+  afterwards. Forking a ready interpreter instead of starting one per solution is what keeps the sandbox as
+  cheap as a bare ``subprocess.run`` per case; ``fork_server=False`` starts a fresh interpreter instead (same
+  isolation).
 * **Namespaces** (``isolation="namespaces"``, needs root): the harness unshares a new network namespace (only a
   downed loopback: no network at all, not even to the host's localhost), a new PID namespace (the harness's child
   is PID 1 there; solutions cannot see or signal any process outside, and when PID 1 exits the kernel kills every
@@ -26,6 +29,8 @@ How a solution is contained (one sandbox process per solution; each case runs in
   (``RLIMIT_NPROC``), file size (``RLIMIT_FSIZE``), open files, no core dumps; a wall-clock timeout; a cap on
   the bytes written to stdout + stderr. After each case every process left in the namespace is killed.
 * **Backstop**: if the harness itself does not finish in time, the caller kills its whole process group.
+* **Never ``kill(-1)`` as root outside the sandbox's own PID namespace**: the harness checks that it is PID 1
+  before using it to clear a case's leftovers (elsewhere that call would kill every process on the machine).
 
 Not root (``isolation="rlimits"``, chosen automatically): no namespaces and no user switch are possible, so the
 solution runs as the calling user with the same resource limits, its own session (killed as a group after each
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import marshal
@@ -250,7 +256,8 @@ def check_syntax(code: str) -> str | None:
     """None when ``code`` compiles; otherwise the error (compiling executes nothing)."""
     try:
         compile(code, "<solution>", "exec")
-    except (SyntaxError, ValueError) as exc:  # ValueError: null bytes in the source
+    # ValueError: null bytes; RecursionError/MemoryError: absurdly nested or huge code (the compiler's guards)
+    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as exc:
         line = getattr(exc, "lineno", None)
         return f"{type(exc).__name__}: {getattr(exc, 'msg', exc)}" + (f" (line {line})" if line else "")
     return None
@@ -258,9 +265,10 @@ def check_syntax(code: str) -> str | None:
 
 # ---------------------------------------------------------------------------------------------- the harness
 
-# The program the sandbox process runs (as `python -I -S -c`). It reads its spec on stdin, sets up the
-# namespaces, then runs each case in a fresh fork that drops privileges and sets the limits, and writes one record
-# per case on stdout. It never sees expected outputs. Start-up time is most of the sandbox's overhead, so it
+# The program the sandbox process runs (as `python -I -S -c`, either as the fork server or for one solution). For
+# each solution it reads the spec (from its job socket, or stdin), sets up the namespaces, then runs each case in
+# a fresh fork that drops privileges and sets the limits, and writes one record per case (to the socket, or
+# stdout). It never sees expected outputs. Start-up time is most of the sandbox's overhead, so it
 # imports only built-in C modules: `posix` rather than `os`, `marshal` rather than `json` (records are framed by a
 # 4-byte length), `_signal` rather than `signal`, `_ctypes` rather than `ctypes`, and formats tracebacks itself;
 # `json`, `signal`, `ctypes` and `traceback` would triple its start-up time.
@@ -687,7 +695,7 @@ def _isolation(limits: SandboxLimits) -> str:
 
 
 @contextlib.contextmanager
-def _uid(limits: SandboxLimits, isolation: str) -> Iterator[tuple[int, int] | None]:
+def _uid(limits: SandboxLimits) -> Iterator[tuple[int, int] | None]:
     """The (uid, gid) to run as, held for the duration; None when no switch is possible (not root)."""
     if os.geteuid() != 0:
         yield None
@@ -696,8 +704,11 @@ def _uid(limits: SandboxLimits, isolation: str) -> Iterator[tuple[int, int] | No
         yield (65534, 65534)
         return
     if limits.user != "dedicated":
-        uid = int(limits.user)
-        yield (uid, uid)
+        if not str(limits.user).isdigit() or int(limits.user) == 0:
+            raise ValueError(
+                f"SandboxLimits.user must be 'dedicated', 'nobody' or a non-zero uid, got {limits.user!r}"
+            )
+        yield (int(limits.user), int(limits.user))
         return
     lock_dir = os.path.join(tempfile.gettempdir(), "fastslow-uid-locks")
     os.makedirs(lock_dir, mode=0o700, exist_ok=True)
@@ -726,11 +737,12 @@ def _uid(limits: SandboxLimits, isolation: str) -> Iterator[tuple[int, int] | No
         time.sleep(0.01)
 
 
-def _keep_paths(limits: SandboxLimits) -> list[str]:
+@functools.lru_cache(maxsize=8)
+def _keep_paths(python: str) -> list[str]:
     """What must stay visible under hidden paths: the interpreter and its standard library."""
     import sysconfig
 
-    paths = {os.path.realpath(sys.base_prefix), os.path.dirname(os.path.realpath(limits.python))}
+    paths = {os.path.realpath(sys.base_prefix), os.path.dirname(os.path.realpath(python))}
     paths.add(os.path.realpath(sysconfig.get_paths()["stdlib"]))
     return sorted(paths)
 
@@ -791,7 +803,7 @@ def _run_harness(
     global _NAMESPACES_BROKEN
     workdir = tempfile.mkdtemp(prefix="fastslow-sandbox-")
     try:
-        with _uid(limits, isolation) as ids:
+        with _uid(limits) as ids:
             if ids is not None:
                 os.chown(workdir, *ids)
             spec = {
@@ -803,7 +815,7 @@ def _run_harness(
                 "namespaces": isolation == "namespaces",
                 "workdir": workdir,
                 "hide_paths": [p.rstrip("/") for p in limits.hide_paths],
-                "keep_paths": _keep_paths(limits),
+                "keep_paths": _keep_paths(limits.python),
             }
             backstop = limits.total_timeout_s or len(cases) * (limits.timeout_s + 1.0) + 10.0
             launch = _serve_forked if limits.fork_server else _launch
@@ -926,6 +938,22 @@ class _ForkServer:
                 finally:
                     theirs.close()
         raise RuntimeError("the sandbox fork server does not accept requests")
+
+
+def _after_fork_in_child() -> None:
+    # A forked caller (a data-loader worker, say) starts its own server; locks held by another thread at the
+    # fork would never be released in the child, so they are replaced.
+    global _SLOT_LOCK
+    for server in _ForkServer._servers.values():
+        if server.control is not None:
+            server.control.close()  # the child's copy only; the parent keeps its server
+    _ForkServer._servers = {}
+    _ForkServer._servers_lock = threading.Lock()
+    _SLOT_LOCK = threading.Lock()
+    _SLOTS_IN_USE.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _serve_forked(spec: dict[str, Any], workdir: str, limits: SandboxLimits, backstop: float) -> bytes:
