@@ -171,7 +171,7 @@ def _absorb_pending() -> None:
 
 
 def _parse(text: str) -> list[Any]:
-    # parsing_timeout=None: math-verify's signal-based limit fails off the main thread; time_limit applies instead.
+    # parsing_timeout=None: math-verify's signal-based limit fails off the main thread; run_with_time_limit applies.
     return parse(text, extraction_config=_CONFIG, parsing_timeout=None)
 
 
@@ -264,8 +264,9 @@ def verify_answer(
 
 
 def applies_to_task(task: Any, tasks: Iterable[str]) -> bool:
-    """True when there is no task value, or it is one of ``tasks`` (case-insensitive)."""
-    return task is None or str(task).strip().lower() in {t.lower() for t in tasks}
+    """True when there is no task value (None or blank), or it is one of ``tasks`` (case-insensitive)."""
+    value = "" if task is None else str(task).strip().lower()
+    return not value or value in {t.lower() for t in tasks}
 
 
 # ------------------------------------------------------------------------------------------------------ reward
@@ -278,7 +279,7 @@ class MathReward(Reward):
     Args:
         timeout_s: wall-clock limit for parsing and verifying one sample (None: no limit); a time-out gives None.
         tasks: ``task`` column values this reward applies to; rows of other tasks get None. Rows without a
-            ``task`` value are scored.
+            ``task`` value (None or blank) are scored.
         strict: math-verify's ``strict`` (variables must match, sets are not tuples).
     """
 

@@ -87,7 +87,8 @@ def test_verify_receives_gold_then_answer(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("task", "expected"), [("math", 1.0), ("MATH", 1.0), (None, 1.0), ("code", None), ("general", None)]
+    ("task", "expected"),
+    [("math", 1.0), (" MATH ", 1.0), (None, 1.0), ("", 1.0), ("code", None), ("general", None), ("choice", None)],
 )
 def test_task_routing(task, expected):
     assert MathReward()(["\\boxed{2}"], answer=["2"], task=[task]) == [expected]
