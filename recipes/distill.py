@@ -279,8 +279,10 @@ def _eval_records(cfg: DistillConfig) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> Path:
     cfg, training_args, model_args = parse_args((DistillConfig, SFTConfig, ModelConfig), argv)
-    setup_logging(training_args.get_process_log_level())
     state = PartialState()
+    # trl's default log level is "passive" (warnings only); the loop's progress is worth seeing on the main process.
+    passive = training_args.log_level == "passive"
+    setup_logging(training_args.get_process_log_level() if not passive or not state.is_main_process else logging.INFO)
     output_dir = Path(training_args.output_dir)
     if not cfg.train_file:
         raise DataError("train_file: give the pool of verified teacher data (records with a `response`)")

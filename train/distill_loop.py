@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 logger = logging.getLogger(__name__)
 
 MERGE_METHODS = ("none", "ema", "linear", "task_arithmetic", "ties")
@@ -97,8 +95,7 @@ def merge_models(
     ``none``: the student as is. ``ema``: ``beta * previous + (1 - beta) * student`` (``parameters.beta``).
     ``linear``: weighted mean of ``[previous, student]``. ``task_arithmetic`` (delta accumulation) and ``ties``:
     deltas of both against ``base`` (the initial model), weighted, (TIES: trimmed and sign-elected), added to it.
-    Uses fastslow's streaming merger (:mod:`train.merging`) when it offers ``merge_checkpoints``, else merges the
-    state dicts in memory with the same per-tensor functions.
+    The merge streams tensor by tensor (:func:`train.merging.merge_checkpoints`), so it also fits 7B models.
     """
     if method not in MERGE_METHODS:
         raise ValueError(f"merge method {method!r}; expected one of {MERGE_METHODS}")
@@ -112,79 +109,29 @@ def merge_models(
     if len(weights) != 2:
         raise ValueError(f"merge_weights: one weight for the previous model and one for the student, got {weights}")
     parameters = dict(parameters or {})
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        from train.merging import merge_checkpoints  # the streaming merger, when it is there
-    except ImportError:
-        merge_checkpoints = None
-    if merge_checkpoints is not None:
-        merge_checkpoints(
-            method,
-            [str(previous), str(student)],
-            str(tmp),
-            base_model=None if method in ("linear", "ema") else str(base),
-            weights=None if method == "ema" else weights,
-            parameters=parameters,
-        )
-        _copy_tokenizer(student, tmp)
-    else:
-        _merge_in_memory(method, previous, student, tmp, base, weights, parameters)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.replace(out_dir)
+    from train.merging import merge_checkpoints
+
+    if method == "ema":  # the running average: beta * previous + (1 - beta) * student
+        models, base_model, weights, densities = [student], previous, None, None
+    elif method == "linear":
+        models, base_model, densities = [previous, student], None, None
+    else:  # deltas of both against the initial model
+        models, base_model = [previous, student], base
+        densities = [float(parameters.get("density", 1.0))] * 2 if method == "ties" else None
+    merge_checkpoints(
+        method,
+        [str(m) for m in models],
+        out_dir,
+        base_model=None if base_model is None else str(base_model),
+        weights=weights,
+        parameters={k: v for k, v in parameters.items() if k != "density"},
+        tokenizer_source=str(student),
+        densities=densities,
+        overwrite=True,
+        show_progress=False,
+    )
     logger.info("merged %s and %s with %s into %s", previous, student, method, out_dir)
     return out_dir
-
-
-def _merge_in_memory(
-    method: str,
-    previous: str | Path,
-    student: str | Path,
-    out_dir: Path,
-    base: str | Path | None,
-    weights: list[float],
-    parameters: dict[str, Any],
-) -> None:
-    from transformers import AutoModelForCausalLM
-
-    from train.merging import methods
-
-    def state(path: str | Path) -> dict[str, torch.Tensor]:
-        return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).state_dict()
-
-    model = AutoModelForCausalLM.from_pretrained(str(student), dtype=torch.float32)
-    new = {k: v.clone() for k, v in model.state_dict().items()}  # state_dict tensors alias the parameters
-    prev = state(previous)
-    origin = state(base) if base is not None and method in ("task_arithmetic", "ties") else None
-    merged = {}
-    for name, x in new.items():
-        if method == "ema":
-            merged[name] = methods.ema([prev[name], x], beta=float(parameters.get("beta", 0.5)))
-        elif method == "linear":
-            merged[name] = methods.linear([prev[name], x], weights)
-        elif method == "task_arithmetic":
-            merged[name] = methods.task_arithmetic(
-                origin[name], [prev[name], x], weights, lambda_=float(parameters.get("lambda", 1.0))
-            )
-        else:
-            density = float(parameters.get("density", 1.0))
-            merged[name] = methods.ties(
-                origin[name],
-                [prev[name], x],
-                weights,
-                [density, density],
-                lambda_=float(parameters.get("lambda", 1.0)),
-            )
-    model.load_state_dict({k: v.to(new[k].dtype) for k, v in merged.items()})
-    model.save_pretrained(out_dir)
-    _copy_tokenizer(student, out_dir)
-
-
-def _copy_tokenizer(src: str | Path, dst: str | Path) -> None:
-    src, dst = Path(src), Path(dst)
-    for f in src.iterdir():
-        if f.is_file() and ("token" in f.name or f.name in ("chat_template.jinja", "special_tokens_map.json")):
-            shutil.copy2(f, dst / f.name)
 
 
 def _copy_model(src: str | Path, dst: Path) -> None:

@@ -1,0 +1,133 @@
+"""The distillation loop: merge step, resume bookkeeping, and a two-iteration tiny run through accelerate launch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from train.arithmetic import make_problems
+from train.data import validate_record, write_jsonl
+from train.distill_loop import is_complete, iteration_dir, merge_models, resume_point, write_manifest
+from train.teacher import ArithmeticBackend
+from train.verify import Verifier, rejection_sample
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pool_dir(tmp_path_factory) -> Path:
+    """A verified pool (teacher with mistakes and padding, K=4, shortest correct kept) and a held-out set."""
+    out = tmp_path_factory.mktemp("distill-data")
+    test = [validate_record(p) for p in make_problems(16, levels=(1, 2), seed=1)]
+    train = [validate_record(p) for p in make_problems(160, levels=(1, 2), seed=0, exclude={r["id"] for r in test})]
+    samples = ArithmeticBackend(verbosity=0.5, error_rate=0.2, seed=0).generate(train, k=4)
+    rows = [{**r, "samples": [vars(s) for s in ss]} for r, ss in zip(train, samples)]
+    kept, report = rejection_sample(rows, Verifier(), progress=False)
+    assert report["math"]["kept"] == len(kept) > 140
+    write_jsonl(out / "pool.jsonl", kept)
+    write_jsonl(out / "test.jsonl", test)
+    return out
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_merge_step_really_merges(tmp_path):
+    from train.tiny import make_tiny
+
+    a, b, c = (make_tiny(tmp_path / n, size="nano", seed=s) for n, s in (("a", 0), ("b", 1), ("c", 2)))
+    wa, wb, wc = weights(a), weights(b), weights(c)
+    ema = merge_models("ema", a, b, tmp_path / "ema", parameters={"beta": 0.75})
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert torch.allclose(weights(ema)[name], 0.75 * wa[name] + 0.25 * wb[name], atol=1e-6)
+    ta = merge_models("task_arithmetic", a, b, tmp_path / "ta", base=c, weights=[1.0, 1.0])
+    assert torch.allclose(weights(ta)[name], wc[name] + (wa[name] - wc[name]) + (wb[name] - wc[name]), atol=1e-5)
+    none = merge_models("none", a, b, tmp_path / "none")
+    assert torch.equal(weights(none)[name], wb[name])
+    assert (ema / "tokenizer.json").exists()
+    with pytest.raises(ValueError, match="needs a base"):
+        merge_models("ties", a, b, tmp_path / "ties")
+
+
+def test_resume_point_needs_manifest_and_weights(tmp_path):
+    assert resume_point(tmp_path, 3) == 0
+    for t in (0, 1):
+        (iteration_dir(tmp_path, t) / "model").mkdir(parents=True)
+        (iteration_dir(tmp_path, t) / "model" / "model.safetensors").write_bytes(b"x")
+        write_manifest(iteration_dir(tmp_path, t), iteration=t)
+    assert resume_point(tmp_path, 3) == 2 and resume_point(tmp_path, 2) == 2
+    (iteration_dir(tmp_path, 1) / "model" / "model.safetensors").unlink()  # the checkpoint is gone
+    assert not is_complete(iteration_dir(tmp_path, 1)) and resume_point(tmp_path, 3) == 1
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    sys.path.insert(0, str(ROOT / "recipes"))
+    from distill import main
+
+    from train.cli import ConfigError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("itterations: 2\n")
+    with pytest.raises(ConfigError, match="'itterations'.*did you mean 'iterations'"):
+        main(["--config", str(bad)])
+
+
+def launch(model: Path, data: Path, out: Path) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "recipes/accelerate/cpu.yaml"),
+        "--num_cpu_threads_per_process", "2",
+        str(ROOT / "recipes/distill.py"), "--config", str(ROOT / "recipes/configs/tiny/distill.yaml"),
+        "--model_name_or_path", str(model), "--train_file", str(data / "pool.jsonl"),
+        "--eval_file", str(data / "test.jsonl"), "--output_dir", str(out),
+        "--candidates_per_iteration", "48", "--max_new_tokens", "40", "--eval_max_samples", "16",
+        "--track_first_iteration", "16", "--hard_min_difficulty", "2", "--max_steps", "4",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def test_two_iterations_through_accelerate_then_resume(tiny_model_dir, pool_dir, tmp_path):
+    out = tmp_path / "run"
+    launch(tiny_model_dir, pool_dir, out)
+    assert (out / "initial_metrics.json").exists()
+    for t in (0, 1):
+        it = iteration_dir(out, t)
+        for name in ("complexity.jsonl", "selected.jsonl", "data_stats.json", "complexity.png", "metrics.json"):
+            assert (it / name).exists(), f"{it.name}/{name} missing"
+        assert is_complete(it)
+        stats = json.loads((it / "data_stats.json").read_text())
+        assert stats["candidates"] == 48 and stats["selected"] == len((it / "selected.jsonl").read_text().splitlines())
+        metrics = json.loads((it / "metrics.json").read_text())
+        assert metrics["held_out"]["n"] == 16 and "accuracy_hard" in metrics["held_out"]
+        assert metrics["first_iteration_data"]["n"] == 16
+    manifest = json.loads((iteration_dir(out, 1) / "manifest.json").read_text())
+    assert manifest["merge_method"] == "ema" and manifest["started_from"] == str(iteration_dir(out, 0) / "model")
+    ids0 = {json.loads(x)["id"] for x in (iteration_dir(out, 0) / "selected.jsonl").read_text().splitlines()}
+    ids1 = {json.loads(x)["id"] for x in (iteration_dir(out, 1) / "selected.jsonl").read_text().splitlines()}
+    assert not ids0 & ids1  # fresh candidates each iteration
+    # The merged model is neither the previous model nor the student: it really merged (EMA, beta 0.5).
+    name = "model.layers.0.mlp.up_proj.weight"
+    prev, student = weights(iteration_dir(out, 0) / "model")[name], weights(iteration_dir(out, 1) / "student")[name]
+    assert torch.allclose(weights(iteration_dir(out, 1) / "model")[name], 0.5 * prev + 0.5 * student, atol=1e-6)
+
+    # Delete the last iteration's checkpoint: the rerun redoes iteration 1 only, from iteration 0's model.
+    first_manifest = (iteration_dir(out, 0) / "manifest.json").stat().st_mtime_ns
+    for name in ("model", "student"):
+        shutil.rmtree(iteration_dir(out, 1) / name)
+    (iteration_dir(out, 1) / "train_done.json").unlink()
+    proc = launch(tiny_model_dir, pool_dir, out)
+    assert "resuming after iteration 0" in proc.stderr
+    assert (iteration_dir(out, 0) / "manifest.json").stat().st_mtime_ns == first_manifest
+    assert is_complete(iteration_dir(out, 1))
+    assert {json.loads(x)["id"] for x in (iteration_dir(out, 1) / "selected.jsonl").read_text().splitlines()} == ids1
