@@ -86,11 +86,16 @@ class _CodeRewardBase(Reward):
         self.limits = limits or SandboxLimits()
         self.max_workers = max_workers
         self.tasks = tuple(tasks)
-        self.last_results: list[SandboxResult | None] = []
+        self._last_results: list[SandboxResult | None] = []
+
+    @property
+    def last_results(self) -> list[SandboxResult | None]:
+        """Per-case outcomes of the last batch (None where the reward did not apply)."""
+        return self._last_results
 
     def __getstate__(self) -> dict[str, Any]:  # the last batch's details stay with this copy
         state = dict(self.__dict__)
-        state["last_results"] = []
+        state["_last_results"] = []
         return state
 
     # ------------------------------------------------------------------------------------------ per sample
@@ -142,7 +147,7 @@ class _CodeRewardBase(Reward):
         else:
             with ThreadPoolExecutor(workers, thread_name_prefix=self.name) as pool:
                 scores = list(pool.map(one, range(n)))
-        self.last_results = results
+        self._last_results = results
         return scores
 
     def last_details(self) -> list[dict[str, Any] | None]:
