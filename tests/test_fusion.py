@@ -161,9 +161,18 @@ def test_build_writes_files_and_resumes(tmp_path, monkeypatch, tiny_model_dir):
     assert len((tmp_path / "labels.jsonl").read_text().splitlines()) == 3
 
 
-def test_duplicate_ids_are_refused(tmp_path, tiny_model_dir):
-    from train.loading import load_tokenizer
-
-    recs = [{"id": "x", "prompt": "a", "task": "math", "answer": "1"}] * 2
-    with pytest.raises(ValueError, match="duplicate record id 'x'"):
-        fusion.build_fusion(None, load_tokenizer(tiny_model_dir), recs, FusionBuildConfig(check="exact"), tmp_path)
+def test_records_of_one_problem_merge_into_one_prompt(tmp_path, tiny_model_dir):
+    recs = [
+        {"id": "x", "prompt": "Compute 1+1.", "task": "math", "answer": "2", "response": "<think>\ns\n</think>\n\n2"},
+        {
+            "id": "x",
+            "prompt": "Compute 1+1. /no_think",
+            "task": "math",
+            "answer": "2",
+            "response": "<think>\n\n</think>\n\n2",
+        },
+    ]
+    merged = fusion.merge_prompts(recs)
+    assert len(merged) == 1 and merged[0]["prompt"] == "Compute 1+1." and len(merged[0]["pool"]) == 2
+    with pytest.raises(ValueError, match="two different prompts"):
+        fusion.merge_prompts(recs + [{"id": "x", "prompt": "Other", "task": "math"}])

@@ -466,6 +466,32 @@ def sample_candidates(
     return [[Candidate(g.text, g.num_tokens, "model") for g in row] for row in gens]
 
 
+def _untagged(prompt: Any) -> Any:
+    messages = apply_mode(prompt, None)
+    return messages[-1]["content"] if isinstance(prompt, str) else messages
+
+
+def merge_prompts(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per prompt: records with the same ``id`` (or the same prompt once mode tags are removed) merge.
+
+    Their prompt loses its mode tag, and every ``response`` and ``pool`` reply joins one teacher pool, so SFT data
+    with a slow and a fast response per problem gives one prompt with both as candidate targets.
+    """
+    merged: dict[str, dict[str, Any]] = {}
+    for r in records:
+        prompt = _untagged(r["prompt"])
+        rid = str(r.get("id") or record_id(prompt))
+        replies = ([r["response"]] if r.get("response") else []) + list(r.get("pool") or [])
+        if rid not in merged:
+            merged[rid] = {**{k: v for k, v in r.items() if k != "response"}, "id": rid, "prompt": prompt, "pool": []}
+        elif merged[rid]["prompt"] != prompt:
+            raise ValueError(
+                f"record id {rid!r} is used by two different prompts: {merged[rid]['prompt']!r:.60} and {prompt!r:.60}"
+            )
+        merged[rid]["pool"] += [x for x in replies if x not in merged[rid]["pool"]]
+    return list(merged.values())
+
+
 def build_fusion(
     model: Any,
     tokenizer: Any,
@@ -488,10 +514,8 @@ def build_fusion(
     from train.modes import think_delimiters
 
     ts, te = think_delimiters(tokenizer)
-    ids = [str(r.get("id") or record_id(r["prompt"])) for r in records]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i, c in Counter(ids).items() if c > 1)
-        raise ValueError(f"duplicate record id {dup!r}: fusion labels are stored per id")
+    records = merge_prompts(records)
+    ids = [r["id"] for r in records]
     done = _read_done(out / "labels.jsonl")
     # Rewrite what was kept, so a torn last line never glues itself to the first new one.
     write_jsonl(out / "labels.jsonl", [asdict(r) for r in done.values()])
@@ -556,3 +580,42 @@ def _read_done(path: Path) -> dict[str, PromptResult]:
 def read_results(path: str | Path) -> list[PromptResult]:
     """The per-prompt results of a build (``labels.jsonl``)."""
     return list(_read_done(Path(path)).values())
+
+
+# ------------------------------------------------------------------------------------------- phase-2 data mix
+
+
+def record_bucket(row: dict[str, Any]) -> str:
+    """The difficulty bucket of a fusion record (the same buckets as :func:`statistics`)."""
+    return bucket_of(
+        PromptResult(
+            id=str(row.get("id")),
+            difficulty=None if row.get("difficulty") is None else float(row["difficulty"]),
+            fast_rate=row.get("fast_rate"),
+            slow_rate=row.get("slow_rate"),
+            label=row.get("label"),
+            label_source=str(row.get("label_source")),
+        )
+    )
+
+
+def difficulty_mix(rows: Sequence[dict[str, Any]], floor: float = 0.2) -> dict[str, float]:
+    """Shares of the difficulty buckets in the phase-2 ``/auto_think`` mix, from the measured pass rates.
+
+    A bucket's weight is ``floor + (1 - mean pass rate of its prompts in their labelled mode)``: buckets the model
+    still gets wrong in the mode it should use get more rows, and no bucket gets fewer than ``floor`` allows.
+    Prompts labelled without pass rates count as half right. Returned normalised to sum to 1.
+    """
+    if floor < 0:
+        raise ValueError(f"floor={floor} must be >= 0")
+    rates: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        rate = r.get("fast_rate") if r.get("label") == FAST else r.get("slow_rate")
+        rates[record_bucket(r)].append(0.5 if rate is None else float(rate))
+    if not rates:
+        raise ValueError("difficulty_mix: no rows")
+    raw = {b: floor + 1.0 - sum(v) / len(v) for b, v in rates.items()}
+    total = sum(raw.values())
+    if total <= 0:  # every bucket perfect and floor 0: mix evenly
+        return {b: 1.0 / len(raw) for b in sorted(raw, key=_bucket_sort_key)}
+    return {b: raw[b] / total for b in sorted(raw, key=_bucket_sort_key)}

@@ -1,0 +1,371 @@
+"""Stage 2: the dual-system recipe. One model, three modes: /no_think, /think (the default) and /auto_think.
+
+    accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/dual_system.py \\
+        --config recipes/configs/tiny/dual_system.yaml
+
+1. **Fusion data** (:mod:`train.fusion`): the starting model's pass rates in fast and slow mode label every prompt
+   fast or slow; targets are the shortest correct replies; each prompt gives ``/no_think``, ``/think``, untagged
+   and ``/auto_think`` records. Built once on the main process (the others wait), resumable, or read from
+   ``fusion_file``.
+2. **Phase 1, explicit tags**: ``/no_think``, ``/think`` and untagged records, with a ``phase1_slow_replay`` share of
+   slow-mode replay rows (``replay_files``, e.g. the Stage-1 SFT data) so slow reasoning is not forgotten.
+3. **Phase 2, auto mode**: ``/auto_think`` records make up ``phase2_auto_share`` of the rows, the rest are explicit
+   tags; the ``/auto_think`` rows are mixed across difficulty buckets with weights from the measured pass rates
+   (:func:`train.fusion.difficulty_mix`: buckets the model still gets wrong in their labelled mode get more rows).
+4. **Optional RL for the mode choice** (``rl_steps > 0``): GRPO on ``/auto_think`` prompts, half fast-labelled and
+   half slow-labelled, with the AdaptThink-style ``mode_choice`` reward (:mod:`rewards.mode_choice`).
+
+Assistant-only loss, full fine-tuning or LoRA (``use_peft``). Each phase saves its model under
+``<output_dir>/phase1``, ``phase2`` (and ``rl``); a re-run skips the phases already saved. The final model is saved
+to ``output_dir`` (merged, for LoRA, under ``output_dir/merged``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+
+from datasets import Dataset  # noqa: E402
+from trl import ModelConfig  # noqa: E402
+
+from train.cli import parse_args, setup_logging  # noqa: E402
+from train.configs import SFTConfig  # noqa: E402
+from train.data import DataError, load_records, mix, read_records  # noqa: E402
+from train.fusion import FusionBuildConfig, build_fusion, difficulty_mix, merge_prompts  # noqa: E402
+from train.sft import build_sft_trainer, load_for_training, save_trained, sft_dataset  # noqa: E402
+
+logger = logging.getLogger("recipes.dual_system")
+
+EXPLICIT_TAGS = ("no_think", "think", "none")
+DONE = "phase_done.json"
+
+
+@dataclass
+class DualSystemConfig(FusionBuildConfig):
+    """Data, fusion-labelling, phase and RL options of the dual-system recipe (training options: ``SFTConfig``)."""
+
+    train_files: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Prompt records (prompt, task, answer or tests; an optional `response` and `pool` join the "
+            "teacher pool of targets) to label with the starting model."
+        },
+    )
+    fusion_file: str | None = field(
+        default=None, metadata={"help": "A fusion.jsonl built before (scripts/build_fusion_data.py): skip building."}
+    )
+    fusion_dir: str | None = field(
+        default=None, metadata={"help": "Where the fusion data is built (default: <output_dir>/fusion)."}
+    )
+    max_prompts: int | None = field(default=None, metadata={"help": "Label at most this many prompts."})
+    replay_files: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Slow-mode SFT records (with `response`) replayed in phase 1; default: none."},
+    )
+    phase1_steps: int = field(default=300, metadata={"help": "Optimizer steps of phase 1 (explicit tags); 0 skips."})
+    phase1_slow_replay: float = field(
+        default=0.2, metadata={"help": "Share of phase-1 rows drawn from replay_files (needs replay_files)."}
+    )
+    phase2_steps: int = field(default=300, metadata={"help": "Optimizer steps of phase 2 (auto mode); 0 skips."})
+    phase2_auto_share: float = field(
+        default=0.5, metadata={"help": "Share of phase-2 rows that are /auto_think records (the rest: explicit tags)."}
+    )
+    phase2_mix_floor: float = field(
+        default=0.2,
+        metadata={"help": "Smallest difficulty-bucket weight in the phase-2 auto mix (weights: floor + error rate)."},
+    )
+    phase2_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of phase 2 (default: learning_rate)."}
+    )
+    phase_rows: int | None = field(
+        default=None,
+        metadata={"help": "Rows per phase data set (default: steps x batch size x accumulation x processes)."},
+    )
+    rl_steps: int = field(default=0, metadata={"help": "GRPO steps for the mode choice after phase 2; 0: no RL."})
+    rl_delta: float = field(default=0.3, metadata={"help": "mode_choice bonus of a correct fast reply (< 1)."})
+    rl_margin: float = field(
+        default=0.0, metadata={"help": "Fast replies may fall this far below the slow reference and keep the bonus."}
+    )
+    rl_learning_rate: float = field(default=1e-5, metadata={"help": "GRPO learning rate."})
+    rl_num_generations: int = field(default=4, metadata={"help": "GRPO completions per prompt (group size)."})
+    rl_batch_size: int = field(default=8, metadata={"help": "GRPO completions per device step."})
+    rl_max_completion_length: int = field(default=256, metadata={"help": "GRPO completion budget in tokens."})
+    rl_temperature: float = field(default=1.0, metadata={"help": "GRPO sampling temperature."})
+    think_start: str | None = field(
+        default=None,
+        metadata={"help": "Think-block opening tag (default: the tokenizer's, else `<think>`; openPangu [unused16])."},
+    )
+    think_end: str | None = field(default=None, metadata={"help": "Think-block closing tag (openPangu: [unused17])."})
+    merge_lora: bool = field(
+        default=True, metadata={"help": "With LoRA, also save the adapter merged into its base under `merged/`."}
+    )
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.phase1_slow_replay < 1.0:
+            raise ValueError(f"phase1_slow_replay={self.phase1_slow_replay} must be in [0, 1)")
+        if not 0.0 <= self.phase2_auto_share <= 1.0:
+            raise ValueError(f"phase2_auto_share={self.phase2_auto_share} must be in [0, 1]")
+        if self.phase1_slow_replay > 0 and not self.replay_files:
+            logger.info("phase1_slow_replay=%s without replay_files: no replay", self.phase1_slow_replay)
+
+
+# ------------------------------------------------------------------------------------------------------- data
+
+
+def fusion_rows(args: DualSystemConfig, training_args: SFTConfig, model: Any, tokenizer: Any) -> list[dict]:
+    """The fusion records: read from ``fusion_file``, or built on the main process while the others wait."""
+    if args.fusion_file:
+        return read_records(args.fusion_file, validate=False)
+    out = Path(args.fusion_dir or Path(training_args.output_dir) / "fusion")
+    if not args.train_files:
+        raise DataError("train_files: give prompt records to label (or a prebuilt fusion_file)")
+    with training_args.main_process_first(desc="fusion data", local=False):
+        if not (out / "fusion.jsonl").exists():
+            records = merge_prompts([r for f in args.train_files for r in load_records(f).to_list()])
+            records = records[: args.max_prompts] if args.max_prompts else records
+            from accelerate import PartialState
+
+            model.to(PartialState().device)
+            build_fusion(model, tokenizer, records, args, out)
+    return read_records(out / "fusion.jsonl", validate=False)
+
+
+def rows_per_phase(args: DualSystemConfig, training_args: SFTConfig, steps: int) -> int:
+    if args.phase_rows:
+        return args.phase_rows
+    world = max(1, training_args.world_size)
+    return steps * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world
+
+
+def _dataset(rows: list[dict], where: str) -> Dataset:
+    if not rows:
+        raise DataError(f"{where}: no rows")
+    return sft_dataset(Dataset.from_list([{"prompt": r["prompt"], "response": r["response"]} for r in rows]), where)
+
+
+def phase1_dataset(rows: list[dict], args: DualSystemConfig, size: int, seed: int) -> Dataset:
+    """Explicit-tag records (``/no_think``, ``/think``, untagged) plus the slow replay share."""
+    explicit = _dataset([r for r in rows if r.get("fusion_tag") in EXPLICIT_TAGS], "fusion data (explicit tags)")
+    if not args.replay_files or args.phase1_slow_replay <= 0:
+        return mix([explicit], [1.0], size=size, seed=seed)
+    replay = _dataset([r for f in args.replay_files for r in load_records(f).to_list()], "replay_files")
+    return mix([explicit, replay], [1 - args.phase1_slow_replay, args.phase1_slow_replay], size=size, seed=seed)
+
+
+def phase2_dataset(rows: list[dict], args: DualSystemConfig, size: int, seed: int) -> tuple[Dataset, dict]:
+    """``/auto_think`` rows mixed across difficulty buckets by measured error, plus explicit-tag rows."""
+    auto = [r for r in rows if r.get("fusion_tag") == "auto_think"]
+    weights = difficulty_mix(auto, args.phase2_mix_floor)
+    buckets = list(weights)
+    from train.fusion import record_bucket
+
+    parts = [_dataset([r for r in auto if record_bucket(r) == b], f"auto bucket {b}") for b in buckets]
+    auto_size = round(size * args.phase2_auto_share)
+    datasets, shares = [], []
+    if auto_size:
+        datasets.append(mix(parts, [weights[b] for b in buckets], size=auto_size, seed=seed))
+        shares.append(args.phase2_auto_share)
+    if args.phase2_auto_share < 1.0:
+        datasets.append(_dataset([r for r in rows if r.get("fusion_tag") in EXPLICIT_TAGS], "fusion data"))
+        shares.append(1.0 - args.phase2_auto_share)
+    return mix(datasets, shares, size=size, seed=seed), weights
+
+
+# ----------------------------------------------------------------------------------------------------- phases
+
+
+def phase_args(training_args: SFTConfig, name: str, steps: int, learning_rate: float | None = None) -> SFTConfig:
+    """A copy of the training arguments for one phase: its own output folder, step count and learning rate."""
+    out = copy.copy(training_args)
+    out.output_dir = str(Path(training_args.output_dir) / name)
+    out.max_steps = steps
+    if learning_rate is not None:
+        out.learning_rate = learning_rate
+    return out
+
+
+def phase_done(path: Path) -> bool:
+    return (path / DONE).exists()
+
+
+def run_sft_phase(
+    name: str,
+    model: Any,
+    tokenizer: Any,
+    dataset: Dataset,
+    training_args: SFTConfig,
+    model_args: ModelConfig,
+    merge_lora: bool,
+    info: dict,
+) -> Any:
+    """Train one phase and save it; returns the trained model (a PeftModel stays one, for the next phase)."""
+    logger.info("%s: %d rows, %d steps", name, len(dataset), training_args.max_steps)
+    trainer = build_sft_trainer(model, tokenizer, training_args, model_args, dataset)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    saved = save_trained(trainer, training_args.output_dir, merge_lora=False)
+    if trainer.accelerator.is_main_process:
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        info = {
+            **info,
+            "rows": len(dataset),
+            "steps": trainer.state.global_step,
+            "losses": losses,
+            "model": str(saved),
+        }
+        (Path(training_args.output_dir) / DONE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return trainer.model
+
+
+def load_phase(path: Path, model_args: ModelConfig, args: DualSystemConfig) -> tuple[Any, Any]:
+    """Reload a saved phase (full model, or base + adapter for LoRA) to resume after it."""
+    if model_args.use_peft:
+        from peft import PeftModel
+
+        model, tokenizer = load_for_training(model_args, args.think_start, args.think_end)
+        return PeftModel.from_pretrained(model, str(path), is_trainable=True), tokenizer
+    return load_for_training(
+        dataclasses.replace(model_args, model_name_or_path=str(path)), args.think_start, args.think_end
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------- RL
+
+
+def rl_dataset(rows: list[dict], seed: int = 0) -> Dataset:
+    """``/auto_think`` prompts, as many fast-labelled as slow-labelled (groups balanced between modes)."""
+    from train.data import to_messages
+
+    auto = [r for r in rows if r.get("fusion_tag") == "auto_think"]
+    by_label = {lab: [r for r in auto if r.get("label") == lab] for lab in ("fast", "slow")}
+    n = min(len(v) for v in by_label.values())
+    if n == 0:
+        logger.warning(
+            "RL: one label has no prompts (%s); using all auto prompts unbalanced",
+            {k: len(v) for k, v in by_label.items()},
+        )
+        chosen = auto
+    else:
+        import random
+
+        rng = random.Random(seed)
+        chosen = [r for v in by_label.values() for r in rng.sample(v, n)]
+    keep = ("task", "answer", "tests", "slow_rate", "label")
+    return Dataset.from_list(
+        [{"prompt": to_messages(r["prompt"]), **{k: r.get(k) for k in keep}} for r in chosen]
+    ).shuffle(seed=seed)
+
+
+def run_rl(model: Any, tokenizer: Any, rows: list[dict], args: DualSystemConfig, training_args: SFTConfig) -> Any:
+    """GRPO on the mode choice with the ``mode_choice`` reward; returns the trained model."""
+    from trl import GRPOTrainer
+
+    from rewards.mode_choice import ModeChoiceReward
+    from train.configs import GRPOConfig
+    from train.modes import think_delimiters
+
+    ts, te = think_delimiters(tokenizer)
+    reward = ModeChoiceReward(delta=args.rl_delta, margin=args.rl_margin, think_start=ts, think_end=te)
+    grpo_args = GRPOConfig(
+        output_dir=str(Path(training_args.output_dir) / "rl"),
+        max_steps=args.rl_steps,
+        learning_rate=args.rl_learning_rate,
+        per_device_train_batch_size=args.rl_batch_size,
+        num_generations=args.rl_num_generations,
+        max_completion_length=args.rl_max_completion_length,
+        temperature=args.rl_temperature,
+        logging_steps=max(1, min(10, args.rl_steps)),
+        save_strategy="no",
+        report_to=training_args.report_to,
+        seed=training_args.seed,
+        use_cpu=training_args.use_cpu,
+        bf16=training_args.bf16,
+        gradient_checkpointing=training_args.gradient_checkpointing,
+        disable_tqdm=training_args.disable_tqdm,
+    )
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=[reward], args=grpo_args, train_dataset=rl_dataset(rows), processing_class=tokenizer
+    )
+    trainer.train()
+    trainer.save_model(grpo_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        info = {"steps": trainer.state.global_step, "log": trainer.state.log_history}
+        (Path(grpo_args.output_dir) / DONE).write_text(json.dumps(info, indent=2, default=str) + "\n")
+    return trainer.model
+
+
+# ------------------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args, training_args, model_args = parse_args((DualSystemConfig, SFTConfig, ModelConfig), argv)
+    setup_logging(training_args.get_process_log_level())
+    out = Path(training_args.output_dir)
+
+    # 1. The starting model labels the prompts: fusion data (built once, on the main process).
+    model, tokenizer = load_for_training(model_args, args.think_start, args.think_end)
+    rows = fusion_rows(args, training_args, model, tokenizer)
+    logger.info("fusion data: %d records", len(rows))
+    later_args = dataclasses.replace(model_args, use_peft=False)  # a PeftModel is not wrapped twice
+
+    # 2. Phase 1: explicit tags with slow replay.
+    p1 = phase_args(training_args, "phase1", args.phase1_steps)
+    if args.phase1_steps and phase_done(Path(p1.output_dir)):
+        logger.info("phase 1 already done: loading %s", p1.output_dir)
+        model, tokenizer = load_phase(Path(p1.output_dir), model_args, args)
+        model_args = later_args
+    elif args.phase1_steps:
+        data = phase1_dataset(rows, args, rows_per_phase(args, training_args, args.phase1_steps), training_args.seed)
+        model = run_sft_phase("phase 1", model, tokenizer, data, p1, model_args, args.merge_lora, {"phase": 1})
+        model_args = later_args
+
+    # 3. Phase 2: /auto_think emphasis, difficulty mix from the measured pass rates.
+    p2 = phase_args(training_args, "phase2", args.phase2_steps, args.phase2_learning_rate)
+    if args.phase2_steps and phase_done(Path(p2.output_dir)):
+        logger.info("phase 2 already done: loading %s", p2.output_dir)
+        model, tokenizer = load_phase(Path(p2.output_dir), model_args, args)
+    elif args.phase2_steps:
+        data, weights = phase2_dataset(
+            rows, args, rows_per_phase(args, training_args, args.phase2_steps), training_args.seed + 1
+        )
+        logger.info("phase 2 difficulty mix: %s", weights)
+        info = {"phase": 2, "difficulty_mix": weights}
+        model = run_sft_phase("phase 2", model, tokenizer, data, p2, model_args, args.merge_lora, info)
+
+    # 4. Optional RL for the mode choice.
+    if args.rl_steps:
+        model = run_rl(model, tokenizer, rows, args, training_args)
+
+    # 5. Save the final model where the next stage (or scripts/evaluate.py) loads it.
+    return save_final(model, tokenizer, out, args.merge_lora)
+
+
+def save_final(model: Any, tokenizer: Any, out: Path, merge_lora: bool) -> Path:
+    from accelerate import PartialState
+
+    state = PartialState()
+    target = out
+    if hasattr(model, "merge_and_unload"):
+        if state.is_main_process:
+            model.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+        if merge_lora:
+            target = out / "merged"
+            model = model.merge_and_unload()
+    if state.is_main_process:
+        model.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+        logger.info("dual-system model saved to %s", target)
+    state.wait_for_everyone()
+    return target
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""The dual-system recipe builds fusion data, trains both phases, saves, resumes; the mode-choice reward."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+
+import dual_system  # noqa: E402
+
+from rewards.mode_choice import ModeChoiceReward  # noqa: E402
+from train.data import write_jsonl  # noqa: E402
+from train.evaluation import exact_match  # noqa: E402
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+def _args(model_dir, data, out, *extra):
+    return [
+        "--model_name_or_path", str(model_dir), "--train_files", str(data), "--output_dir", str(out),
+        "--num_samples", "2", "--max_new_tokens", "12", "--batch_size", "16", "--check", "exact",
+        "--phase1_steps", "2", "--phase2_steps", "2", "--per_device_train_batch_size", "4",
+        "--learning_rate", "1e-2", "--max_length", "128", "--assistant_only_loss", "true",
+        "--save_strategy", "no", "--report_to", "none", "--logging_steps", "1", "--disable_tqdm", "true",
+        "--dataloader_num_workers", "0", *extra,
+    ]  # fmt: skip
+
+
+def test_recipe_builds_trains_and_resumes(tiny_model_dir, arithmetic_data_dir, tmp_path):
+    out = tmp_path / "run"
+    final = dual_system.main(_args(tiny_model_dir, arithmetic_data_dir / "train.jsonl", out, "--max_prompts", "8"))
+    assert final == out
+    fusion = out / "fusion"
+    for name in ("labels.jsonl", "fusion.jsonl", "stats.json", "labels.png"):
+        assert (fusion / name).exists(), name
+    stats = json.loads((fusion / "stats.json").read_text())
+    assert stats["prompts"] == 8 and stats["records"] == 4 * stats["usable"] > 0
+    rows = [json.loads(x) for x in (fusion / "fusion.jsonl").read_text().splitlines()]
+    assert {r["fusion_tag"] for r in rows} == {"no_think", "think", "none", "auto_think"}
+    for phase in ("phase1", "phase2"):
+        info = json.loads((out / phase / "phase_done.json").read_text())
+        assert info["steps"] == 2 and len(info["losses"]) == 2 and all(x > 0 for x in info["losses"])
+    assert "difficulty_mix" in json.loads((out / "phase2" / "phase_done.json").read_text())
+    start, p1, end = _weights(tiny_model_dir), _weights(out / "phase1"), _weights(out)
+    changed = lambda a, b: any(not torch.equal(a[k], b[k]) for k in a)  # noqa: E731
+    assert changed(start, p1) and changed(p1, end)
+    # A second run skips the saved phases (and the fusion build) and ends with the same weights.
+    mtime = (fusion / "labels.jsonl").stat().st_mtime
+    dual_system.main(_args(tiny_model_dir, arithmetic_data_dir / "train.jsonl", out, "--max_prompts", "8"))
+    assert (fusion / "labels.jsonl").stat().st_mtime == mtime
+    again = _weights(out)
+    assert all(torch.equal(end[k], again[k]) for k in end)
+
+
+def _fusion_rows():
+    rows = []
+    for i, (label, diff, fr, sr) in enumerate([("fast", 1, 1.0, 1.0), ("slow", 3, 0.0, 1.0), ("slow", 3, 0.25, 0.5)]):
+        fast_t, slow_t = "<think>\n\n</think>\n\n1", "<think>\nstep\n</think>\n\n1"
+        for tag, resp in (
+            ("no_think", fast_t),
+            ("think", slow_t),
+            ("none", slow_t),
+            ("auto_think", fast_t if label == "fast" else slow_t),
+        ):
+            rows.append(
+                {
+                    "id": f"{i}-{tag}",
+                    "prompt": f"q{i} /{tag}",
+                    "response": resp,
+                    "fusion_tag": tag,
+                    "label": label,
+                    "difficulty": diff,
+                    "fast_rate": fr,
+                    "slow_rate": sr,
+                    "task": "math",
+                    "answer": "1",
+                }
+            )
+    return rows
+
+
+def test_phase_datasets_follow_the_config():
+    rows = _fusion_rows()
+    args = dual_system.DualSystemConfig(phase2_auto_share=0.5, phase2_mix_floor=0.2)
+    p1 = dual_system.phase1_dataset(rows, args, size=30, seed=0)
+    assert len(p1) == 30
+    assert not any("/auto_think" in ex["messages"][0]["content"] for ex in p1)
+    p2, weights = dual_system.phase2_dataset(rows, args, size=40, seed=0)
+    # Bucket 1: all right in its labelled mode -> 0.2; bucket 3: mean slow rate 0.75 -> 0.2 + 0.25.
+    assert weights == pytest.approx({"1": 0.2 / 0.65, "3": 0.45 / 0.65})
+    auto = [ex for ex in p2 if "/auto_think" in ex["messages"][0]["content"]]
+    assert len(p2) == 40 and len(auto) == 20
+    assert sum("q0" in ex["messages"][0]["content"] for ex in auto) == round(20 * 0.2 / 0.65)
+
+
+def test_slow_replay_share(tmp_path):
+    replay = write_jsonl(tmp_path / "replay.jsonl", [
+        {"prompt": f"r{i}", "task": "math", "answer": "1", "response": "<think>\nx\n</think>\n\n1"} for i in range(5)
+    ])  # fmt: skip
+    args = dual_system.DualSystemConfig(replay_files=[str(replay)], phase1_slow_replay=0.25)
+    p1 = dual_system.phase1_dataset(_fusion_rows(), args, size=40, seed=0)
+    assert sum(ex["messages"][0]["content"].startswith("r") for ex in p1) == 10
+
+
+def test_rl_dataset_balances_labels():
+    ds = dual_system.rl_dataset(_fusion_rows())
+    assert sorted(ds["label"]) == ["fast", "slow"]
+    assert all(p[-1]["content"].endswith("/auto_think") for p in ds["prompt"])
+
+
+def test_config_refuses_bad_shares():
+    with pytest.raises(ValueError, match="phase2_auto_share"):
+        dual_system.DualSystemConfig(phase2_auto_share=1.5)
+
+
+# ---------------------------------------------------------------------------------------------- mode_choice
+
+
+FAST_OK, FAST_BAD = "<think>\n\n</think>\n\n7", "<think>\n\n</think>\n\n8"
+SLOW_OK, SLOW_BAD = "<think>\nwork\n</think>\n\n7", "<think>\nwork\n</think>\n\n9"
+
+
+def _reward(completions, prompt, ref):
+    r = ModeChoiceReward(delta=0.3, check=exact_match)
+    n = len(completions)
+    return r(completions, prompts=[prompt] * n, answer=["7"] * n, slow_rate=[ref] * n)
+
+
+def test_mode_choice_rewards_correct_fast_replies_within_the_reference():
+    out = _reward([FAST_OK, SLOW_OK, FAST_BAD, SLOW_BAD], "Compute 3+4. /auto_think", 0.5)
+    # Fast accuracy in this group 0.5 >= reference 0.5: the bonus applies to the correct fast reply.
+    assert out == pytest.approx([1 - 0.5 + 0.3, 0.5, -0.5, -0.5])
+
+
+def test_mode_choice_withholds_the_bonus_below_the_reference():
+    out = _reward([FAST_OK, FAST_BAD, FAST_BAD, SLOW_OK], "Compute 3+4. /auto_think", 1.0)
+    assert out == pytest.approx([0.0, -1.0, -1.0, 0.0])  # fast accuracy 1/3 < 1.0: no bonus
+    assert max(out[:3]) <= out[3]
+
+
+def test_mode_choice_explicit_tags_want_correct_and_obedient_replies():
+    assert _reward([FAST_OK, SLOW_OK], "Compute 3+4. /no_think", 0.0) == [1.0, 0.0]
+    assert _reward([FAST_OK, SLOW_OK], "Compute 3+4.", 0.0) == [0.0, 1.0]  # no tag: slow
+
+
+def test_mode_choice_registered_and_validated():
+    from rewards.registry import registered
+
+    assert registered()["mode_choice"] is ModeChoiceReward
+    with pytest.raises(ValueError, match="delta"):
+        ModeChoiceReward(delta=1.0)
