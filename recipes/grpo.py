@@ -10,7 +10,8 @@ is checkable), plus shared format, repetition and length terms. Per-task reward 
 ``mars/<task>/...`` next to trl's own metrics.
 
 Every config key can be overridden on the command line (``--learning_rate 1e-6 --num_generations 16``); the
-``mars`` key takes a mapping in YAML, or a YAML file path or a JSON object on the command line.
+``mars`` key takes a mapping in YAML, or a YAML file path or a JSON object on the command line (a JSON object
+updates the config file's mapping key by key: ``--mars '{"judge": {"base_url": "http://host:8000/v1"}}'``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
+import yaml  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 from trl import GRPOTrainer, ModelConfig, get_peft_config  # noqa: E402
@@ -155,6 +157,33 @@ def mars_config(value: dict | str | None, training_args: GRPOConfig) -> MARSConf
     return config
 
 
+def merge_mars_override(value: dict | str | None, argv: list[str]) -> dict | str | None:
+    """A ``--mars`` JSON object on the command line updates the config file's ``mars`` mapping key by key.
+
+    trl's parser would replace the whole mapping; merging lets ``--mars '{"judge": {"base_url": ...}}'`` change one
+    setting and keep the rest of the file's router config.
+    """
+    if not (isinstance(value, str) and value.lstrip().startswith("{") and "--config" in argv):
+        return value
+    i = argv.index("--config")
+    base = (yaml.safe_load(Path(argv[i + 1]).read_text(encoding="utf-8")) or {}).get("mars")
+    if not isinstance(base, dict):
+        return value
+    try:
+        override = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--mars: not a valid JSON object: {exc}") from None
+    return _deep_merge(base, override)
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _deep_merge(out[key], value) if both else value
+    return out
+
+
 def build_rewards(router: MARSRouter, args: GRPOScriptArguments, training_args: GRPOConfig) -> list[Any]:
     """The reward functions for trl, setting ``reward_weights`` for the separate layout."""
     if args.reward_layout == "combined":
@@ -182,7 +211,9 @@ def resume_point(training_args: GRPOConfig, auto_resume: bool) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> tuple[Path, GRPOTrainer]:
+    argv = list(sys.argv[1:] if argv is None else argv)
     script_args, training_args, model_args = parse_args((GRPOScriptArguments, GRPOConfig, ModelConfig), argv)
+    script_args.mars = merge_mars_override(script_args.mars, argv)
     setup_logging(training_args.get_process_log_level())
 
     # 1. Model, tokenizer (with the fastslow template) and chat-formatted prompts with their reward columns.

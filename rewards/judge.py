@@ -541,12 +541,16 @@ class Judge(Reward):
             key = ReplyCache.key(self.backend.model_id, req, self.config.generation_params)
             pending.setdefault(key, []).append(i)
             messages[key] = req
+        unreadable = []
         for key, reply in self.replies(messages).items():
             value = self.parse(reply)
             if reply is not None and value is None:
-                logger.warning("judge %s: no score in reply %r", self.name, reply[:200])
+                unreadable.append(reply)
             for i in pending[key]:
                 scores[i] = value
+        if unreadable:  # one line per batch, not one per reply
+            msg = "judge %s: no score in %d of %d replies (scored None), e.g. %r"
+            logger.warning(msg, self.name, len(unreadable), len(messages), unreadable[0][:200])
         return scores
 
     def replies(self, messages: dict[str, list[dict]]) -> dict[str, str | None]:

@@ -3,8 +3,8 @@
 Each sample's ``task`` column picks its *sources* from :class:`MARSConfig`. A source is a named component (e.g.
 ``accuracy``) computed by a chain of rewards tried in order, the first non-``None`` value winning — so
 ``[math, judge_equivalence]`` is "rule-based verification, and the LLM judge only where the rule can't decide",
-and ``[math, judge_rubric]`` for general questions is "rule match when the reference is checkable, else a judged
-grade". *Shared* sources (format, repetition, length) apply to every task.
+and ``[short_answer, judge_rubric]`` for general questions is "rule match when the reference is short enough to
+check, else a judged grade". *Shared* sources (format, repetition, length) apply to every task.
 
 Adaptive: each (task, source) keeps a running mean and standard deviation (exact cumulative by default, or an
 exponential moving average) and, after ``warmup`` samples, its values are standardised before weighting, so a
@@ -29,6 +29,7 @@ import copy
 import json
 import logging
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -49,7 +50,7 @@ def _default_tasks() -> dict[str, list[dict[str, Any]]]:
     return {
         "math": [{"name": "accuracy", "rewards": ["math", "judge_equivalence"], "weight": 1.0}],
         "code": [{"name": "accuracy", "rewards": ["code"], "weight": 1.0}],
-        "general": [{"name": "accuracy", "rewards": ["math", "judge_rubric"], "weight": 1.0}],
+        "general": [{"name": "accuracy", "rewards": ["short_answer", "judge_rubric"], "weight": 1.0}],
     }
 
 
@@ -251,6 +252,51 @@ def _all_reduce_sum(values: list[float]) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.cpu().tolist()
+
+
+# -------------------------------------------------------------------------------------- general rule layer
+
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+_NUMERIC = re.compile(r"^[-+]?\d[\d,]*(\.\d+)?(/\d+)?%?$")  # a bare number, fraction or percentage
+
+
+def _norm(text: str) -> str:
+    text = re.sub(r"(?i)^(the\s+)?(final\s+)?answer\s*(is|:)\s*", "", text.strip())
+    text = re.sub(r"[*_`$]", "", text)
+    return re.sub(r"\s+", " ", re.sub(r"[^\w\s.+\-/%]", " ", text.lower())).strip(" .")
+
+
+@register("short_answer")
+class ShortAnswerReward(Reward):
+    """The rule layer for general questions: checks answers against *short* references only, and only confirms.
+
+    A reference of at most ``max_words`` words is checkable: a bare number is verified with math-verify (right
+    1.0, wrong 0.0); a word or phrase scores 1.0 when the answer, its last line or its ``\\boxed{}`` content
+    equals it after normalisation (case, punctuation, "the answer is"). Anything else is None, so a judge behind
+    it in the chain decides: prose references, and short answers phrased differently from the reference.
+    """
+
+    name = "short_answer"
+
+    def __init__(self, max_words: int = 3, timeout_s: float | None = 5.0):
+        self.max_words = max_words
+        self.timeout_s = timeout_s
+
+    def score(self, completion: Any, answer: Any = None, **_: Any) -> float | None:
+        reference = _norm(str(answer)) if answer is not None else ""
+        if not reference or len(reference.split()) > self.max_words:
+            return None
+        text = self.answer(completion)
+        if text is None:
+            return 0.0  # an unclosed think block gives no answer
+        if _NUMERIC.match(reference):
+            from rewards.math import verify_answer
+
+            ok = verify_answer(str(answer), text, timeout_s=self.timeout_s)
+            return None if ok is None else float(ok)
+        lines = [line for line in text.strip().splitlines() if line.strip()]
+        candidates = [text, *(lines[-1:]), *_BOXED.findall(text)]
+        return 1.0 if any(_norm(c) == reference for c in candidates) else None
 
 
 # ---------------------------------------------------------------------------------------------------- router

@@ -60,14 +60,21 @@ def mars_config(server: ChatServer) -> dict:
         "tasks": {
             "math": [{"name": "accuracy", "rewards": ["math", "judge_equivalence"]}],
             "code": [{"name": "accuracy", "rewards": ["code"]}],
-            "general": [{"name": "accuracy", "rewards": ["math", "judge_rubric"]}],
+            "general": [{"name": "accuracy", "rewards": ["short_answer", "judge_rubric"]}],
         },
         "shared": [
             {"name": "format", "rewards": ["format"], "weight": 0.2},
             {"name": "repetition", "rewards": ["repetition"], "weight": 0.2},
             {"name": "length", "rewards": ["overlong"], "weight": 0.2},
         ],
-        "judge": {"base_url": server.base_url, "model": "judge", "timeout": 5.0, "max_retries": 0},
+        "judge": {
+            "backend": "http",
+            "base_url": server.base_url,
+            "model": "judge",
+            "timeout": 5.0,
+            "max_retries": 0,
+            "cache_dir": None,
+        },
         "warmup": 0,
     }
 

@@ -286,3 +286,40 @@ def test_state_round_trip_and_think_delimiters(tmp_path):
     unclosed = "[unused16]\nthe answer is \\boxed{4}"  # read as an answer if the delimiters were unknown
     assert pangu([closed, unclosed], task=["math"] * 2, answer=["4"] * 2) == [1.0, 0.0]
     assert math_reward.think_start == "[unused16]"
+
+
+@pytest.mark.parametrize(
+    ("answer", "reference", "expected"),
+    [
+        ("Canberra", "Canberra.", 1.0),
+        ("I think...\n**Canberra**", "Canberra.", 1.0),  # the last line
+        ("The answer is \\boxed{Canberra}", "Canberra", 1.0),
+        ("The capital is Canberra.", "Canberra.", None),  # phrased differently: the judge decides
+        ("Sydney", "Canberra.", None),  # the rule only confirms; a mismatch goes to the judge
+        ("0.5", "1/2", 1.0),  # bare numbers are verified with math-verify
+        ("7", "8", 0.0),
+        ("anything", "A whole number greater than 1 with no divisors", None),  # prose: not checkable
+        ("x", None, None),
+    ],
+)
+def test_short_answer_rule_layer_for_general(answer, reference, expected):
+    from rewards.router import ShortAnswerReward
+
+    assert ShortAnswerReward()(["<think>\n\n</think>\n\n" + answer], answer=[reference]) == [expected]
+    assert ShortAnswerReward()(["<think>never closed"], answer=["Canberra"]) == [0.0]
+
+
+def test_general_falls_back_to_the_judge_only_when_the_rule_cannot_confirm():
+    from rewards.router import ShortAnswerReward
+
+    judge = Fixed("judge_rubric", {"<think>\n\n</think>\n\nIt is Canberra.": 0.9})
+    router = MARSRouter(
+        {"tasks": {"general": [{"name": "accuracy", "rewards": ["short_answer", "judge_rubric"]}]}, "shared": []},
+        rewards={"short_answer": ShortAnswerReward(), "judge_rubric": judge},
+        normalize=False,
+    )
+    fast = "<think>\n\n</think>\n\n"
+    out = router([fast + "Canberra", fast + "It is Canberra."], task=["general"] * 2, answer=["Canberra."] * 2)
+    assert out == [1.0, 0.9]
+    assert judge.seen() == [fast + "It is Canberra."]
+    assert router.last_metrics["mars/general/accuracy/fallback"] == 0.5
