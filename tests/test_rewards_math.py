@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import math_verify
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import rewards.math as rmath
 from rewards.math import (
@@ -199,7 +201,46 @@ def test_answer_texts_are_cached_up_to_a_length(monkeypatch):
     calls = []
     real = rmath._parse
     monkeypatch.setattr(rmath, "_parse", lambda text: calls.append(text) or real(text))
-    assert MathReward()(["<think>a</think>\\boxed{7}", "<think>b</think>\\boxed{7}"], answer=["7", "7"]) == [1.0, 1.0]
-    assert calls == ["$7$", "\\boxed{7}"]  # the reference once, the shared answer text once
+    half = "\\boxed{\\frac{1}{2}}"
+    assert MathReward()([f"<think>a</think>{half}", f"<think>b</think>{half}"], answer=["0.5"] * 2) == [1.0, 1.0]
+    assert calls == ["$0.5$", half]  # the reference once, the shared answer text once
     monkeypatch.setattr(rmath, "ANSWER_CACHE_MAX_CHARS", 5)
-    assert verify_answer("7", "\\boxed{7}") is True and calls[-1] == "\\boxed{7}" and len(calls) == 3
+    assert verify_answer("0.5", half) is True and calls == ["$0.5$", half, half]
+    assert verify_answer("7", "\\boxed{7}") is True and calls[-1] == "$7$"  # integer answers skip the parser
+
+
+# ------------------------------------------------------------------------------------- integer fast path
+
+_FRAGMENTS = [
+    "\\boxed{", "}", "{", "$", "$$", "\\[", "\\]", "\\(", "\\)", " ", "x = ", "42", "-7", "007", "^2", "\\frac{1}{2}",
+    "and", ",", ".", "\\text{ cm}", "\\%", "answer is ", "\n", "=", "0", "3.5", "\\boxed", "fbox", "\\left(",
+    "\\right)", "_", "\\{", "\\}", "\\,", "\\boxed{\\boxed{", "\\sqrt", "-", "+", "\\pm", "<", "(", ")", "\\pi",
+]  # fmt: skip
+_TEXT = st.lists(st.one_of(st.sampled_from(_FRAGMENTS), st.text(max_size=4)), max_size=8).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pre=_TEXT, number=st.from_regex(r"-?[0-9]{1,22}", fullmatch=True), post=_TEXT, pad=st.sampled_from(["", " "]))
+def test_integer_fast_path_agrees_with_math_verify(pre, number, post, pad):
+    for text in (f"{pre}\\boxed{{{pad}{number}{pad}}}{post}", f"{pad}{number}{pad}", pre + post):
+        fast = rmath._integer_answer(text)
+        if fast is not None:
+            slow = rmath._parse(text)
+            assert fast == slow and [type(x) for x in fast] == [type(x) for x in slow], text
+
+
+@pytest.mark.parametrize(
+    ("text", "fast"),
+    [
+        ("42", True),
+        (" -7 ", True),
+        ("So the answer is $\\boxed{42}$.", True),
+        ("\\boxed{42} and \\boxed{43}", False),  # two boxes: a set, math-verify decides
+        ("\\boxed{042}", False),  # leading zeros
+        ("\\boxed{4.5}", False),
+        ("\\boxed{\\frac{1}{2}}", False),
+        ("٤٢", False),  # non-ASCII digits
+    ],
+)
+def test_integer_fast_path_scope(text, fast):
+    assert (rmath._integer_answer(text) is not None) is fast
