@@ -6,11 +6,12 @@ It is checked with ``math_verify.verify(gold, answer)`` in that order: verify is
 the answer ``(1,2)``, a gold ``(1,2)`` does not accept ``1<x<2``), and open-r1 passes the two the other way round in
 its length rewards.
 
-Each reference is parsed once per process (an LRU cache keyed on the reference string). math-verify's own time
-limits use ``signal.alarm``, which fails off the main thread, so they are switched off and replaced by
-``run_with_time_limit``: a watchdog thread that raises ``VerifyTimeout`` in the verifying thread when the limit
-passes. That works on any thread and in worker processes (the watchdog restarts after a fork). It interrupts Python
-code (all of sympy's simplification); a single long C call (a huge integer power, say) finishes first.
+Each reference is parsed once per process (an LRU cache keyed on the reference string), short answer texts are
+cached too, and integer answers skip math-verify's LaTeX parser (they parse alike, see ``_integer_answer``).
+math-verify's own time limits use ``signal.alarm``, which fails off the main thread, so they are switched off and
+replaced by ``run_with_time_limit``: a watchdog thread that raises ``VerifyTimeout`` in the verifying thread when
+the limit passes. That works on any thread and in worker processes (the watchdog restarts after a fork). It
+interrupts Python code (all of sympy's simplification); a single long C call (a huge integer power) finishes first.
 
 Scores: 1.0 correct, 0.0 wrong or missing answer (an unclosed think block has no answer), ``None`` when the sample
 is not a math task, has no reference, or the reference cannot be parsed, and ``None`` on a time-out or an error.
@@ -350,6 +351,7 @@ def measure_cost(pairs: list[tuple[str, str]], repeats: int = 20) -> dict[str, f
 
 
 _SAMPLE_PAIRS = [
+    ("42", "So the answer is $\\boxed{42}$."),
     ("\\frac{1}{2}", "so the answer is $\\boxed{0.5}$"),
     ("1<x<2", "The solution set is $(1,2)$."),
     ("2\\sqrt{3}", "Therefore $\\boxed{\\sqrt{12}}$"),
