@@ -11,7 +11,7 @@ from typing import Any
 from rewards.registry import registered
 
 # Modules that register rewards when imported.
-_MODULES = ("math", "format", "repetition", "length", "code", "judge", "router")
+_MODULES = ("math", "format", "repetition", "length", "code", "judge", "router", "mode_choice")
 
 
 def _load_all() -> dict[str, Any]:
