@@ -105,11 +105,13 @@ def detect_loop(seq: Sequence[Any] | str, ngram: int = 4, window: int = 256, min
     """The loop the sequence ends in, or None.
 
     ``seq`` is a list of token ids or a string (then its characters are the items; pass ``text.split()`` for
-    words). A loop is ``min_repeats`` consecutive copies of a block of at least ``ngram`` items at the end of
-    ``seq`` (the last copy may still be partial after them): the block is the shortest period ``p`` of the tail,
-    taken ``ceil(ngram / p)`` times, so "ab" repeated counts once it forms ``min_repeats`` copies of an
-    ``ngram``-item block. Only periods that fit ``min_repeats`` times in the last ``window`` items are looked
-    for; the loop's ``start`` is exact (it may lie before the window). The smallest period is reported.
+    words). Pass a tensor as ``tensor.tolist()``: indexing a tensor item by item is slow.
+
+    A loop is ``min_repeats`` consecutive copies of a block of at least ``ngram`` items at the end of ``seq``
+    (the last copy may still be partial after them): the block is the shortest period ``p`` of the tail, taken
+    ``ceil(ngram / p)`` times, so "ab" repeated counts once it forms ``min_repeats`` copies of an ``ngram``-item
+    block. Only periods that fit ``min_repeats`` times in the last ``window`` items are looked for; the loop's
+    ``start`` is exact (it may lie before the window). The smallest period is reported.
 
     Cost: about ``window / min_repeats`` item comparisons when there is no loop, so it can run every few
     decoding steps.
