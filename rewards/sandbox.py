@@ -51,6 +51,7 @@ import json
 import logging
 import marshal
 import os
+import select
 import shutil
 import signal
 import socket
@@ -59,7 +60,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -362,6 +363,9 @@ def setup_namespaces():
         posix._exit(3)
     pid = posix.fork()  # the child is PID 1 of the new PID namespace
     if pid:
+        # The caller's backstop kills this PID 1 (the kernel then kills the whole namespace, and this process
+        # exits only once it is empty, so the caller's end-of-file means nothing is left).
+        emit({"init": pid})
         status = posix.waitpid(pid, 0)[1]
         posix._exit(posix.waitstatus_to_exitcode(status) & 0xFF)
     if posix.getpid() != 1:
@@ -523,6 +527,8 @@ def run_case(case):
     pid = posix.fork()
     if pid == 0:
         child(case, in_fd, out_w, err_w)
+    if not namespaced:
+        emit({"case": pid})  # without a PID namespace the caller's backstop must kill the case's group itself
     for fd in (in_fd, out_w, err_w):
         posix.close(fd)
     try:
@@ -829,7 +835,7 @@ def _run_harness(
             if isolation == "namespaces" and limits.isolation == "auto":
                 _NAMESPACES_BROKEN = True
             return None, [rec["fatal"]]
-        if "pid" in rec:
+        if "pid" in rec or "init" in rec or "case" in rec:
             continue
         if rec.get("ready"):
             notes = rec.get("notes", [])
@@ -842,12 +848,17 @@ def _run_harness(
 
 def _records(data: bytes) -> Iterator[dict[str, Any]]:
     """The harness's records: each a 4-byte little-endian length, then marshal data (written by our own code)."""
-    pos = 0
+    for rec, _ in _records_from(data, 0):
+        yield rec
+
+
+def _records_from(data: bytes, pos: int) -> Iterator[tuple[dict[str, Any], int]]:
+    """Complete records from offset ``pos`` on, each with the offset after it; a truncated last one is left."""
     while pos + 4 <= len(data):
         size = int.from_bytes(data[pos : pos + 4], "little")
         if pos + 4 + size > len(data):
-            return  # a truncated last record: the harness was killed mid-write
-        yield marshal.loads(data[pos + 4 : pos + 4 + size])
+            return  # not all there yet, or the harness was killed mid-write
+        yield marshal.loads(data[pos + 4 : pos + 4 + size]), pos + 4 + size
         pos += 4 + size
 
 
@@ -858,21 +869,27 @@ def _launch(spec: dict[str, Any], workdir: str, limits: SandboxLimits, backstop:
         argv,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
         cwd=workdir,
         env=_clean_env(workdir),
         close_fds=True,
         start_new_session=True,  # its own process group, killed as one by the backstop
     )
+    assert proc.stdin is not None and proc.stdout is not None
     try:
-        out, err = proc.communicate(marshal.dumps(spec), timeout=backstop)
-    except subprocess.TimeoutExpired:
-        logger.warning("sandbox exceeded its backstop of %.1fs; killing its process group", backstop)
-        _kill_group(proc.pid)
-        out, err = proc.communicate()
-    if proc.returncode not in (0, None) and err:
-        logger.debug("sandbox harness exited with %s: %s", proc.returncode, err[-500:].decode("utf-8", "replace"))
-    return out
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(marshal.dumps(spec))
+            proc.stdin.close()
+        fd = proc.stdout.fileno()
+
+        def recv(timeout: float) -> bytes:
+            if not select.select([fd], [], [], timeout)[0]:
+                raise TimeoutError
+            return os.read(fd, 1 << 20)
+
+        return _collect(recv, backstop)
+    finally:
+        proc.stdout.close()
+        proc.wait()
 
 
 def _kill_group(pid: int | None) -> None:
@@ -957,38 +974,78 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _serve_forked(spec: dict[str, Any], workdir: str, limits: SandboxLimits, backstop: float) -> bytes:
-    """Run the harness as a fork of the fork server; its records (after the backstop, whatever it had written)."""
+    """Run the harness as a fork of the fork server; its records."""
     job = _ForkServer.get(limits).connect()
-    deadline = time.monotonic() + backstop
-    data, pid, killed = bytearray(), None, False
     try:
         job.sendall(marshal.dumps(spec))
         job.shutdown(socket.SHUT_WR)
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 and not killed:
-                logger.warning("sandbox exceeded its backstop of %.1fs; killing its process group", backstop)
-                _kill_group(pid)
-                killed, deadline = True, time.monotonic() + 5.0  # it is gone; collect what it wrote
-                continue
-            if remaining <= 0:
-                break
-            job.settimeout(remaining)
-            try:
-                chunk = job.recv(1 << 20)
-            except TimeoutError:
-                continue
-            if not chunk:
-                break
-            data += chunk
-            if pid is None:
-                first = next(_records(bytes(data[:64])), None)
-                pid = None if first is None else first.get("pid")
+
+        def recv(timeout: float) -> bytes:
+            job.settimeout(timeout)
+            return job.recv(1 << 20)
+
+        return _collect(recv, backstop)
     except OSError as exc:  # the harness died before reading its spec
         logger.debug("sandbox harness connection failed: %s", exc)
+        return b""
     finally:
         job.close()
+
+
+def _collect(recv: Callable[[float], bytes], backstop: float) -> bytes:
+    """Everything the harness writes until it exits; past ``backstop`` seconds it is killed (see ``_stop``)."""
+    deadline = time.monotonic() + backstop
+    data, pos, handles, stage = bytearray(), 0, {}, 0
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            if stage == 0:
+                logger.warning("sandbox exceeded its backstop of %.1fs; killing it", backstop)
+            if stage == 2:
+                break
+            _stop(handles, hard=stage == 1)
+            stage, deadline = stage + 1, time.monotonic() + 5.0
+            continue
+        try:
+            chunk = recv(remaining)
+        except TimeoutError:
+            continue
+        if not chunk:
+            break
+        data += chunk
+        for rec, end in _records_from(bytes(data), pos):  # note the processes to kill, as they are announced
+            handles.update({k: rec[k] for k in ("pid", "init", "case") if k in rec})
+            pos = end
     return bytes(data)
+
+
+def _stop(handles: dict[str, int], hard: bool) -> None:
+    """Kill a sandbox. With namespaces, killing its PID 1 makes the kernel kill every process inside, and the
+    harness exits (closing its end) only once they are all gone; otherwise, or if that did not end it (``hard``),
+    its process group and the running case's group are killed."""
+    init = handles.get("init")
+    if init is not None and init > 1 and not hard:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(init, signal.SIGKILL)
+        return
+    _kill_group(handles.get("pid"))
+    _kill_group(handles.get("case"))
+    for key in ("pid", "case"):  # SIGKILL takes effect asynchronously: be sure before saying it is gone
+        _wait_dead(handles.get(key))
+
+
+def _wait_dead(pid: int | None, timeout: float = 2.0) -> None:
+    """Wait until ``pid`` is gone or a zombie (dead, waiting to be reaped by its parent)."""
+    deadline = time.monotonic() + timeout
+    while pid is not None and pid > 1 and time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return
+        if state in (b"Z", b"X"):
+            return
+        time.sleep(0.005)
 
 
 def _judge(index: int, case: dict[str, str], kind: str, rec: dict[str, Any] | None) -> CaseResult:
