@@ -303,3 +303,39 @@ def test_ties_rescale_after_trim():
         torch.zeros(4), [T(0.1, -3, 2, -0.5)], [1.0], [0.5], sparsify="magnitude", rescale=True
     )
     assert_exact(out, [0.0, -6.0, 4.0, 0.0])
+
+
+def test_magnitude_mask_keeps_exactly_k_with_ties():
+    # four entries tie at the threshold; k = 3 keeps the larger one and the first two tied ones (index order)
+    mask = M.magnitude_mask(T(1, 1, -5, 1, 1), 0.6)
+    assert mask.tolist() == [True, True, True, False, False]
+    assert int(M.magnitude_mask(torch.zeros(10), 0.5).sum()) == 5
+
+
+def test_inplace_variants_match_and_only_touch_the_merged_inputs():
+    g = gen(5)
+    base, a, b = (torch.randn(6, 4, generator=g) for _ in range(3))
+
+    def fresh():
+        return a.clone(), b.clone()
+
+    kw = dict(sparsify="magnitude", consensus="sum", normalize=True, lambda_=0.7)
+    expected = M.generalized_task_arithmetic(base, [a, b], [1.0, 0.5], [0.5, 0.8], **kw)
+    x, y = fresh()
+    got = M.generalized_task_arithmetic(base, [x, y], [1.0, 0.5], [0.5, 0.8], inplace=True, **kw)
+    assert torch.equal(got, expected) and torch.equal(base, base.clone())
+    x, y = fresh()
+    assert torch.equal(M.linear([x, y], [0.2, 0.8], inplace=True), M.linear([a, b], [0.2, 0.8]))
+    x, y = fresh()
+    assert torch.equal(M.ema([x, y], 0.3, inplace=True), M.ema([a, b], 0.3))
+    x, y = fresh()
+    assert torch.allclose(M.slerp(x, y, 0.3, inplace=True), M.slerp(a, b, 0.3))
+    # the same tensor passed twice (or as base and model) is never overwritten while still needed
+    a0 = a.clone()
+    twice = M.generalized_task_arithmetic(base, [a0.clone(), a0.clone()], [1.0, 1.0], [0.5, 0.5], **kw)
+    a1 = a0.clone()
+    got = M.generalized_task_arithmetic(base, [a1, a1], [1.0, 1.0], [0.5, 0.5], inplace=True, **kw)
+    assert torch.equal(got, twice)
+    assert torch.equal(a1, a0)
+    b1 = b.clone()
+    assert torch.equal(M.generalized_task_arithmetic(b1, [b1], [1.0], inplace=True), b)

@@ -15,7 +15,6 @@ import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from tqdm.auto import tqdm
 
 from train.merging import methods
 from train.merging.config import METHODS, MergeConfig, ModelInput, parse_dtype, resolve_parameters, tensor_t
-from train.merging.io import DTYPE_NAMES, OutputTensor, SafetensorsCheckpoint, ShardedWriter, sha256_file
+from train.merging.io import DTYPE_NAMES, OutputTensor, SafetensorsCheckpoint, ShardedWriter
 from train.merging.lora import LoraSource, is_adapter, resolve_adapter_base
 
 logger = logging.getLogger(__name__)
@@ -120,18 +119,21 @@ class _Plan:
                 self.order = [m.model for m in others]
                 self.base_index = None
 
-    def merge(self, name: str, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Merge the tensors of ``name`` given in ``self.order``; returns a float32/float64 tensor."""
+    def merge(self, name: str, tensors: Sequence[torch.Tensor], inplace: bool = False) -> torch.Tensor:
+        """Merge the tensors of ``name`` given in ``self.order``; returns a float32/float64 tensor.
+
+        ``inplace``: the input buffers belong to the caller and may be reused (the streaming merge's case).
+        """
         t = tensor_t(name, self.num_layers)
         glob, per = resolve_parameters(self.cfg, name, t, self.merged)
         spec = self.spec
         if spec.name == "linear":
-            return methods.linear(tensors, [p["weight"] for p in per], normalize=bool(glob["normalize"]))
+            return methods.linear(tensors, [p["weight"] for p in per], bool(glob["normalize"]), inplace=inplace)
         if spec.name == "ema":
-            return methods.ema(list(tensors), beta=float(glob["beta"]))
+            return methods.ema(list(tensors), beta=float(glob["beta"]), inplace=inplace)
         base, others = tensors[0], list(tensors[1:])
         if spec.name == "slerp":
-            return methods.slerp(base, others[0], float(glob["t"]))
+            return methods.slerp(base, others[0], float(glob["t"]), inplace=inplace)
         generators = None
         if spec.sparsify == "random":
             generators = [torch.Generator().manual_seed(self._seed(name, i)) for i in range(len(others))]
@@ -146,6 +148,7 @@ class _Plan:
             lambda_=float(glob["lambda"]),
             rescale=glob["rescale"],
             generators=generators,
+            inplace=inplace,
         )
 
     def _seed(self, name: str, index: int) -> int:
@@ -277,21 +280,12 @@ def _write_side_files(tmp: Path, ref_source, ref_config, tok_source, out_dtype, 
         logger.warning("no tokenizer files in %s; the merged folder has no tokenizer", tok_folder)
 
 
-def _hash_inputs(refs, sources, pool: ThreadPoolExecutor) -> list:
-    """Start hashing every input file in the background (hashlib releases the GIL, so this overlaps the merge)."""
-    jobs = []
-    for r, s in zip(refs, sources):
-        files = s.files
-        jobs.append((r, s, {f: pool.submit(sha256_file, f) for f in files}))
-    return jobs
-
-
-def _input_record(ref: str, role: str, source, hashes: dict) -> dict[str, Any]:
-    rec: dict[str, Any] = {"model": ref, "role": role}
+def _input_record(ref: str, role: str, source) -> dict[str, Any]:
+    rec: dict[str, Any] = {"model": ref, "role": role, "path": str(Path(ref.split("+")[0]).resolve())}
     if isinstance(source, LoraSource):
-        rec["base"] = str(source.base_dir)
-        rec["adapter"] = str(source.adapter_dir)
-    rec["files"] = {str(f): h.result() for f, h in hashes.items()}
+        rec["base"] = str(source.base_dir.resolve())
+        rec["adapter"] = str(source.adapter_dir.resolve())
+    rec["files"] = {str(f): h for f, h in source.file_hashes().items()}
     return rec
 
 
@@ -339,40 +333,18 @@ def merge_from_config(
         vocab_plan = _vocab_plan(cfg, refs, sources, configs, refs.index(tok_ref) if tok_ref in refs else 0)
         _check_tensors(refs, sources, vocab_plan, dtype is not None)
 
-        layout = []
-        for name in sources[0].names():
-            info = sources[0].info(name)
-            shape = info.shape
-            if name in vocab_plan:
-                shape = (vocab_plan[name][1], *shape[1:])
-            floating = info.dtype.is_floating_point
-            layout.append(OutputTensor(name, (out_dtype or dtype or info.dtype) if floating else info.dtype, shape))
-        out_vocab = None
-        if vocab_plan:
-            out_vocab = next(iter(vocab_plan.values()))[1]
-
+        layout = _layout(sources[0], vocab_plan, dtype, out_dtype)
+        out_vocab = next(iter(vocab_plan.values()))[1] if vocab_plan else None
         tmp = _partial_dir(out)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        pool = ThreadPoolExecutor(max_workers=1)
         try:
-            hash_jobs = _hash_inputs(refs, sources, pool)
             writer = ShardedWriter(tmp, layout, cfg.max_shard_size)
             order = [by_ref[r] for r in plan.order]
             src_index = plan.order.index(tok_ref) if tok_ref in plan.order else 0
-            out_hash = {}
-            for spec in tqdm(
-                [t for _, shard in writer.shards for t in shard],
-                desc=f"merging ({cfg.merge_method})",
-                unit="tensor",
-                disable=not show_progress or None,
-            ):
-                merged = _merge_one(plan, spec, order, dtype, vocab_plan.get(spec.name), src_index)
-                writer.write(spec.name, merged)
-                del merged
+            for spec in tqdm(layout, desc=f"merging ({cfg.merge_method})", unit="tensor", disable=not show_progress):
+                writer.write(spec.name, _merge_one(plan, spec, order, dtype, vocab_plan.get(spec.name), src_index))
             writer.close()
-            for fname, _ in writer.shards:
-                out_hash[fname] = sha256_file(tmp / fname)
             final_dtype = out_dtype or dtype or next((t.dtype for t in layout if t.dtype.is_floating_point), None)
             _write_side_files(tmp, sources[0], configs[0], tok_source, final_dtype, out_vocab)
             manifest = {
@@ -380,15 +352,13 @@ def merge_from_config(
                 "merge_method": cfg.merge_method,
                 "config": cfg.to_dict(),
                 "method_defaults": {k: v for k, v in cfg.method.global_params.items() if isinstance(v, (int, float))},
-                "inputs": [
-                    _input_record(r, "base" if r == cfg.base_model else "model", s, h) for r, s, h in hash_jobs
-                ],
+                "inputs": [_input_record(r, "base" if r == cfg.base_model else "model", s) for r, s in by_ref.items()],
                 "tokenizer_source": str(tok_ref),
                 "output": {
                     "dtype": DTYPE_NAMES.get(final_dtype, str(final_dtype)),
                     "num_tensors": len(layout),
                     "total_bytes": sum(t.nbytes for t in layout),
-                    "files": out_hash,
+                    "files": writer.hashes,
                 },
                 "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "seconds": round(time.time() - start, 3),
@@ -399,8 +369,6 @@ def merge_from_config(
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
         if tok_ref not in by_ref:
             tok_source.close()
     finally:
@@ -408,6 +376,17 @@ def merge_from_config(
             s.close()
     logger.info("merged %d models with %s into %s in %.1fs", len(refs), cfg.merge_method, out, time.time() - start)
     return out
+
+
+def _layout(ref, vocab_plan, dtype, out_dtype) -> list[OutputTensor]:
+    """Output tensors in the reference input's storage order (sequential reads), with output dtypes and shapes."""
+    layout = []
+    for name in ref.names():
+        info = ref.info(name)
+        shape = (vocab_plan[name][1], *info.shape[1:]) if name in vocab_plan else info.shape
+        floating = info.dtype.is_floating_point
+        layout.append(OutputTensor(name, (out_dtype or dtype or info.dtype) if floating else info.dtype, shape))
+    return layout
 
 
 def _merge_one(plan: _Plan, spec: OutputTensor, order, dtype, vocab_rows, src_index: int) -> torch.Tensor:
@@ -421,9 +400,9 @@ def _merge_one(plan: _Plan, spec: OutputTensor, order, dtype, vocab_rows, src_in
             )
         return tensors[0]
     if vocab_rows is None:
-        return plan.merge(spec.name, tensors).to(spec.dtype)
+        return plan.merge(spec.name, tensors, inplace=True).to(spec.dtype)
     common, out_rows = vocab_rows
-    merged = plan.merge(spec.name, [t[:common] for t in tensors]).to(spec.dtype)
+    merged = plan.merge(spec.name, [t[:common].clone() for t in tensors], inplace=True).to(spec.dtype)
     if out_rows > common:
         merged = torch.cat([merged, tensors[src_index][common:out_rows].to(spec.dtype)])
     return merged

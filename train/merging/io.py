@@ -109,7 +109,11 @@ def weight_files(folder: str | Path) -> list[Path]:
 
 
 class SafetensorsCheckpoint:
-    """Random access to the tensors of a (possibly sharded) safetensors checkpoint, one tensor at a time."""
+    """Random access to the tensors of a (possibly sharded) safetensors checkpoint, one tensor at a time.
+
+    It also computes each file's sha256 on the fly: reads that continue where the previous one ended (a merge that
+    visits tensors in file order) feed the hash for free, and :meth:`file_hashes` hashes only what was not covered.
+    """
 
     def __init__(self, folder: str | Path, files: list[Path] | None = None):
         self.folder = Path(folder)
@@ -122,6 +126,7 @@ class SafetensorsCheckpoint:
                     raise CheckpointError(f"{self.folder}: tensor {name!r} appears in two shards")
                 self.entries[name] = info
         self._handles: dict[Path, object] = {}
+        self._hashes: dict[Path, list] = {}  # file -> [sha256 object, offset hashed so far]
 
     @classmethod
     def from_files(cls, folder: str | Path, files: list[Path]) -> SafetensorsCheckpoint:
@@ -129,7 +134,9 @@ class SafetensorsCheckpoint:
         return cls(folder, files)
 
     def names(self) -> list[str]:
-        return list(self.entries)
+        """Tensor names in storage order (file, then offset), the order that reads the files sequentially."""
+        order = {f: i for i, f in enumerate(self.files)}
+        return sorted(self.entries, key=lambda n: (order[self.entries[n].file], self.entries[n].start))
 
     def info(self, name: str) -> TensorInfo:
         try:
@@ -140,19 +147,40 @@ class SafetensorsCheckpoint:
     def read(self, name: str) -> torch.Tensor:
         """Read one tensor into fresh (non-mapped) memory."""
         info = self.info(name)
-        buf = bytearray(info.nbytes)
-        if info.nbytes:
-            f = self._handle(info.file)
-            f.seek(info.start)
-            got = f.readinto(buf)
-            if got != info.nbytes:
-                raise CheckpointError(f"{info.file}: truncated data for tensor {name!r}")
-            return torch.frombuffer(buf, dtype=info.dtype).reshape(info.shape)
-        return torch.empty(info.shape, dtype=info.dtype)
+        if not info.nbytes:
+            return torch.empty(info.shape, dtype=info.dtype)
+        # torch.empty does not zero-fill (a bytearray would, touching every page twice)
+        buf = torch.empty(info.nbytes, dtype=torch.uint8)
+        view = memoryview(buf.numpy())
+        f = self._handle(info.file)
+        f.seek(info.start)
+        if f.readinto(view) != info.nbytes:
+            raise CheckpointError(f"{info.file}: truncated data for tensor {name!r}")
+        state = self._hashes[info.file]
+        if state[1] == info.start:
+            state[0].update(view)
+            state[1] = info.end
+        return buf.view(info.dtype).reshape(info.shape)
+
+    def file_hashes(self) -> dict[Path, str]:
+        """sha256 of every file; files not read through sequentially are hashed from disk now."""
+        out = {}
+        for path in self.files:
+            state = self._hashes.get(path)
+            if state is not None and state[1] == path.stat().st_size:
+                out[path] = state[0].hexdigest()
+            else:
+                out[path] = sha256_file(path)
+        return out
 
     def _handle(self, path: Path):
         if path not in self._handles:
-            self._handles[path] = open(path, "rb")  # noqa: SIM115 - closed in close()
+            f = open(path, "rb")  # noqa: SIM115 - closed in close()
+            (n,) = struct.unpack("<Q", f.read(8))
+            h = hashlib.sha256(struct.pack("<Q", n))
+            h.update(f.read(n))
+            self._hashes[path] = [h, 8 + n]
+            self._handles[path] = f
         return self._handles[path]
 
     def close(self) -> None:
@@ -222,6 +250,7 @@ class ShardedWriter:
         self._file = None
         self._shard_idx = -1
         self._remaining_in_shard = 0
+        self.hashes: dict[str, str] = {}  # shard file name -> sha256, computed while writing
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         if self._next >= len(self._order) or self._order[self._next] != name:
@@ -234,8 +263,8 @@ class ShardedWriter:
             )
         if self._remaining_in_shard == 0:
             self._open_next_shard()
-        data = tensor.detach().contiguous().view(-1).view(torch.uint8).numpy() if tensor.numel() else b""
-        self._file.write(memoryview(data) if len(data) else b"")
+        if tensor.numel():
+            self._emit(memoryview(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy()))
         self._remaining_in_shard -= 1
         self._next += 1
         if self._remaining_in_shard == 0:
@@ -262,11 +291,17 @@ class ShardedWriter:
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned, as the reference writer does
         self._file = open(self.folder / fname, "wb")  # noqa: SIM115 - closed in _close_shard()
-        self._file.write(struct.pack("<Q", len(raw)))
-        self._file.write(raw)
+        self._hash = hashlib.sha256()
+        self._emit(struct.pack("<Q", len(raw)))
+        self._emit(raw)
         self._remaining_in_shard = len(shard)
 
+    def _emit(self, data) -> None:
+        self._file.write(data)
+        self._hash.update(data)
+
     def _close_shard(self) -> None:
+        self.hashes[self.shards[self._shard_idx][0]] = self._hash.hexdigest()
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()

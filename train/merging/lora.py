@@ -136,6 +136,9 @@ class LoraSource:
             raise AdapterError(f"{self.adapter_dir}: LoRA delta for {name!r} is {tuple(d.shape)}, tensor is {t.shape}")
         return (t.float() + d).to(t.dtype)
 
+    def file_hashes(self) -> dict[Path, str]:
+        return {**self.base.file_hashes(), **self.adapter.file_hashes()}
+
     def close(self) -> None:
         self.base.close()
         self.adapter.close()

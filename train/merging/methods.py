@@ -21,6 +21,7 @@ dtype; callers cast to the output dtype.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -35,6 +36,12 @@ def _compute_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+def _owned(t: Tensor, dtype: torch.dtype, inplace: bool) -> Tensor:
+    """``t`` in ``dtype`` as a buffer that may be overwritten: ``t`` itself when ``inplace`` allows, else a copy."""
+    cast = t.to(dtype)
+    return cast if (inplace or cast is not t) else cast.clone()
+
+
 def _check_same_shape(tensors: Sequence[Tensor]) -> None:
     if not tensors:
         raise ValueError("no tensors to merge")
@@ -43,24 +50,21 @@ def _check_same_shape(tensors: Sequence[Tensor]) -> None:
         raise ValueError(f"tensors to merge have different shapes: {sorted(shapes)}")
 
 
-def _weight_view(weights: Sequence[float], like: Tensor) -> Tensor:
-    """Weights as a tensor broadcastable against a stack of tensors shaped like ``like``."""
-    w = torch.tensor(list(weights), dtype=like.dtype)
-    return w.view(-1, *([1] * like.dim()))
-
-
-def linear(tensors: Sequence[Tensor], weights: Sequence[float] | None = None, normalize: bool = True) -> Tensor:
+def linear(
+    tensors: Sequence[Tensor], weights: Sequence[float] | None = None, normalize: bool = True, inplace: bool = False
+) -> Tensor:
     """Weighted average ``sum(w_i x_i) / sum(w_i)`` (or the plain weighted sum when ``normalize`` is false).
 
-    ``weights`` defaults to all ones, so the default is the uniform mean.
+    ``weights`` defaults to all ones, so the default is the uniform mean. ``inplace=True`` lets the function reuse the
+    first input's buffer (the streaming merge owns its buffers; other callers keep the default).
     """
     _check_same_shape(tensors)
     weights = [1.0] * len(tensors) if weights is None else list(weights)
     if len(weights) != len(tensors):
         raise ValueError(f"{len(weights)} weights for {len(tensors)} tensors")
     dtype = _compute_dtype(tensors)
-    out = torch.zeros_like(tensors[0], dtype=dtype)
-    for w, t in zip(weights, tensors):
+    out = _owned(tensors[0], dtype, inplace and all(t is not tensors[0] for t in tensors[1:])).mul_(float(weights[0]))
+    for w, t in zip(weights[1:], tensors[1:]):
         out.add_(t.to(dtype), alpha=float(w))
     if normalize:
         total = float(sum(weights))
@@ -70,7 +74,7 @@ def linear(tensors: Sequence[Tensor], weights: Sequence[float] | None = None, no
     return out
 
 
-def ema(tensors: Sequence[Tensor], beta: float = 0.5) -> Tensor:
+def ema(tensors: Sequence[Tensor], beta: float = 0.5, inplace: bool = False) -> Tensor:
     """Exponential moving average over ``tensors`` in order: ``avg = t[0]``, then ``avg = beta*avg + (1-beta)*t[i]``.
 
     With ``tensors = [previous_average, new_checkpoint]`` this is one update of a running merged model, the form the
@@ -80,26 +84,39 @@ def ema(tensors: Sequence[Tensor], beta: float = 0.5) -> Tensor:
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"ema beta must be in [0, 1], got {beta}")
     dtype = _compute_dtype(tensors)
-    avg = tensors[0].to(dtype, copy=True)
+    avg = _owned(tensors[0], dtype, inplace and all(t is not tensors[0] for t in tensors[1:]))
     for t in tensors[1:]:
         avg.mul_(beta).add_(t.to(dtype), alpha=1.0 - beta)
     return avg
+
+
+def magnitude_mask(delta: Tensor, density: float) -> Tensor:
+    """Boolean mask of the ``int(density * numel)`` entries of largest magnitude (the TIES "trim").
+
+    Uses a k-th value threshold rather than a full top-k (less memory, faster); entries tied with the threshold are
+    kept in index order until exactly k are kept, so the count always matches mergekit's.
+    """
+    n = delta.numel()
+    k = int(density * n)
+    if density >= 1.0 or k >= n:
+        return torch.ones_like(delta, dtype=torch.bool)
+    if k <= 0:
+        return torch.zeros_like(delta, dtype=torch.bool)
+    mag = delta.abs().reshape(-1)
+    threshold = torch.kthvalue(mag, n - k + 1).values
+    mask = mag > threshold
+    missing = k - int(mask.sum())
+    if missing > 0:
+        tied = torch.nonzero(mag == threshold).squeeze(1)[:missing]
+        mask[tied] = True
+    return mask.view(delta.shape)
 
 
 def magnitude_prune(delta: Tensor, density: float) -> Tensor:
     """Keep the ``int(density * numel)`` entries of largest magnitude and zero the rest (TIES "trim")."""
     if density >= 1.0:
         return delta
-    if density <= 0.0:
-        return torch.zeros_like(delta)
-    k = int(density * delta.numel())
-    if k <= 0:
-        return torch.zeros_like(delta)
-    flat = delta.reshape(-1)
-    keep = torch.topk(flat.abs(), k, sorted=False).indices
-    out = torch.zeros_like(flat)
-    out[keep] = flat[keep]
-    return out.view_as(delta)
+    return delta * magnitude_mask(delta, density)
 
 
 def random_drop(
@@ -113,32 +130,43 @@ def random_drop(
     """
     if density >= 1.0:
         return delta
-    if density <= 0.0:
-        return torch.zeros_like(delta)
-    mask = torch.rand(delta.shape, generator=generator, dtype=torch.float32) < density
-    return _rescale(delta, delta * mask, density, rescale)
+    return _sparsify_(delta.clone(), density, "random", rescale, generator)
 
 
-def _rescale(original: Tensor, kept: Tensor, density: float, rescale: bool | str) -> Tensor:
-    if density >= 1.0 or rescale is False or rescale is None:
-        return kept
-    if rescale is True:
-        return kept / density
-    return _match_norm(original, kept, str(rescale))
-
-
-def _match_norm(original: Tensor, masked: Tensor, norm: str, eps: float = 1e-7) -> Tensor:
+def _norm(t: Tensor, norm: str) -> float:
     if norm == "l1":
-        before, after = original.abs().sum(), masked.abs().sum()
-    elif norm == "l2":
-        before, after = original.norm(), masked.norm()
-    elif norm == "linf":
-        before, after = original.abs().max(), masked.abs().max()
+        return float(t.abs().sum())
+    if norm == "l2":
+        return float(t.norm())
+    if norm == "linf":
+        return float(t.abs().max())
+    raise ValueError(f"unknown rescale norm {norm!r}; expected true, false, 'l1', 'l2' or 'linf'")
+
+
+def _sparsify_(
+    d: Tensor, density: float, method: str | None, rescale: bool | str, generator: torch.Generator | None = None
+) -> Tensor:
+    """Sparsify ``d`` in place (``"magnitude"`` trim or ``"random"`` drop), then rescale what is kept."""
+    if method is None or density >= 1.0:
+        return d
+    if density <= 0.0:
+        return d.zero_()
+    if method not in ("magnitude", "random"):
+        raise ValueError(f"unknown sparsification {method!r}; expected None, 'magnitude' or 'random'")
+    before = _norm(d, rescale) if isinstance(rescale, str) else None
+    if method == "magnitude":
+        mask = magnitude_mask(d, density)
     else:
-        raise ValueError(f"unknown rescale norm {norm!r}; expected true, false, 'l1', 'l2' or 'linf'")
-    if before < eps or after < eps:
-        return masked
-    return masked * (before / after)
+        mask = torch.rand(d.shape, generator=generator, dtype=torch.float32) < density
+    d.mul_(mask)
+    del mask
+    if rescale is True:
+        d.div_(density)
+    elif isinstance(rescale, str):
+        after = _norm(d, rescale)
+        if before >= 1e-7 and after >= 1e-7:
+            d.mul_(before / after)
+    return d
 
 
 def elect_sign_mask(weighted_deltas: Tensor, method: str = "sum") -> Tensor:
@@ -170,6 +198,7 @@ def generalized_task_arithmetic(
     lambda_: float = 1.0,
     rescale: bool | str = False,
     generators: Sequence[torch.Generator | None] | None = None,
+    inplace: bool = False,
 ) -> Tensor:
     """``base + lambda * combine(sparsify(x_i - base) * w_i)``: the engine behind task arithmetic, TIES and DARE.
 
@@ -178,6 +207,7 @@ def generalized_task_arithmetic(
     ``normalize``: divide the combined delta by the sum of the weights that contributed at each position.
     ``rescale``: after sparsifying, divide by the density (True) or match the ``"l1"``/``"l2"``/``"linf"`` norm of
     the unsparsified delta; mergekit's default is true for DARE and false for TIES.
+    ``inplace``: the ``tensors`` (not ``base``) may be overwritten with their deltas, saving one copy of each.
     """
     _check_same_shape([base, *tensors])
     n = len(tensors)
@@ -190,36 +220,46 @@ def generalized_task_arithmetic(
     base_c = base.to(dtype)
     if n == 0:
         return base_c.clone()
+    # Each weighted, sparsified delta lives in a buffer of its own (the input's when inplace) and they are combined
+    # in place: stacking them would hold several extra copies of the largest tensor (the embedding) at once.
     deltas = []
+    ids = [id(t) for t in (base, *tensors)]
     for i, x in enumerate(tensors):
-        d = x.to(dtype) - base_c
-        if sparsify == "magnitude":
-            d = _rescale(d, magnitude_prune(d, densities[i]), densities[i], rescale)
-        elif sparsify == "random":
-            gen = generators[i] if generators is not None else None
-            d = random_drop(d, densities[i], gen, rescale)
-        elif sparsify is not None:
-            raise ValueError(f"unknown sparsification {sparsify!r}; expected None, 'magnitude' or 'random'")
-        deltas.append(d)
-    stacked = torch.stack(deltas)
-    del deltas
-    w = _weight_view(weights, base_c)
-    weighted = stacked * w
-    del stacked
+        d = _owned(x, dtype, inplace and ids.count(id(x)) == 1).sub_(base_c)  # a tensor passed twice is copied
+        gen = generators[i] if generators is not None else None
+        deltas.append(_sparsify_(d, densities[i], sparsify, rescale, gen).mul_(float(weights[i])))
     if consensus is not None:
-        mask = elect_sign_mask(weighted, consensus)
-        mixed = (weighted * mask).sum(dim=0)
-        divisor = (w * mask).sum(dim=0)
+        positive = _elected_positive(deltas, consensus)
+        divisor = torch.zeros_like(base_c)
+        for w, d in zip(weights, deltas):
+            agree = torch.where(positive, d > 0, d < 0)  # zero deltas never agree
+            d.mul_(agree)
+            divisor.add_(agree, alpha=float(w))
+            del agree
+        del positive
         divisor[divisor == 0] = 1.0
     else:
-        mixed = weighted.sum(dim=0)
-        divisor = w.sum(dim=0).expand_as(mixed).clone()
-        divisor[divisor.abs() < 1e-8] = 1.0
+        total = float(sum(float(w) for w in weights))
+        divisor = total if abs(total) >= 1e-8 else 1.0
+    mixed = deltas[0]
+    for d in deltas[1:]:
+        mixed.add_(d)
+    del deltas
     if normalize:
-        mixed = mixed / divisor
+        mixed.div_(divisor)
     if lambda_ != 1.0:
-        mixed = mixed * lambda_
-    return base_c + mixed
+        mixed.mul_(lambda_)
+    return mixed.add_(base_c)
+
+
+def _elected_positive(weighted_deltas: Sequence[Tensor], method: str) -> Tensor:
+    """Where the elected sign is ``+`` (list form of :func:`elect_sign_mask`, without stacking)."""
+    acc = torch.zeros_like(weighted_deltas[0])
+    for d in weighted_deltas:
+        acc.add_(d if method == "sum" else d.sign())
+    if method not in ("sum", "count"):
+        raise ValueError(f"unknown sign consensus method {method!r}; expected 'sum' or 'count'")
+    return acc >= 0
 
 
 def task_arithmetic(
@@ -305,27 +345,34 @@ def dare_ties(
     )
 
 
-def slerp(a: Tensor, b: Tensor, t: float, dot_threshold: float = SLERP_DOT_THRESHOLD, eps: float = 1e-8) -> Tensor:
+def slerp(
+    a: Tensor,
+    b: Tensor,
+    t: float,
+    dot_threshold: float = SLERP_DOT_THRESHOLD,
+    eps: float = 1e-8,
+    inplace: bool = False,
+) -> Tensor:
     """Spherical linear interpolation from ``a`` (``t=0``) to ``b`` (``t=1``), treating each tensor as one vector.
 
     The angle comes from the normalized tensors; the interpolation coefficients are applied to the unnormalized ones
     (mergekit's formulation), so norms are interpolated too. Nearly parallel or anti-parallel tensors
-    (``|cos| > dot_threshold``) fall back to ``(1-t) a + t b``.
+    (``|cos| > dot_threshold``) fall back to ``(1-t) a + t b``. ``inplace`` lets the result reuse ``a``'s buffer.
     """
     _check_same_shape([a, b])
     dtype = _compute_dtype([a, b])
     a_c, b_c = a.to(dtype), b.to(dtype)
-    a_norm, b_norm = a_c.norm(), b_c.norm()
-    a_dir = a_c / a_norm if a_norm > eps else a_c
-    b_dir = b_c / b_norm if b_norm > eps else b_c
-    dot = float((a_dir * b_dir).sum())
+    a_norm, b_norm = float(a_c.norm()), float(b_c.norm())
+    # cosine without materialising the normalized tensors; a (near-)zero tensor is left unnormalized, as mergekit does
+    dot = float(torch.dot(a_c.reshape(-1), b_c.reshape(-1))) / (
+        (a_norm if a_norm > eps else 1.0) * (b_norm if b_norm > eps else 1.0)
+    )
     if abs(dot) > dot_threshold:
         return torch.lerp(a_c, b_c, float(t))
-    theta = torch.arccos(torch.tensor(dot, dtype=torch.float64))
-    sin_theta = torch.sin(theta)
-    s0 = float(torch.sin((1.0 - t) * theta) / sin_theta)
-    s1 = float(torch.sin(t * theta) / sin_theta)
-    return s0 * a_c + s1 * b_c
+    theta = math.acos(max(-1.0, min(1.0, dot)))
+    s0 = math.sin((1.0 - t) * theta) / math.sin(theta)
+    s1 = math.sin(t * theta) / math.sin(theta)
+    return _owned(a_c, dtype, inplace and a is not b).mul_(s0).add_(b_c, alpha=s1)
 
 
 __all__ = [
