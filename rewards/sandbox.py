@@ -17,17 +17,19 @@ How a solution is contained (one sandbox process per solution; each case runs in
 * **Namespaces** (``isolation="namespaces"``, needs root): the harness unshares a new network namespace (only a
   downed loopback: no network at all, not even to the host's localhost), a new PID namespace (the harness's child
   is PID 1 there; solutions cannot see or signal any process outside, and when PID 1 exits the kernel kills every
-  process left inside, so nothing outlives the sandbox), a new mount namespace (the working directory is mounted on
-  ``/tmp``, ``/var/tmp``, ``/dev/shm`` and ``/run/lock``, the only world-writable places, so nothing can be
-  written outside it; ``hide_paths`` such as ``/root`` and ``/work``, where data sets with expected outputs live,
-  are covered by empty read-only tmpfs; a fresh ``/proc``), and new IPC and UTS namespaces.
+  process left inside, so nothing outlives the sandbox), a new mount namespace (the working directory is a tmpfs
+  of ``max_disk_mb`` on ``/tmp``, also mounted on ``/var/tmp``, ``/dev/shm`` and ``/run/lock``, the only
+  world-writable places, so nothing can be written outside it and nothing reaches the host's disk; ``hide_paths``
+  such as ``/root`` and ``/work``, where data sets with expected outputs live, are covered by empty read-only
+  tmpfs; a fresh ``/proc``), and new IPC and UTS namespaces.
 * **An unprivileged user.** Each case runs as a dedicated uid (``uid_base`` + a slot, allocated across threads
   and processes with lock files) or as ``nobody``; this is what makes the process-count limit apply at all (it
   does not apply to root) and what keeps the solution out of root-owned files. Dedicated uids keep one
   solution's fork bomb from starving another's process quota (``RLIMIT_NPROC`` counts per uid).
 * **Resource limits** per case: CPU time (``RLIMIT_CPU``), address space (``RLIMIT_AS``), processes
   (``RLIMIT_NPROC``), file size (``RLIMIT_FSIZE``), open files, no core dumps; a wall-clock timeout; a cap on
-  the bytes written to stdout + stderr. After each case every process left in the namespace is killed.
+  the bytes written to stdout + stderr; ``no_new_privs`` (no setuid program can hand privileges back). After each
+  case every process left in the namespace is killed.
 * **Backstop**: if the harness itself does not finish in time, the caller kills its whole process group.
 * **Never ``kill(-1)`` as root outside the sandbox's own PID namespace**: the harness checks that it is PID 1
   before using it to clear a case's leftovers (elsewhere that call would kill every process on the machine).
@@ -90,6 +92,13 @@ class SandboxLimits:
     )
     max_file_mb: int = field(
         default=16, metadata={"help": "Largest file the solution may write, in MiB (RLIMIT_FSIZE)."}
+    )
+    max_disk_mb: int = field(
+        default=64,
+        metadata={
+            "help": "Size of the private working directory (a tmpfs on /tmp) with namespaces; without them the "
+            "working directory is on the host's disk and only max_file_mb applies, per file."
+        },
     )
     max_open_files: int = field(default=64, metadata={"help": "Open file descriptors per process (RLIMIT_NOFILE)."})
     max_output_bytes: int = field(
@@ -342,7 +351,7 @@ def libc_functions():
     unshare, mount, prctl = Fn(("unshare", Libc)), Fn(("mount", Libc)), Fn(("prctl", Libc))
     unshare.argtypes = (c_int,)
     mount.argtypes = (c_char_p, c_char_p, c_char_p, c_ulong, c_char_p)
-    prctl.argtypes = (c_int, c_ulong)
+    prctl.argtypes = (c_int, c_ulong, c_ulong, c_ulong, c_ulong)
     return unshare, mount, prctl, _ctypes.get_errno
 
 
@@ -350,7 +359,7 @@ LIBC = None  # (unshare, mount, prctl, get_errno), loaded once by the fork serve
 
 
 def setup_namespaces():
-    unshare, libc_mount, prctl, get_errno = LIBC or libc_functions()
+    unshare, libc_mount, prctl, get_errno = LIBC
 
     def mount(src, dst, fstype, flags, data=None):
         enc = lambda s: None if s is None else s.encode()
@@ -371,12 +380,12 @@ def setup_namespaces():
     if posix.getpid() != 1:
         emit({"fatal": "the PID namespace was not created"})
         posix._exit(3)
-    prctl(1, SIGKILL)  # PR_SET_PDEATHSIG: die with the outer harness
+    prctl(1, SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the outer harness
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates back to the host
-    work, keep = spec["workdir"], spec["keep_paths"]
+    keep = spec["keep_paths"]
     for hidden in spec["hide_paths"]:
         inside = [k for k in keep if k.startswith(hidden + "/")]
-        if not is_dir(hidden) or work.startswith(hidden + "/"):
+        if not is_dir(hidden):
             continue
         try:
             fds = [posix.open(k, posix.O_PATH) for k in inside]  # still reachable once the tmpfs covers `hidden`
@@ -388,11 +397,13 @@ def setup_namespaces():
             mount(None, hidden, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
         except OSError as exc:
             notes.append(f"could not hide {hidden}: {exc}")
-    work_fd = posix.open(work, posix.O_PATH)  # `work` lies under /tmp, which is about to be covered
-    for shared in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock"):
+    # The working directory: a size-capped tmpfs on /tmp, owned by the solution's user, also mounted on the other
+    # world-writable places. It vanishes with the namespace; nothing reaches the host's disk.
+    uid, opts = spec["uid"], f"size={spec['limits']['max_disk_mb']}m,mode=700"
+    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, opts + (f",uid={uid[0]},gid={uid[1]}" if uid else ""))
+    for shared in ("/var/tmp", "/dev/shm", "/run/lock"):
         if is_dir(shared):
-            mount(f"/proc/self/fd/{work_fd}", shared, None, MS_BIND)
-    posix.close(work_fd)
+            mount("/tmp", shared, None, MS_BIND)
     try:
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     except OSError as exc:
@@ -445,6 +456,9 @@ def child(case, in_fd, out_w, err_w):
         spec = None
         pending.clear()  # this fork's copy: the other cases are not this case's business
         set_limits(lim)
+        if LIBC[2](38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: no setuid program can give privileges back
+            posix.write(2, b"sandbox: PR_SET_NO_NEW_PRIVS failed\n")
+            posix._exit(1)
         if uid is not None:
             posix.setgroups([])
             posix.setresgid(uid[1], uid[1], uid[1])
@@ -617,7 +631,9 @@ def serve(in_fd, out_fd):
     emit({"pid": posix.getpid()})  # the caller's handle for its backstop (kills this process group)
     spec = marshal.loads(read_all(in_fd))
     namespaced, limits = spec["namespaces"], spec["limits"]
+    global LIBC
     try:
+        LIBC = LIBC or libc_functions()
         workdir = setup_namespaces() if namespaced else spec["workdir"]
     except Exception as exc:
         emit({"fatal": f"sandbox set-up failed: {type(exc).__name__}: {exc}"})
@@ -774,6 +790,7 @@ def _limits_dict(limits: SandboxLimits) -> dict[str, Any]:
         "max_file_mb": int(limits.max_file_mb),
         "max_open_files": int(limits.max_open_files),
         "max_output_bytes": int(limits.max_output_bytes),
+        "max_disk_mb": int(limits.max_disk_mb),
     }
 
 
@@ -807,10 +824,11 @@ def _run_harness(
 ) -> tuple[list[dict[str, Any]] | None, list[str]]:
     """Raw per-case records from one sandbox process (fewer than the cases if it died); None if it could not start."""
     global _NAMESPACES_BROKEN
-    workdir = tempfile.mkdtemp(prefix="fastslow-sandbox-")
+    # With namespaces the working directory is a tmpfs inside them; otherwise a host directory, deleted after.
+    workdir = None if isolation == "namespaces" else tempfile.mkdtemp(prefix="fastslow-sandbox-")
     try:
         with _uid(limits) as ids:
-            if ids is not None:
+            if ids is not None and workdir is not None:
                 os.chown(workdir, *ids)
             spec = {
                 "code": code,
@@ -827,7 +845,8 @@ def _run_harness(
             launch = _serve_forked if limits.fork_server else _launch
             stdout = launch(spec, workdir, limits, backstop)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
     records, notes = [], []
     for rec in _records(stdout):
         if "fatal" in rec:
@@ -862,15 +881,15 @@ def _records_from(data: bytes, pos: int) -> Iterator[tuple[dict[str, Any], int]]
         pos += 4 + size
 
 
-def _launch(spec: dict[str, Any], workdir: str, limits: SandboxLimits, backstop: float) -> bytes:
+def _launch(spec: dict[str, Any], workdir: str | None, limits: SandboxLimits, backstop: float) -> bytes:
     """Run the harness as a fresh interpreter (``fork_server=False``); its records."""
     argv = [limits.python, "-I"] + ([] if limits.site_packages else ["-S"]) + ["-c", _HARNESS]
     proc = subprocess.Popen(
         argv,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        cwd=workdir,
-        env=_clean_env(workdir),
+        cwd=workdir or "/",
+        env=_clean_env(workdir or "/tmp"),
         close_fds=True,
         start_new_session=True,  # its own process group, killed as one by the backstop
     )
@@ -973,7 +992,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _serve_forked(spec: dict[str, Any], workdir: str, limits: SandboxLimits, backstop: float) -> bytes:
+def _serve_forked(spec: dict[str, Any], workdir: str | None, limits: SandboxLimits, backstop: float) -> bytes:
     """Run the harness as a fork of the fork server; its records."""
     job = _ForkServer.get(limits).connect()
     try:

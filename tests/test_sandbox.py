@@ -275,6 +275,28 @@ print(sorted(os.listdir('.')))
 
 
 @needs_root
+def test_working_directory_is_a_capped_tmpfs(no_leftovers):
+    limits = SandboxLimits(**{**FAST.__dict__, "max_disk_mb": 8, "max_file_mb": 4})
+    code = (
+        "import os\n"
+        "try:\n"
+        "    for i in range(10):\n"
+        "        with open(f'f{i}', 'wb') as f:\n"
+        "            f.write(b'x' * (3 << 20))\n"
+        "except OSError as exc:\n"
+        "    print(i, exc.strerror)\n"
+    )
+    case = one(code, limits=limits)
+    assert case.stdout.strip() == "2 No space left on device"  # 8 MiB hold two 3 MiB files, not three
+
+
+@needs_root
+def test_no_new_privileges(no_leftovers):
+    case = one("print([l for l in open('/proc/self/status') if l.startswith('NoNewPrivs')][0].strip())")
+    assert case.stdout.split() == ["NoNewPrivs:", "1"]
+
+
+@needs_root
 def test_working_directory_is_private_and_deleted(tmp_path, monkeypatch, no_leftovers):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     case = one("import os\nopen('scratch.txt', 'w').write('x')\nprint(os.getcwd(), os.listdir('.'))")
