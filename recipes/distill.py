@@ -45,7 +45,6 @@ from train.data import DataError, read_records, records_to_dataset, write_jsonl 
 from train.distill_loop import (  # noqa: E402
     MERGE_METHODS,
     has_weights,
-    is_complete,
     iteration_dir,
     merge_models,
     resume_point,
@@ -88,6 +87,9 @@ class DistillConfig(SelectionConfig):
     complexity_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature for pass rates."})
     complexity_backend: str = field(
         default="transformers", metadata={"help": "`transformers`, `vllm`, or `auto` (vLLM when it and a GPU exist)."}
+    )
+    complexity_gpu_memory_utilization: float = field(
+        default=0.5, metadata={"help": "vLLM complexity backend: share of the main process's GPU it may take."}
     )
     mode: str | None = field(
         default=None, metadata={"help": "Mode tag for sampling and evaluation (slow, fast); None keeps the prompts'."}
@@ -210,6 +212,7 @@ def measure_and_select(
             max_new_tokens=cfg.max_new_tokens,
             batch_size=cfg.generation_batch_size,
             backend=cfg.complexity_backend,
+            gpu_memory_utilization=cfg.complexity_gpu_memory_utilization,
         )
         logger.info("iteration %d: complexity of %d candidates in %.1fs", t, len(candidates),
                     time.perf_counter() - start)  # fmt: skip
@@ -260,6 +263,8 @@ def train_student(
                           "examples": len(train)})  # fmt: skip
     del trainer, model
     gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the main process may start vLLM next iteration
     return out
 
 
@@ -343,7 +348,8 @@ def main(argv: list[str] | None = None) -> Path:
             logger.info("iteration %d done: %s", t, metrics["held_out"])
         state.wait_for_everyone()
         current = it_dir / "model"
-        assert is_complete(it_dir) or not state.is_main_process
+    if state.is_main_process:
+        write_json(output_dir / "final.json", {"model": str(current), "iterations": cfg.iterations})
     return current
 
 

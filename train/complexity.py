@@ -198,6 +198,7 @@ def measure_complexity(
     batch_size: int = 64,
     backend: str = "transformers",
     check: Any = None,
+    gpu_memory_utilization: float = 0.9,
 ) -> list[float]:
     """Complexity of every record for ``model``: ``1 - pass rate`` over ``num_samples`` sampled replies.
 
@@ -211,7 +212,9 @@ def measure_complexity(
     if backend == "auto":
         backend = "vllm" if _vllm_usable() else "transformers"
     if backend == "vllm":
-        return _vllm_complexity(model, records, num_samples, mode, temperature, max_new_tokens, check)
+        return _vllm_complexity(
+            model, records, num_samples, mode, temperature, max_new_tokens, check, gpu_memory_utilization
+        )
     from train.pass_rate import pass_rates
 
     rates = pass_rates(
@@ -247,6 +250,7 @@ def _vllm_complexity(
     temperature: float,
     max_new_tokens: int,
     check: Any,
+    gpu_memory_utilization: float = 0.9,
 ) -> list[float]:
     from train.modes import parse_response
     from train.teacher import TeacherConfig, VLLMBackend
