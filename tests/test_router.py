@@ -323,3 +323,55 @@ def test_general_falls_back_to_the_judge_only_when_the_rule_cannot_confirm():
     assert out == [1.0, 0.9]
     assert judge.seen() == [fast + "It is Canberra."]
     assert router.last_metrics["mars/general/accuracy/fallback"] == 0.5
+
+
+_RANK_SCRIPT = """
+import json, sys
+import torch.distributed as dist
+sys.path.insert(0, {root!r})
+from rewards.router import MARSRouter
+
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method="file://" + {store!r}, rank=rank, world_size=2)
+values = {{0: [1.0, 0.0, 1.0], 1: [0.0, 0.0, 0.0, 0.0, 1.0]}}[rank]
+rule = lambda completions, **_: [float(c) for c in completions]
+router = MARSRouter(
+    {{"tasks": {{"math": [{{"name": "accuracy", "rewards": ["rule"]}}]}}, "shared": [], "warmup": 0}},
+    rewards={{"rule": rule}},
+)
+out = router([str(v) for v in values], task=["math"] * len(values))
+stats = router.stats[("math", "accuracy")]
+print(json.dumps({{"count": stats.count, "mean": stats.mean, "var": stats.var, "out": out}}))
+dist.destroy_process_group()
+"""
+
+
+def test_normalisation_statistics_are_identical_across_ranks(tmp_path):
+    """Two gloo processes with different batches end up with the statistics of the union of both batches."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "rank.py"
+    root = str(Path(__file__).resolve().parents[1])
+    script.write_text(_RANK_SCRIPT.format(root=root, store=str(tmp_path / "store")))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(r)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for r in (0, 1)
+    ]
+    results = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=120)
+        assert p.returncode == 0, stderr[-2000:]
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    union = [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    mean = sum(union) / 8
+    var = sum((x - mean) ** 2 for x in union) / 8
+    for r in results:
+        assert r["count"] == 8
+        assert r["mean"] == pytest.approx(mean) and r["var"] == pytest.approx(var)
+    z_one = (1.0 - mean) / (math.sqrt(var) + 1e-6)
+    assert results[0]["out"] == pytest.approx([z_one, -mean / (math.sqrt(var) + 1e-6), z_one])
