@@ -1,16 +1,18 @@
 """The code reward: extract the program, check its syntax, run the tests in the sandbox, compare the outputs.
 
-``code`` scores the fraction of test cases passed; ``code_binary`` scores 1.0 only when every case passes. The
-answer is read only after the closed think block (an unclosed block has no answer: 0.0), and the program is its
-last fenced code block marked ``python`` (or ``py``/``python3``) or unmarked. No block, or a syntax error: 0.0
-without running anything. Rows whose ``tests`` are empty or missing, or whose ``task`` is not a code task, get
-``None`` (the reward does not apply); malformed ``tests`` give ``None`` with a warning naming the sample.
+``code`` scores the fraction of test cases passed; ``code_binary`` scores 1.0 only when every case passes (and
+stops a solution's run at its first failing case, the rest ``skipped``). The answer is read only after the closed
+think block (an unclosed block has no answer: 0.0), and the program is its last fenced code block marked
+``python`` (or ``py``/``python3``) or unmarked. No block, or a syntax error: 0.0 without running anything. Rows
+whose ``tests`` are empty or missing, or whose ``task`` is not a code task, get ``None`` (the reward does not
+apply); malformed ``tests`` give ``None`` with a warning naming the sample.
 
 The ``tests`` column holds, per sample, a list of cases ``{"input": str, "output": str}`` (a stdin/stdout program;
 outputs compared line by line, each line stripped) or ``{"assert": str}`` (a statement run after the solution, in
 its namespace, with ``__name__`` set to ``"solution"`` so a ``__main__`` guard does not run); a JSON string of
 that list is accepted. A batch runs ``max_workers`` sandboxes at once (see :mod:`rewards.sandbox`). What happened
-to every case of the last batch is kept in ``reward.last_results`` for logging.
+to every case of the last batch is kept in ``reward.last_results`` (``reward.last_details()`` as JSON-able dicts)
+for logging.
 """
 
 from __future__ import annotations
@@ -114,7 +116,9 @@ class _CodeRewardBase(Reward):
         code = extract_code(self.answer(completion))
         if code is None:
             return SandboxResult([], "none", ["no answer or no python code block"])
-        return run_tests(code, cases, self.limits)
+        # All-or-nothing: the first failure decides, so the remaining cases are skipped (a looping solution
+        # costs one timeout rather than one per case).
+        return run_tests(code, cases, self.limits, stop_after_failures=1 if self.binary else None)
 
     def _value(self, result: SandboxResult | None) -> float | None:
         if result is None:

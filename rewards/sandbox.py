@@ -69,7 +69,7 @@ from typing import Any
 
 logger = logging.getLogger("rewards.sandbox")
 
-STATUSES = ("passed", "wrong_answer", "error", "timeout", "memory", "output_limit", "syntax_error")
+STATUSES = ("passed", "wrong_answer", "error", "timeout", "memory", "output_limit", "syntax_error", "skipped")
 
 #: Outcomes that come from the limits (as opposed to a solution that ran and was wrong).
 LIMIT_STATUSES = ("timeout", "memory", "output_limit")
@@ -794,10 +794,14 @@ def _limits_dict(limits: SandboxLimits) -> dict[str, Any]:
     }
 
 
-def run_tests(code: str, tests: Any, limits: SandboxLimits | None = None) -> SandboxResult:
+def run_tests(
+    code: str, tests: Any, limits: SandboxLimits | None = None, stop_after_failures: int | None = None
+) -> SandboxResult:
     """Run ``code`` against ``tests`` (see :func:`normalize_tests`) in the sandbox; never raises for bad code.
 
-    Raises ``ValueError`` for malformed ``tests``.
+    ``stop_after_failures``: once that many cases have failed, the sandbox is killed and the cases not yet run are
+    ``skipped`` (1 for an all-or-nothing score: a solution stuck in a loop then costs one timeout, not one per
+    case). Raises ``ValueError`` for malformed ``tests``.
     """
     limits = limits or SandboxLimits()
     cases = normalize_tests(tests)
@@ -808,22 +812,40 @@ def run_tests(code: str, tests: Any, limits: SandboxLimits | None = None) -> San
     if not cases:
         return SandboxResult([], "none")
     isolation = _isolation(limits)
-    raw, notes = _run_harness(code, cases, limits, isolation)
+    raw, notes, stopped = _run_harness(code, cases, kinds, limits, isolation, stop_after_failures)
     if raw is None and isolation == "namespaces" and limits.isolation == "auto":
         isolation = _isolation(limits)  # unshare failed and the fallback is now chosen
-        raw, notes = _run_harness(code, cases, limits, isolation)
-    results = [
-        _judge(i, case, kind, (raw or [])[i] if raw and i < len(raw) else None)
-        for i, (case, kind) in enumerate(zip(cases, kinds))
-    ]
+        raw, notes, stopped = _run_harness(code, cases, kinds, limits, isolation, stop_after_failures)
+    raw = raw or []
+    results = [_judge(i, cases[i], kinds[i], rec) for i, rec in enumerate(raw[: len(cases)])]
+    for i in range(len(results), len(cases)):
+        if stopped:
+            results.append(CaseResult(i, kinds[i], "skipped", detail=f"not run: {stop_after_failures} case(s) failed"))
+        else:
+            results.append(CaseResult(i, kinds[i], "error", detail="the sandbox died before this case finished"))
     return SandboxResult(results, isolation, notes)
 
 
 def _run_harness(
-    code: str, cases: list[dict[str, str]], limits: SandboxLimits, isolation: str
-) -> tuple[list[dict[str, Any]] | None, list[str]]:
-    """Raw per-case records from one sandbox process (fewer than the cases if it died); None if it could not start."""
+    code: str,
+    cases: list[dict[str, str]],
+    kinds: list[str],
+    limits: SandboxLimits,
+    isolation: str,
+    stop_after_failures: int | None,
+) -> tuple[list[dict[str, Any]] | None, list[str], bool]:
+    """Raw per-case records from one sandbox process (fewer than the cases if it died or was stopped), its notes,
+    and whether it was stopped after ``stop_after_failures`` failures; records are None if it could not start."""
     global _NAMESPACES_BROKEN
+    failures, seen = 0, 0
+
+    def on_record(rec: dict[str, Any]) -> bool:  # judged as they arrive, to stop early
+        nonlocal failures, seen
+        if seen < len(cases) and not _judge(seen, cases[seen], kinds[seen], rec).passed:
+            failures += 1
+        seen += 1
+        return stop_after_failures is not None and failures >= stop_after_failures
+
     # With namespaces the working directory is a tmpfs inside them; otherwise a host directory, deleted after.
     workdir = None if isolation == "namespaces" else tempfile.mkdtemp(prefix="fastslow-sandbox-")
     try:
@@ -843,7 +865,7 @@ def _run_harness(
             }
             backstop = limits.total_timeout_s or len(cases) * (limits.timeout_s + 1.0) + 10.0
             launch = _serve_forked if limits.fork_server else _launch
-            stdout = launch(spec, workdir, limits, backstop)
+            stdout, stopped = launch(spec, workdir, limits, backstop, on_record)
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -853,7 +875,7 @@ def _run_harness(
             logger.warning("sandbox could not start: %s", rec["fatal"])
             if isolation == "namespaces" and limits.isolation == "auto":
                 _NAMESPACES_BROKEN = True
-            return None, [rec["fatal"]]
+            return None, [rec["fatal"]], False
         if "pid" in rec or "init" in rec or "case" in rec:
             continue
         if rec.get("ready"):
@@ -862,7 +884,7 @@ def _run_harness(
                 logger.debug("sandbox: %s", note)
             continue
         records.append(rec)
-    return records, notes
+    return records, notes, stopped
 
 
 def _records(data: bytes) -> Iterator[dict[str, Any]]:
@@ -881,7 +903,9 @@ def _records_from(data: bytes, pos: int) -> Iterator[tuple[dict[str, Any], int]]
         pos += 4 + size
 
 
-def _launch(spec: dict[str, Any], workdir: str | None, limits: SandboxLimits, backstop: float) -> bytes:
+def _launch(
+    spec: dict[str, Any], workdir: str | None, limits: SandboxLimits, backstop: float, on_record: OnRecord | None
+) -> tuple[bytes, bool]:
     """Run the harness as a fresh interpreter (``fork_server=False``); its records."""
     argv = [limits.python, "-I"] + ([] if limits.site_packages else ["-S"]) + ["-c", _HARNESS]
     proc = subprocess.Popen(
@@ -905,7 +929,7 @@ def _launch(spec: dict[str, Any], workdir: str | None, limits: SandboxLimits, ba
                 raise TimeoutError
             return os.read(fd, 1 << 20)
 
-        return _collect(recv, backstop)
+        return _collect(recv, backstop, on_record)
     finally:
         proc.stdout.close()
         proc.wait()
@@ -992,7 +1016,9 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _serve_forked(spec: dict[str, Any], workdir: str | None, limits: SandboxLimits, backstop: float) -> bytes:
+def _serve_forked(
+    spec: dict[str, Any], workdir: str | None, limits: SandboxLimits, backstop: float, on_record: OnRecord | None
+) -> tuple[bytes, bool]:
     """Run the harness as a fork of the fork server; its records."""
     job = _ForkServer.get(limits).connect()
     try:
@@ -1003,22 +1029,29 @@ def _serve_forked(spec: dict[str, Any], workdir: str | None, limits: SandboxLimi
             job.settimeout(timeout)
             return job.recv(1 << 20)
 
-        return _collect(recv, backstop)
+        return _collect(recv, backstop, on_record)
     except OSError as exc:  # the harness died before reading its spec
         logger.debug("sandbox harness connection failed: %s", exc)
-        return b""
+        return b"", False
     finally:
         job.close()
 
 
-def _collect(recv: Callable[[float], bytes], backstop: float) -> bytes:
-    """Everything the harness writes until it exits; past ``backstop`` seconds it is killed (see ``_stop``)."""
+OnRecord = Callable[[dict[str, Any]], bool]
+
+
+def _collect(recv: Callable[[float], bytes], backstop: float, on_record: OnRecord | None) -> tuple[bytes, bool]:
+    """Everything the harness writes until it exits, and whether ``on_record`` stopped it early.
+
+    Past ``backstop`` seconds the harness is killed (see ``_stop``); so it is as soon as ``on_record`` returns True
+    for a case's record (enough cases have failed).
+    """
     deadline = time.monotonic() + backstop
-    data, pos, handles, stage = bytearray(), 0, {}, 0
+    data, pos, handles, stage, stopped = bytearray(), 0, {}, 0, False
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            if stage == 0:
+            if stage == 0 and not stopped:
                 logger.warning("sandbox exceeded its backstop of %.1fs; killing it", backstop)
             if stage == 2:
                 break
@@ -1035,7 +1068,11 @@ def _collect(recv: Callable[[float], bytes], backstop: float) -> bytes:
         for rec, end in _records_from(bytes(data), pos):  # note the processes to kill, as they are announced
             handles.update({k: rec[k] for k in ("pid", "init", "case") if k in rec})
             pos = end
-    return bytes(data)
+            if not stopped and "status" in rec and on_record is not None and on_record(rec):
+                stopped = True
+                _stop(handles, hard=False)
+                stage, deadline = 1, time.monotonic() + 5.0
+    return bytes(data), stopped
 
 
 def _stop(handles: dict[str, int], hard: bool) -> None:
@@ -1067,9 +1104,7 @@ def _wait_dead(pid: int | None, timeout: float = 2.0) -> None:
         time.sleep(0.005)
 
 
-def _judge(index: int, case: dict[str, str], kind: str, rec: dict[str, Any] | None) -> CaseResult:
-    if rec is None:
-        return CaseResult(index, kind, "error", detail="the sandbox died before this case finished")
+def _judge(index: int, case: dict[str, str], kind: str, rec: dict[str, Any]) -> CaseResult:
     result = CaseResult(
         index,
         kind,
@@ -1107,7 +1142,10 @@ def _last_line(text: str) -> str:
 
 
 def run_many(
-    jobs: Sequence[tuple[str, Any]], limits: SandboxLimits | None = None, max_workers: int | None = None
+    jobs: Sequence[tuple[str, Any]],
+    limits: SandboxLimits | None = None,
+    max_workers: int | None = None,
+    stop_after_failures: int | None = None,
 ) -> list[SandboxResult]:
     """``run_tests`` for each ``(code, tests)`` pair, ``max_workers`` sandboxes at a time (default: CPU count).
 
@@ -1122,6 +1160,6 @@ def run_many(
             raise ValueError(f"job {j}: {exc}") from None
     workers = max(1, min(len(checked), max_workers or os.cpu_count() or 1))
     if workers == 1:
-        return [run_tests(code, tests, limits) for code, tests in checked]
+        return [run_tests(code, tests, limits, stop_after_failures) for code, tests in checked]
     with ThreadPoolExecutor(workers, thread_name_prefix="sandbox") as pool:
-        return list(pool.map(lambda job: run_tests(job[0], job[1], limits), checked))
+        return list(pool.map(lambda job: run_tests(job[0], job[1], limits, stop_after_failures), checked))

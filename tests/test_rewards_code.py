@@ -111,3 +111,11 @@ def test_limits_from_a_config_dict():
     assert reward.limits == SandboxLimits(timeout_s=2.0, memory_mb=128)
     with pytest.raises(ValueError, match="unknown sandbox limits \\['timeout'\\]"):
         CodeReward(limits={"timeout": 2})
+
+
+def test_binary_reward_stops_at_the_first_failure():
+    reward = BinaryCodeReward(limits=LIMITS)
+    tests = [{"input": "1", "output": "1"}, {"input": "2", "output": "3"}, {"input": "3", "output": "3"}]
+    assert reward([block("print(input())")], tests=[tests]) == [0.0]
+    assert reward.last_results[0].statuses == ["passed", "wrong_answer", "skipped"]
+    assert CodeReward(limits=LIMITS)([block("print(input())")], tests=[tests]) == [pytest.approx(2 / 3)]

@@ -451,3 +451,16 @@ def test_fork_server_is_restarted_when_it_dies(no_leftovers):
     server.proc.wait()
     assert run_tests(DOUBLE, STDIO, FAST).fraction == 1.0
     assert server.proc.poll() is None
+
+
+@needs_root
+@pytest.mark.parametrize("isolation", ["namespaces", "rlimits"])
+def test_stop_after_the_first_failure_skips_the_rest(isolation, no_leftovers):
+    limits = SandboxLimits(**{**FAST.__dict__, "isolation": isolation})
+    loop = "n = int(input())\nwhile n == 5:\n    pass\nprint(n * 2)"
+    tests = [{"input": "1", "output": "2"}, {"input": "5", "output": "10"}] + [{"input": "2", "output": "4"}] * 3
+    result = run_tests(loop, tests, limits, stop_after_failures=1)
+    assert result.statuses == ["passed", "timeout", "skipped", "skipped", "skipped"]
+    assert result.cases[2].detail == "not run: 1 case(s) failed"
+    full = run_tests(loop, tests, limits)
+    assert full.statuses == ["passed", "timeout", "passed", "passed", "passed"]
