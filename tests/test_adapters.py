@@ -98,3 +98,8 @@ def test_task_of_data_source():
     assert adapters.task_of("DigitalLearningGmbH/MATH-lighteval", r) == "math"
     assert adapters.task_of("livecodebench", r) == "general"  # no code task configured
     assert adapters.task_of("math", r) == "math"
+
+
+def test_adapter_routers_never_use_collectives(mars_config):
+    assert adapters.get_router().config.sync_stats is False
+    assert adapters.get_router() is adapters.get_router(str(mars_config))  # one router per config file

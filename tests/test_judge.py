@@ -210,6 +210,16 @@ def test_always_erroring_server_gives_none_after_retries():
     assert len(server.requests) == 2 * 3
 
 
+def test_requests_run_concurrently():
+    with ChatServer(fixed("Score: 5/10", delay=0.4)) as server:
+        j = judge(server, concurrency=8)
+        start = time.monotonic()
+        scores = j([FAST + str(i) for i in range(8)])
+        elapsed = time.monotonic() - start
+    assert scores == [0.5] * 8 and len(server.requests) == 8
+    assert elapsed < 8 * 0.4 / 2  # serial would take 3.2 s
+
+
 def test_client_error_is_not_retried():
     with ChatServer(lambda body, attempt: (400, {"error": "bad model"}, 0)) as server:
         scores = judge(server, max_retries=3)([FAST + "x"])

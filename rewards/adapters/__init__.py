@@ -3,7 +3,8 @@
 
 Both read the router's configuration from a YAML file (a :class:`rewards.router.MARSConfig`) named by an argument
 or by the ``FASTSLOW_MARS_CONFIG`` environment variable, and keep one router per configuration in the process,
-so its running normalisation statistics persist from call to call.
+so its running normalisation statistics persist from call to call. Those statistics are per process (no
+cross-rank reduction): engines call reward functions outside trl's lock-step, where a collective could hang.
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ def get_router(config: str | os.PathLike | None = None) -> MARSRouter:
     key = str(Path(path).resolve()) if path else "<defaults>"
     with _LOCK:
         if key not in _ROUTERS:
-            _ROUTERS[key] = MARSRouter(path) if path else MARSRouter()
+            router = MARSRouter(path) if path else MARSRouter()
+            # Engines call rewards from driver or worker processes in no fixed lock-step: a collective here could
+            # deadlock, so statistics stay per process.
+            router.config.sync_stats = False
+            _ROUTERS[key] = router
             logger.info("MARS router for %s: tasks %s", key, sorted(_ROUTERS[key].config.tasks))
         return _ROUTERS[key]
 
