@@ -82,6 +82,10 @@ class JudgeConfig:
         default="<think>", metadata={"help": "Think-block opening tag of the judge's own replies (skipped)."}
     )
     reply_think_end: str = field(default="</think>", metadata={"help": "Think-block closing tag of judge replies."})
+    chat_template_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Extra chat-template arguments (transformers backend), e.g. {enable_thinking: false}."},
+    )
     scale: float = field(default=10.0, metadata={"help": "Rubric scores are asked on 0..scale and divided by it."})
 
     def __post_init__(self) -> None:
@@ -432,7 +436,8 @@ class TransformersBackend:
         import torch
 
         tok, model = self.tokenizer, self.model
-        texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in batch]
+        extra = self.config.chat_template_kwargs
+        texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True, **extra) for m in batch]
         side, tok.padding_side = tok.padding_side, "left"  # decoder-only generation pads on the left
         try:
             enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
@@ -511,6 +516,14 @@ class Judge(Reward):
             return equivalence_messages(text, reference, question, self.config.max_chars)
         return rubric_messages(text, question, reference or None, self.config.max_chars, self.config.scale)
 
+    @property
+    def cache_params(self) -> dict[str, Any]:
+        """Everything besides model and messages that changes the reply (part of the cache key)."""
+        params = dict(self.config.generation_params)
+        if self.config.chat_template_kwargs:
+            params["chat_template_kwargs"] = self.config.chat_template_kwargs
+        return params
+
     def parse(self, reply: str | None) -> float | None:
         if reply is None:
             return None
@@ -538,7 +551,7 @@ class Judge(Reward):
             if req is None or isinstance(req, float):
                 scores[i] = req
                 continue
-            key = ReplyCache.key(self.backend.model_id, req, self.config.generation_params)
+            key = ReplyCache.key(self.backend.model_id, req, self.cache_params)
             pending.setdefault(key, []).append(i)
             messages[key] = req
         unreadable = []

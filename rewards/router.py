@@ -543,7 +543,11 @@ class MARSRouter(Reward):
         return metrics
 
     def __call__(self, completions: list[Any], **columns: Any) -> list[float | None]:
-        totals, _, metrics = self.score_batch(completions, **columns)
+        try:
+            totals, _, metrics = self.score_batch(completions, **columns)
+        except Exception:  # the contract: a reward never crashes training (logged with its traceback)
+            logger.exception("MARS router failed on a batch of %d; scoring None", len(completions))
+            return [None] * len(completions)
         self.emit(metrics, columns.get("log_metric"))
         return totals
 

@@ -118,6 +118,12 @@ def test_none_when_nothing_applies_and_unknown_tasks():
     assert call(with_default, batch=[("g1", None)]) == pytest.approx([1.2])
 
 
+def test_a_broken_batch_scores_none_instead_of_crashing(caplog):
+    router = MARSRouter(CONFIG, rewards=fixed_rewards())
+    assert router(["m1", "m2"], task=["math"]) == [None, None]  # task column too short
+    assert "MARS router failed" in caplog.text
+
+
 def test_a_failing_reward_falls_through_and_never_raises():
     rewards = fixed_rewards(exec=True)
     router = MARSRouter(CONFIG, rewards=rewards)
