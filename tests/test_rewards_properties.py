@@ -197,7 +197,7 @@ def test_same_results_from_worker_threads(reward):
 @pytest.fixture(scope="module")
 def process_pools():
     """A fork pool and a spawn pool (a fresh interpreter that unpickles the reward), started once."""
-    pools = [ProcessPoolExecutor(2, mp_context=multiprocessing.get_context(m)) for m in ("fork", "spawn")]
+    pools = [ProcessPoolExecutor(1, mp_context=multiprocessing.get_context(m)) for m in ("fork", "spawn")]
     yield pools
     for pool in pools:
         pool.shutdown()
