@@ -396,7 +396,11 @@ class MARSRouter(Reward):
 
     def check_tasks(self, values: Sequence[Any], where: str = "dataset") -> None:
         """Raise if a task value (e.g. a dataset's task column) has no sources in the config."""
-        unknown = sorted({str(v) for v in values if (v or self.config.default_task) not in self.config.tasks})
+
+        def routed(v: Any) -> str | None:
+            return str(v).strip() if v is not None and str(v).strip() else self.config.default_task
+
+        unknown = sorted({str(v) for v in values if routed(v) not in self.config.tasks})
         if unknown:
             raise ValueError(
                 f"{where}: task value(s) {unknown} in column {self.config.task_column!r} have no MARS sources; "
