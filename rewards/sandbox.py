@@ -816,13 +816,16 @@ def run_tests(
     if raw is None and isolation == "namespaces" and limits.isolation == "auto":
         isolation = _isolation(limits)  # unshare failed and the fallback is now chosen
         raw, notes, stopped = _run_harness(code, cases, kinds, limits, isolation, stop_after_failures)
+    missing = "the sandbox died before this case finished"
+    if raw is None:
+        missing = f"the sandbox could not start: {notes[0] if notes else 'unknown error'}"
     raw = raw or []
     results = [_judge(i, cases[i], kinds[i], rec) for i, rec in enumerate(raw[: len(cases)])]
     for i in range(len(results), len(cases)):
         if stopped:
             results.append(CaseResult(i, kinds[i], "skipped", detail=f"not run: {stop_after_failures} case(s) failed"))
         else:
-            results.append(CaseResult(i, kinds[i], "error", detail="the sandbox died before this case finished"))
+            results.append(CaseResult(i, kinds[i], "error", detail=missing))
     return SandboxResult(results, isolation, notes)
 
 

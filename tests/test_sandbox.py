@@ -464,3 +464,20 @@ def test_stop_after_the_first_failure_skips_the_rest(isolation, no_leftovers):
     assert result.cases[2].detail == "not run: 1 case(s) failed"
     full = run_tests(loop, tests, limits)
     assert full.statuses == ["passed", "timeout", "passed", "passed", "passed"]
+
+
+@needs_root
+def test_falls_back_to_rlimits_when_namespaces_cannot_be_made(monkeypatch, caplog, no_leftovers):
+    call = "if unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS) != 0:"
+    assert call in sandbox._HARNESS
+    monkeypatch.setattr(sandbox, "_HARNESS", sandbox._HARNESS.replace(call, "if unshare(-1) != 0:"))  # EINVAL
+    monkeypatch.setattr(sandbox, "_NAMESPACES_BROKEN", False)  # restored afterwards
+    limits = SandboxLimits(**{**FAST.__dict__, "fork_server": False})  # the cached server has the real harness
+    with caplog.at_level("WARNING", logger="rewards.sandbox"):
+        result = run_tests(DOUBLE, STDIO, limits)
+    assert (result.isolation, result.fraction) == ("rlimits", 1.0)
+    assert "sandbox could not start: unshare: Invalid argument" in caplog.text
+    explicit = SandboxLimits(**{**FAST.__dict__, "fork_server": False, "isolation": "namespaces"})
+    failed = run_tests(DOUBLE, STDIO, explicit)  # namespaces asked for explicitly: no silent downgrade
+    assert failed.statuses == ["error"] * 3
+    assert failed.cases[0].detail == "the sandbox could not start: unshare: Invalid argument"
