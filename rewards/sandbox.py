@@ -970,6 +970,12 @@ class _ForkServer:
             return cls._servers[key]
 
     def _start(self) -> None:
+        if self.control is not None:  # a dead server's leftovers
+            self.control.close()
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            self.proc.wait()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         argv = [self.python, "-I"] + ([] if self.site_packages else ["-S"])
         argv += ["-c", _HARNESS, "fork-server", str(theirs.fileno())]
@@ -997,7 +1003,11 @@ class _ForkServer:
                     return job
                 except OSError:
                     job.close()
-                    self.proc = None  # dead: start another
+                    if self.proc is not None:
+                        with contextlib.suppress(ProcessLookupError):
+                            self.proc.kill()  # not answering: start another
+                        self.proc.wait()
+                    self.proc = None
                 finally:
                     theirs.close()
         raise RuntimeError("the sandbox fork server does not accept requests")
