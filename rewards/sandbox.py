@@ -150,6 +150,16 @@ class SandboxLimits:
         metadata={"help": "Let solutions import installed packages (drops `python -S`; slower start-up)."},
     )
 
+    def __post_init__(self) -> None:
+        positive = ("timeout_s", "cpu_s", "memory_mb", "max_processes", "max_file_mb", "max_disk_mb")
+        positive += ("max_open_files", "max_output_bytes", "uid_count")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"SandboxLimits.{name} must be positive, got {getattr(self, name)!r}")
+        if self.total_timeout_s is not None and not self.total_timeout_s > 0:
+            raise ValueError(f"SandboxLimits.total_timeout_s must be positive or None, got {self.total_timeout_s!r}")
+        self.hide_paths = tuple(self.hide_paths)  # a YAML list becomes a tuple (hashable, comparable)
+
 
 @dataclass
 class CaseResult:

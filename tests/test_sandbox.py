@@ -416,6 +416,19 @@ def test_threads_do_not_share_sandboxes():
 def test_limits_validation():
     with pytest.raises(ValueError, match="isolation"):
         run_tests("print(1)", STDIO, SandboxLimits(isolation="docker"))
+    with pytest.raises(ValueError, match="SandboxLimits.memory_mb must be positive, got 0"):
+        SandboxLimits(memory_mb=0)
+    with pytest.raises(ValueError, match="total_timeout_s"):
+        SandboxLimits(total_timeout_s=-1)
+    if ROOT:
+        with pytest.raises(ValueError, match="non-zero uid, got '0'"):
+            run_tests("print(1)", STDIO, SandboxLimits(user="0"))
+
+
+@needs_root
+def test_runs_as_nobody_when_asked(no_leftovers):
+    limits = SandboxLimits(**{**FAST.__dict__, "user": "nobody"})
+    assert one("import os\nprint(os.getuid(), os.getgid())", limits=limits).stdout.strip() == "65534 65534"
 
 
 # ------------------------------------------------------------------------------------ processes around the sandbox
