@@ -73,3 +73,27 @@ def test_config_validation():
         SelectionConfig(weighting="cubic")
     with pytest.raises(ValueError, match="replay_fraction"):
         SelectionConfig(replay_fraction=1.5)
+
+
+def test_select_data_complexity_writes_the_selected_set(tiny_model_dir, tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from select_data import main
+
+    from train.arithmetic import make_problems
+    from train.data import write_jsonl
+
+    write_jsonl(tmp_path / "in.jsonl", make_problems(6, levels=(1,), seed=0))
+    argv = ["complexity", "--model", str(tiny_model_dir), "--input", str(tmp_path / "in.jsonl"),
+            "--out", str(tmp_path / "sel"), "--num-samples", "2", "--max-new-tokens", "4", "--target-size", "3",
+            "--weighting", "uniform"]  # fmt: skip
+    stats = main(argv)
+    assert stats["candidates"] == 6 and stats["selected"] == 3
+    assert stats["histogram_before"][-1] == 6  # an untrained model solves nothing: complexity 1 everywhere
+    rows = [json.loads(x) for x in (tmp_path / "sel" / "complexity.jsonl").read_text().splitlines()]
+    assert [r["complexity"] for r in rows] == [1.0] * 6
+    assert len((tmp_path / "sel" / "selected.jsonl").read_text().splitlines()) == 3
+    assert (tmp_path / "sel" / "complexity.png").exists()
