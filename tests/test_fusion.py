@@ -176,3 +176,16 @@ def test_records_of_one_problem_merge_into_one_prompt(tmp_path, tiny_model_dir):
     assert len(merged) == 1 and merged[0]["prompt"] == "Compute 1+1." and len(merged[0]["pool"]) == 2
     with pytest.raises(ValueError, match="two different prompts"):
         fusion.merge_prompts(recs + [{"id": "x", "prompt": "Other", "task": "math"}])
+
+
+def test_fast_samples_carry_the_prefilled_block(tiny_model_dir):
+    from train.loading import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(tiny_model_dir)
+    recs = [{"id": "a", "prompt": "Compute 1+1.", "task": "math", "answer": "2"}]
+    config = FusionBuildConfig(num_samples=2, max_new_tokens=3, check="exact")
+    fast_c = fusion.sample_candidates(model, tok, recs, Mode.FAST, config)[0]
+    assert len(fast_c) == 2 and all(c.text.startswith("<think>\n\n</think>\n\n") for c in fast_c)
+    assert all(c.num_tokens == 6 + min(3, c.num_tokens - 6) for c in fast_c)
+    slow_c = fusion.sample_candidates(model, tok, recs, Mode.SLOW, config)[0]
+    assert all(c.num_tokens <= 3 for c in slow_c)

@@ -425,6 +425,13 @@ class FusionBuildConfig:
     )
     check: str = field(default="mars", metadata={"help": "Answer check: exact, math (math-verify) or mars."})
     self_repair: bool = field(default=False, metadata={"help": "Sample with repetition self-repair."})
+    fast_prefill: bool = field(
+        default=True,
+        metadata={
+            "help": "Sample fast replies with the empty think block prefilled (Qwen3's enable_thinking=False), so "
+            "a model without a fast mode yet (a slow-mode Stage-1 model) still shows how well it answers directly."
+        },
+    )
 
     def rule(self) -> LabelRule:
         return LabelRule(self.fast_threshold, self.margin, self.fallback_max_easy_difficulty)
@@ -445,7 +452,14 @@ def _count(tokenizer: Any, text: str) -> int:
 def sample_candidates(
     model: Any, tokenizer: Any, records: Sequence[dict[str, Any]], mode: Mode, config: FusionBuildConfig
 ) -> list[list[Candidate]]:
-    """``num_samples`` replies per record in ``mode`` (with self-repair when configured)."""
+    """``num_samples`` replies per record in ``mode`` (with self-repair when configured).
+
+    With ``fast_prefill`` the fast prompts end with the empty think block and the block is put back in front of
+    each reply (its tokens counted), so candidates always carry their own think block.
+    """
+    from train.modes import think_delimiters
+
+    prefill = config.fast_prefill and mode == Mode.FAST
     kwargs = dict(
         mode=mode,
         num_samples=config.num_samples,
@@ -454,6 +468,7 @@ def sample_candidates(
         max_new_tokens=config.max_new_tokens,
         batch_size=config.batch_size,
         progress=False,
+        enable_thinking=False if prefill else None,
     )
     if config.self_repair:
         from train.self_repair import generate_with_repair
@@ -463,7 +478,12 @@ def sample_candidates(
         from train.generation import generate
 
         gens = generate(model, tokenizer, [r["prompt"] for r in records], **kwargs)
-    return [[Candidate(g.text, g.num_tokens, "model") for g in row] for row in gens]
+    prefix = ""
+    if prefill:
+        ts, te = think_delimiters(tokenizer)
+        prefix = f"{ts}\n\n{te}\n\n"
+    extra = _count(tokenizer, prefix) if prefix else 0
+    return [[Candidate(prefix + g.text, g.num_tokens + extra, "model") for g in row] for row in gens]
 
 
 def _untagged(prompt: Any) -> Any:
