@@ -158,3 +158,20 @@ def test_mode_choice_registered_and_validated():
     assert registered()["mode_choice"] is ModeChoiceReward
     with pytest.raises(ValueError, match="delta"):
         ModeChoiceReward(delta=1.0)
+
+
+@pytest.mark.slow
+def test_rl_phase_trains_the_mode_choice(tiny_model_dir, arithmetic_data_dir, tmp_path, monkeypatch):
+    import rewards.mode_choice
+
+    # A random nano model is never right; a checker that accepts some replies gives the groups reward variance.
+    monkeypatch.setattr(rewards.mode_choice, "_default_check", lambda answer, row: len(answer or "") % 2 == 0)
+    out = tmp_path / "rl"
+    extra = ["--max_prompts", "8", "--phase1_steps", "1", "--phase2_steps", "1", "--rl_steps", "2",
+             "--rl_num_generations", "2", "--rl_batch_size", "4", "--rl_max_completion_length", "8"]  # fmt: skip
+    dual_system.main(_args(tiny_model_dir, arithmetic_data_dir / "train.jsonl", out, *extra))
+    info = json.loads((out / "rl" / "phase_done.json").read_text())
+    assert info["steps"] == 2
+    assert any("rewards/mode_choice/mean" in h for h in info["log"])
+    p2, end = _weights(out / "phase2"), _weights(out)
+    assert any(not torch.equal(p2[k], end[k]) for k in p2)
