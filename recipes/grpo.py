@@ -14,8 +14,6 @@ Every config key can be overridden on the command line (``--learning_rate 1e-6 -
 updates the config file's mapping key by key: ``--mars '{"judge": {"base_url": "http://host:8000/v1"}}'``).
 """
 
-from __future__ import annotations
-
 import json
 import logging
 import sys
@@ -31,7 +29,7 @@ from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 from trl import GRPOTrainer, ModelConfig, get_peft_config  # noqa: E402
 
 from rewards.router import MARSConfig, MARSRouter  # noqa: E402
-from train.cli import parse_args, setup_logging  # noqa: E402
+from train.cli import check_config_file, parse_args, setup_logging  # noqa: E402
 from train.configs import GRPOConfig  # noqa: E402
 from train.data import DataError, load_records, mix, to_messages  # noqa: E402
 from train.modes import apply_mode, detect_mode, think_delimiters  # noqa: E402
@@ -90,6 +88,25 @@ class GRPOScriptArguments:
         default=True,
         metadata={"help": "With LoRA, also save the adapter merged into its base under `<output_dir>/merged`."},
     )
+
+
+ARG_CLASSES = (GRPOScriptArguments, GRPOConfig, ModelConfig)
+
+
+def validate_config(path: str | Path) -> MARSConfig:
+    """Check a recipe YAML without training: known keys, parseable values, a valid ``mars`` mapping whose every
+    reward name is registered. Returns the router config."""
+    check_config_file(path, ARG_CLASSES)
+    script_args, training_args, _ = parse_args(ARG_CLASSES, ["--config", str(path)])
+    config = mars_config(script_args.mars, training_args)
+    from rewards import REWARDS
+
+    for task in config.tasks:
+        for source in config.sources(task):
+            missing = [r for r in source.rewards if r not in REWARDS]
+            if missing:
+                raise ValueError(f"{path}: mars source {task}/{source.name} names unknown reward(s) {missing}")
+    return config
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -212,7 +229,7 @@ def resume_point(training_args: GRPOConfig, auto_resume: bool) -> str | None:
 
 def main(argv: list[str] | None = None) -> tuple[Path, GRPOTrainer]:
     argv = list(sys.argv[1:] if argv is None else argv)
-    script_args, training_args, model_args = parse_args((GRPOScriptArguments, GRPOConfig, ModelConfig), argv)
+    script_args, training_args, model_args = parse_args(ARG_CLASSES, argv)
     script_args.mars = merge_mars_override(script_args.mars, argv)
     setup_logging(training_args.get_process_log_level())
 
