@@ -46,9 +46,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--start-steps", type=int, default=600, help="SFT steps of the starting checkpoint")
     p.add_argument("--n-train", type=int, default=4000, help="training problems (start SFT and fusion prompts)")
     p.add_argument("--n-test", type=int, default=100, help="held-out problems per level (levels 1, 2, 3)")
-    p.add_argument("--max-prompts", type=int, default=900, help="prompts labelled for the fusion data")
-    p.add_argument("--phase1-steps", type=int, default=150, help="phase-1 steps")
-    p.add_argument("--phase2-steps", type=int, default=150, help="phase-2 steps")
+    p.add_argument("--max-prompts", type=int, default=600, help="prompts labelled for the fusion data")
+    p.add_argument("--phase1-steps", type=int, default=120, help="phase-1 steps")
+    p.add_argument("--phase2-steps", type=int, default=120, help="phase-2 steps")
     p.add_argument("--config", default=str(ROOT / "recipes/configs/tiny/dual_system.yaml"), help="recipe config")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more recipe overrides (--key value ...)")
     return p.parse_args(argv)
@@ -117,12 +117,14 @@ def run_recipe(work: Path, start: Path, train_file: Path, args: argparse.Namespa
     ])  # fmt: skip
 
 
-def evaluate_model(path: Path, test: list[dict]) -> tuple[dict[str, Any], dict[str, list], float]:
-    """Greedy results in every mode, the per-prompt scores (for the oracle and subsets), and the wall time."""
+def evaluate_model(
+    path: Path, test: list[dict], modes: tuple[str, ...] = ("fast", "slow", "auto")
+) -> tuple[dict[str, Any], dict[str, list], float]:
+    """Greedy results in ``modes``, the per-prompt scores (for the oracle and subsets), and the wall time."""
     t = time.perf_counter()
     model, tok = load_model_and_tokenizer(path)
     scores = {}
-    for mode in ("fast", "slow", "auto"):
+    for mode in modes:
         gens = generate(
             model, tok, [r["prompt"] for r in test], mode=mode, max_new_tokens=128, batch_size=300, progress=False
         )
@@ -202,7 +204,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_file = fusion_prompts(work, args)
     test = held_out(work, args, {r["id"] for r in read_records(train_file)})
 
-    start_results, start_scores, base_s = evaluate_model(start, test)
+    # The starting model has no auto mode yet: its fast and slow modes are the baseline.
+    start_results, start_scores, base_s = evaluate_model(start, test, ("fast", "slow"))
     t = time.perf_counter()
     final_path = run_recipe(work, start, train_file, args)
     recipe_s = time.perf_counter() - t
