@@ -175,3 +175,19 @@ def test_rl_phase_trains_the_mode_choice(tiny_model_dir, arithmetic_data_dir, tm
     assert any("rewards/mode_choice/mean" in h for h in info["log"])
     p2, end = _weights(out / "phase2"), _weights(out)
     assert any(not torch.equal(p2[k], end[k]) for k in p2)
+
+
+def test_lora_run_trains_one_adapter_through_both_phases(tiny_model_dir, arithmetic_data_dir, tmp_path):
+    out = tmp_path / "lora"
+    extra = ["--max_prompts", "4", "--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8",
+             "--lora_target_modules", "q_proj", "v_proj"]  # fmt: skip
+    final = dual_system.main(_args(tiny_model_dir, arithmetic_data_dir / "train.jsonl", out, *extra))
+    assert final == out / "merged"
+    assert (out / "phase1" / "adapter_model.safetensors").exists()
+    a1, a2 = (
+        load_file(str(out / "phase1" / "adapter_model.safetensors")),
+        load_file(str(out / "adapter_model.safetensors")),
+    )
+    assert a1.keys() == a2.keys() and any(not torch.equal(a1[k], a2[k]) for k in a1)
+    start, merged = _weights(tiny_model_dir), _weights(out / "merged")
+    assert any(not torch.equal(start[k], merged[k]) for k in start if k in merged)
