@@ -27,7 +27,7 @@ import logging
 import random
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,7 +231,10 @@ def measure_and_select(
         stats.update(statistics(candidates, complexities, selection))
         plot_histogram(complexities, [complexities[i] for i in selection.indices], it_dir / "complexity.png")
     else:
-        stats.update(candidates=len(candidates), selected=len(chosen))
+        by_difficulty = Counter(str(r.get("difficulty")) for r in chosen)
+        stats.update(
+            candidates=len(candidates), selected=len(chosen), difficulty_after=dict(sorted(by_difficulty.items()))
+        )
     stats["mean_response_tokens"] = sum(r.get("num_tokens") or len(r["response"]) for r in chosen) / max(
         len(chosen), 1
     )

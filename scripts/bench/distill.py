@@ -1,6 +1,6 @@
 """Benchmark of the distillation recipe on the arithmetic world, every arm measured in the same run.
 
-    python scripts/bench/distill.py --out outputs/bench-distill            # ~10-20 minutes on 2 CPU cores
+    OMP_NUM_THREADS=1 python scripts/bench/distill.py --out outputs/bench-distill   # ~15-25 min on 2 busy cores
     python scripts/bench/distill.py --out /tmp/bench-smoke --quick          # a smoke run of the whole pipeline
 
 The teacher makes mistakes (``--error-rate``) and pads its traces (``--verbosity``); K replies per prompt are
@@ -148,6 +148,15 @@ def table(results: dict, pool: dict, iterations: int) -> str:
         lines.append(f"| {name} | {cells} | {r['all'][-1]:.3f} | {r['first_data_after_0']:.3f} / "
                      f"{r['first_data_end']:.3f} |")  # fmt: skip
     lines.append("")
+    lines.append("| arm | selected data per iteration: share of level 3 (mean complexity) |")
+    lines.append("|---|---|")
+    for name, r in results.items():
+        cells = []
+        for by, mc in zip(r["selected_by_difficulty"], r["mean_selected_complexity"]):
+            share = (by or {}).get("3.0", 0) / max(sum((by or {}).values()), 1) if by else None
+            cells.append(("n/a" if share is None else f"{share:.2f}") + ("" if mc is None else f" ({mc:.2f})"))
+        lines.append(f"| {name} | " + ", ".join(cells) + " |")
+    lines.append("")
     lines.append(f"Starting model: hard acc. {results['aware+ema']['initial_hard']:.3f}, all "
                  f"{results['aware+ema']['initial_all']:.3f}.")  # fmt: skip
     if base:
@@ -175,19 +184,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--error-rate", type=float, default=0.3, help="teacher's chance of a wrong result")
     parser.add_argument("--verbosity", type=float, default=0.5, help="teacher's chance of a padding line per step")
     parser.add_argument("--size", default="tiny", help="student size (train.tiny.SIZES)")
-    parser.add_argument("--warmup-steps", type=int, default=150, help="SFT steps of the starting model")
-    parser.add_argument("--warmup-examples", type=int, default=300, help="pool examples seen by the warm-up")
-    parser.add_argument("--candidates", type=int, default=256, help="prompts scored per iteration")
+    parser.add_argument("--warmup-steps", type=int, default=400, help="SFT steps of the starting model")
+    parser.add_argument("--warmup-examples", type=int, default=800, help="pool examples seen by the warm-up")
+    parser.add_argument("--candidates", type=int, default=192, help="prompts scored per iteration")
     parser.add_argument("--samples", type=int, default=4, help="student replies per prompt (pass rate)")
     parser.add_argument("--target-size", type=int, default=160, help="training examples per iteration")
-    parser.add_argument("--steps", type=int, default=60, help="training steps per iteration")
+    parser.add_argument("--steps", type=int, default=80, help="training steps per iteration")
     parser.add_argument("--batch-size", type=int, default=32, help="training batch size")
     parser.add_argument("--n-test-hard", type=int, default=96, help="held-out level-3 problems")
     parser.add_argument("--n-test-easy", type=int, default=32, help="held-out level 1-2 problems")
     parser.add_argument("--first-eval", type=int, default=128, help="iteration-0 examples re-evaluated (forgetting)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (numbers mean nothing)")
+    parser.add_argument("--report-only", action="store_true", help="print the tables of an earlier run's results")
     args = parser.parse_args(argv)
+    if args.report_only:
+        report = json.loads((Path(args.out) / "results.json").read_text())
+        print(table(report["arms"], report["pool"], report["args"]["iterations"]))
+        return report
     if args.quick:
         args.iterations, args.pool, args.warmup_steps, args.candidates = 2, 200, 10, 32
         args.samples, args.target_size, args.steps, args.n_test_hard, args.n_test_easy = 2, 16, 3, 8, 4
