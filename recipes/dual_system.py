@@ -16,7 +16,8 @@
    half slow-labelled, with the AdaptThink-style ``mode_choice`` reward (:mod:`rewards.mode_choice`).
 
 Assistant-only loss, full fine-tuning or LoRA (``use_peft``). Each phase saves its model under
-``<output_dir>/phase1``, ``phase2`` (and ``rl``); a re-run skips the phases already saved. The final model is saved
+``<output_dir>/phase1``, ``phase2`` (and ``rl``); a re-run skips the phases already saved and resumes an
+interrupted phase from its last checkpoint (with ``save_strategy: steps``). The final model is saved
 to ``output_dir`` (merged, for LoRA, under ``output_dir/merged``).
 """
 
@@ -34,6 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 from datasets import Dataset  # noqa: E402
+from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 from trl import ModelConfig  # noqa: E402
 
 from train.cli import parse_args, setup_logging  # noqa: E402
@@ -187,6 +189,8 @@ def phase_args(training_args: SFTConfig, name: str, steps: int, learning_rate: f
     out = copy.copy(training_args)
     out.output_dir = str(Path(training_args.output_dir) / name)
     out.max_steps = steps
+    # Each phase resumes from its own last checkpoint (see run_sft_phase), never from another phase's.
+    out.resume_from_checkpoint = None
     if learning_rate is not None:
         out.learning_rate = learning_rate
     return out
@@ -209,7 +213,11 @@ def run_sft_phase(
     """Train one phase and save it; returns the trained model (a PeftModel stays one, for the next phase)."""
     logger.info("%s: %d rows, %d steps", name, len(dataset), training_args.max_steps)
     trainer = build_sft_trainer(model, tokenizer, training_args, model_args, dataset)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    out = Path(training_args.output_dir)
+    resume = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if resume:
+        logger.info("%s: resuming from %s", name, resume)
+    trainer.train(resume_from_checkpoint=resume)
     saved = save_trained(trainer, training_args.output_dir, merge_lora=False)
     if trainer.accelerator.is_main_process:
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
