@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -338,7 +339,10 @@ def merge_from_config(
         tmp = _partial_dir(out)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-hash")
         try:
+            for source in sources:
+                source.start_hashing(hasher)
             writer = ShardedWriter(tmp, layout, cfg.max_shard_size)
             order = [by_ref[r] for r in plan.order]
             src_index = plan.order.index(tok_ref) if tok_ref in plan.order else 0
@@ -369,6 +373,8 @@ def merge_from_config(
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            hasher.shutdown(wait=True, cancel_futures=True)
         if tok_ref not in by_ref:
             tok_source.close()
     finally:

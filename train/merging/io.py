@@ -13,10 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import mmap
 import os
 import re
 import struct
 from collections.abc import Iterable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,8 +114,10 @@ def weight_files(folder: str | Path) -> list[Path]:
 class SafetensorsCheckpoint:
     """Random access to the tensors of a (possibly sharded) safetensors checkpoint, one tensor at a time.
 
-    It also computes each file's sha256 on the fly: reads that continue where the previous one ended (a merge that
-    visits tensors in file order) feed the hash for free, and :meth:`file_hashes` hashes only what was not covered.
+    Each tensor is a private (copy-on-write) memory map of just its byte range: reading is zero-copy from the page
+    cache, a merge may overwrite the tensor in place without touching the file, and the mapping (and its pages in
+    the resident set) goes away when the last reference to the tensor does. Mapping whole files instead would keep
+    every page a merge touched resident until the end, i.e. whole models.
     """
 
     def __init__(self, folder: str | Path, files: list[Path] | None = None):
@@ -126,7 +131,7 @@ class SafetensorsCheckpoint:
                     raise CheckpointError(f"{self.folder}: tensor {name!r} appears in two shards")
                 self.entries[name] = info
         self._handles: dict[Path, object] = {}
-        self._hashes: dict[Path, list] = {}  # file -> [sha256 object, offset hashed so far]
+        self._hash_jobs: dict[Path, Future] = {}
 
     @classmethod
     def from_files(cls, folder: str | Path, files: list[Path]) -> SafetensorsCheckpoint:
@@ -145,42 +150,36 @@ class SafetensorsCheckpoint:
             raise CheckpointError(f"{self.folder}: no tensor named {name!r}") from None
 
     def read(self, name: str) -> torch.Tensor:
-        """Read one tensor into fresh (non-mapped) memory."""
+        """One tensor, backed by a private memory map of its bytes (writable; writes never reach the file)."""
         info = self.info(name)
+        numel = math.prod(info.shape)
         if not info.nbytes:
             return torch.empty(info.shape, dtype=info.dtype)
-        # torch.empty does not zero-fill (a bytearray would, touching every page twice)
-        buf = torch.empty(info.nbytes, dtype=torch.uint8)
-        view = memoryview(buf.numpy())
+        if info.nbytes != numel * torch.empty((), dtype=info.dtype).element_size():
+            raise CheckpointError(f"{info.file}: byte range of tensor {name!r} does not match its shape and dtype")
+        start = info.start - info.start % mmap.ALLOCATIONGRANULARITY
         f = self._handle(info.file)
-        f.seek(info.start)
-        if f.readinto(view) != info.nbytes:
-            raise CheckpointError(f"{info.file}: truncated data for tensor {name!r}")
-        state = self._hashes[info.file]
-        if state[1] == info.start:
-            state[0].update(view)
-            state[1] = info.end
-        return buf.view(info.dtype).reshape(info.shape)
+        try:
+            mm = mmap.mmap(f.fileno(), info.end - start, offset=start, access=mmap.ACCESS_COPY)
+        except (ValueError, OSError) as e:
+            raise CheckpointError(f"{info.file}: cannot read tensor {name!r} ({e}); is the file truncated?") from e
+        # the tensor keeps ``mm`` alive; the mapping is released with the tensor
+        return torch.frombuffer(mm, dtype=info.dtype, count=numel, offset=info.start - start).view(info.shape)
+
+    def start_hashing(self, executor: Executor) -> None:
+        """Hash the weight files in the background (hashlib releases the GIL), overlapping the merge."""
+        for path in self.files:
+            self._hash_jobs.setdefault(path, executor.submit(sha256_file, path))
 
     def file_hashes(self) -> dict[Path, str]:
-        """sha256 of every file; files not read through sequentially are hashed from disk now."""
-        out = {}
-        for path in self.files:
-            state = self._hashes.get(path)
-            if state is not None and state[1] == path.stat().st_size:
-                out[path] = state[0].hexdigest()
-            else:
-                out[path] = sha256_file(path)
-        return out
+        """sha256 of every weight file (from :meth:`start_hashing` when it was called)."""
+        return {p: (self._hash_jobs[p].result() if p in self._hash_jobs else sha256_file(p)) for p in self.files}
 
     def _handle(self, path: Path):
         if path not in self._handles:
-            f = open(path, "rb")  # noqa: SIM115 - closed in close()
-            (n,) = struct.unpack("<Q", f.read(8))
-            h = hashlib.sha256(struct.pack("<Q", n))
-            h.update(f.read(n))
-            self._hashes[path] = [h, 8 + n]
-            self._handles[path] = f
+            if path.stat().st_size < max(i.end for i in self.entries.values() if i.file == path):
+                raise CheckpointError(f"{path}: file is shorter than its header says (truncated?)")
+            self._handles[path] = open(path, "rb")  # noqa: SIM115 - closed in close()
         return self._handles[path]
 
     def close(self) -> None:

@@ -136,6 +136,10 @@ class LoraSource:
             raise AdapterError(f"{self.adapter_dir}: LoRA delta for {name!r} is {tuple(d.shape)}, tensor is {t.shape}")
         return (t.float() + d).to(t.dtype)
 
+    def start_hashing(self, executor) -> None:
+        self.base.start_hashing(executor)
+        self.adapter.start_hashing(executor)
+
     def file_hashes(self) -> dict[Path, str]:
         return {**self.base.file_hashes(), **self.adapter.file_hashes()}
 
