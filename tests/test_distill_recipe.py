@@ -97,7 +97,38 @@ def launch(model: Path, data: Path, out: Path) -> subprocess.CompletedProcess:
     return proc
 
 
+def test_two_iterations_in_process_then_resume(tiny_model_dir, pool_dir, tmp_path):
+    """The fast variant (one process, no launcher, minimal sizes) of the accelerate test below."""
+    sys.path.insert(0, str(ROOT / "recipes"))
+    from distill import main
+
+    out = tmp_path / "run"
+    argv = [
+        "--config", str(ROOT / "recipes/configs/tiny/distill.yaml"), "--model_name_or_path", str(tiny_model_dir),
+        "--train_file", str(pool_dir / "pool.jsonl"), "--eval_file", str(pool_dir / "test.jsonl"),
+        "--output_dir", str(out), "--candidates_per_iteration", "16", "--target_size", "16", "--max_new_tokens", "12",
+        "--eval_max_samples", "4", "--track_first_iteration", "4", "--max_steps", "2", "--eval_initial", "false",
+        "--merge_method", "linear", "--merge_weights", "0.25", "0.75",
+    ]  # fmt: skip
+    final = main(argv)
+    assert final == iteration_dir(out, 1) / "model"
+    assert json.loads((out / "final.json").read_text())["model"] == str(final)
+    for t in (0, 1):
+        assert is_complete(iteration_dir(out, t))
+        assert (iteration_dir(out, t) / "complexity.png").exists()
+    name = "model.layers.0.mlp.up_proj.weight"
+    prev, student = weights(iteration_dir(out, 0) / "model")[name], weights(iteration_dir(out, 1) / "student")[name]
+    assert torch.allclose(weights(final)[name], 0.25 * prev + 0.75 * student, atol=1e-6)
+    first = (iteration_dir(out, 0) / "manifest.json").stat().st_mtime_ns
+    shutil.rmtree(iteration_dir(out, 1) / "model")  # the last checkpoint is lost; the trained student is reused
+    assert main(argv) == final and is_complete(iteration_dir(out, 1))
+    assert (iteration_dir(out, 0) / "manifest.json").stat().st_mtime_ns == first
+    assert torch.allclose(weights(final)[name], 0.25 * prev + 0.75 * student, atol=1e-6)
+
+
+@pytest.mark.slow
 def test_two_iterations_through_accelerate_then_resume(tiny_model_dir, pool_dir, tmp_path):
+    """~60-120 s on two shared cores: two iterations under `accelerate launch`, then a resumed rerun."""
     out = tmp_path / "run"
     launch(tiny_model_dir, pool_dir, out)
     assert (out / "initial_metrics.json").exists()
