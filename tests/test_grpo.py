@@ -139,3 +139,20 @@ def test_prompts_get_the_mode_tag_unless_they_have_one():
         {"role": "user", "content": "2+2? /no_think"},
     ]
     assert set(plain) == {"prompt", "task", "answer", "tests", "id"}
+
+
+def test_validate_config_checks_the_mars_mapping(tmp_path):
+    grpo = load_recipe()
+    config = grpo.validate_config(TINY_CONFIG)
+    assert config.reward_params["overlong"] == {"max_length": 32, "cache": 8}  # follows max_completion_length
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY_CONFIG.read_text().replace("rewards: [math, judge_equivalence]", "rewards: [maths]"))
+    with pytest.raises(ValueError, match=r"math/accuracy names unknown reward\(s\) \['maths'\]"):
+        grpo.validate_config(bad)
+
+
+def test_mars_json_on_the_command_line_updates_the_file_mapping():
+    grpo = load_recipe()
+    merged = grpo.merge_mars_override('{"judge": {"backend": "http"}, "warmup": 4}', ["--config", str(TINY_CONFIG)])
+    assert merged["judge"]["backend"] == "http" and merged["judge"]["max_new_tokens"] == 8  # the rest is kept
+    assert merged["warmup"] == 4 and "math" in merged["tasks"]
