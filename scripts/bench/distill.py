@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", default="tiny", help="student size (train.tiny.SIZES)")
     parser.add_argument("--warmup-steps", type=int, default=400, help="SFT steps of the starting model")
     parser.add_argument("--warmup-examples", type=int, default=800, help="pool examples seen by the warm-up")
-    parser.add_argument("--candidates", type=int, default=192, help="prompts scored per iteration")
+    parser.add_argument("--candidates", type=int, default=640, help="prompts scored per iteration")
     parser.add_argument("--samples", type=int, default=4, help="student replies per prompt (pass rate)")
     parser.add_argument("--target-size", type=int, default=160, help="training examples per iteration")
     parser.add_argument("--steps", type=int, default=80, help="training steps per iteration")
