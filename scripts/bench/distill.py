@@ -11,7 +11,10 @@ same budget of training examples and steps per iteration:
 * ``aware+ema``: model-aware selection (Gaussian around complexity 0.5), EMA merge between iterations;
 * ``random+ema``: random selection of the same size, EMA merge (the baseline of (a));
 * ``aware+none``: model-aware selection, no merge (the baseline of (b); it shares iteration 0 with ``aware+ema``,
-  which has nothing to merge yet, by resuming from a copy of it).
+  which has nothing to merge yet, by resuming from a copy of it);
+* ``aware@0.8+ema``: model-aware selection with the Gaussian centred at complexity 0.8 instead of 0.5.
+
+``--aggregate DIR [DIR ...]`` prints the mean (and range) over runs with different ``--seed``.
 
 Reported: held-out accuracy on hard problems (level 3) after each iteration, accuracy on the first iteration's
 data at the end (forgetting), and (c) the mean trace length of kept data with shortest-correct selection against
@@ -48,6 +51,7 @@ ARMS = {
     "aware+ema": ["--selection", "model_aware", "--merge_method", "ema"],
     "random+ema": ["--selection", "random", "--merge_method", "ema"],
     "aware+none": ["--selection", "model_aware", "--merge_method", "none"],
+    "aware@0.8+ema": ["--selection", "model_aware", "--merge_method", "ema", "--center", "0.8"],
 }
 
 
@@ -175,6 +179,28 @@ def table(results: dict, pool: dict, iterations: int) -> str:
     return "\n".join(lines)
 
 
+def aggregate(outs: list[str]) -> str:
+    """Mean and range over seeds of the headline numbers of each arm."""
+    runs = [json.loads((Path(o) / "results.json").read_text()) for o in outs]
+    iterations = runs[0]["args"]["iterations"]
+    arms = [a for a in runs[0]["arms"] if all(a in r["arms"] for r in runs)]
+
+    def cell(values: list[float]) -> str:
+        return f"{statistics.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+    lines = [f"Mean (min-max) over {len(runs)} seeds ({', '.join(str(r['args']['seed']) for r in runs)}).", "",
+             "| arm | " + " | ".join(f"hard acc. it {t}" for t in range(iterations))
+             + " | all acc. (end) | it-0 data acc. at end |", "|---|" + "---|" * (iterations + 2)]  # fmt: skip
+    for a in arms:
+        hard = [cell([r["arms"][a]["hard"][t] for r in runs]) for t in range(iterations)]
+        end = cell([r["arms"][a]["all"][-1] for r in runs])
+        first = cell([r["arms"][a]["first_data_end"] for r in runs])
+        lines.append(f"| {a} | " + " | ".join(hard) + f" | {end} | {first} |")
+    initial = cell([r["arms"][arms[0]]["initial_hard"] for r in runs])
+    lines += ["", f"Starting model, hard acc.: {initial}."]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (reused: finished iterations are not redone)")
@@ -197,7 +223,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (numbers mean nothing)")
     parser.add_argument("--report-only", action="store_true", help="print the tables of an earlier run's results")
+    parser.add_argument("--aggregate", nargs="+", metavar="DIR", help="print mean and range over these runs' results")
     args = parser.parse_args(argv)
+    if args.aggregate:
+        print(aggregate(args.aggregate))
+        return {}
     if args.report_only:
         report = json.loads((Path(args.out) / "results.json").read_text())
         print(table(report["arms"], report["pool"], report["args"]["iterations"]))
