@@ -339,3 +339,13 @@ def test_inplace_variants_match_and_only_touch_the_merged_inputs():
     assert torch.equal(a1, a0)
     b1 = b.clone()
     assert torch.equal(M.generalized_task_arithmetic(b1, [b1], [1.0], inplace=True), b)
+
+
+def test_non_contiguous_inputs():
+    g = gen(9)
+    base, a, b = (torch.randn(5, 3, generator=g) for _ in range(3))
+    expected = M.ties(base, [a, b], [1.0, 0.5], [0.6, 0.6])
+    got = M.ties(base.T.contiguous().T, [a.T.contiguous().T, b.T.contiguous().T], [1.0, 0.5], [0.6, 0.6])
+    assert torch.equal(got, expected)
+    assert torch.equal(M.ties(base.T, [a.T, b.T], [1.0, 0.5], [0.6, 0.6]), expected.T)
+    assert torch.equal(M.linear([a.T, b.T], [0.3, 0.7], inplace=True), M.linear([a, b], [0.3, 0.7]).T)

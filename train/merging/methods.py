@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy
 import torch
 
 Tensor = torch.Tensor
@@ -39,7 +40,9 @@ def _compute_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
 def _owned(t: Tensor, dtype: torch.dtype, inplace: bool) -> Tensor:
     """``t`` in ``dtype`` as a buffer that may be overwritten: ``t`` itself when ``inplace`` allows, else a copy."""
     cast = t.to(dtype)
-    return cast if (inplace or cast is not t) else cast.clone()
+    if (inplace or cast is not t) and cast.is_contiguous():
+        return cast
+    return cast.clone(memory_format=torch.contiguous_format)  # chunked passes need a flat view
 
 
 def _check_same_shape(tensors: Sequence[Tensor]) -> None:
@@ -90,11 +93,17 @@ def ema(tensors: Sequence[Tensor], beta: float = 0.5, inplace: bool = False) -> 
     return avg
 
 
+_CHUNK = 1 << 20  # elements per chunk for whole-tensor passes: temporaries stay at a few MB
+
+
 def magnitude_mask(delta: Tensor, density: float) -> Tensor:
     """Boolean mask of the ``int(density * numel)`` entries of largest magnitude (the TIES "trim").
 
-    Uses a k-th value threshold rather than a full top-k (less memory, faster); entries tied with the threshold are
-    kept in index order until exactly k are kept, so the count always matches mergekit's.
+    A small strided sample brackets the k-th largest magnitude, chunked counts confirm the bracket (widening it if
+    the sample was unlucky), and an exact k-th value is taken among the few entries inside it. Every pass works on
+    1M-entry chunks, so besides the mask itself only a few MB are allocated, where a top-k or a full k-th value would
+    hold several full-size copies plus int64 indices. Entries tied with the threshold are kept in index order until
+    exactly k are kept (mergekit's count).
     """
     n = delta.numel()
     k = int(density * n)
@@ -102,14 +111,47 @@ def magnitude_mask(delta: Tensor, density: float) -> Tensor:
         return torch.ones_like(delta, dtype=torch.bool)
     if k <= 0:
         return torch.zeros_like(delta, dtype=torch.bool)
-    mag = delta.abs().reshape(-1)
-    threshold = torch.kthvalue(mag, n - k + 1).values
-    mask = mag > threshold
-    missing = k - int(mask.sum())
-    if missing > 0:
-        tied = torch.nonzero(mag == threshold).squeeze(1)[:missing]
-        mask[tied] = True
+    flat = delta.reshape(-1)
+    threshold = _kth_largest_magnitude(flat, k)
+    mask = torch.empty(n, dtype=torch.bool)
+    for c, m in zip(flat.split(_CHUNK), mask.split(_CHUNK)):
+        torch.ge(c.abs(), threshold, out=m)
+    extra = int(torch.count_nonzero(mask)) - k
+    if extra > 0:  # ties at the threshold: keep the first ones
+        tied = torch.cat(
+            [torch.nonzero(c.abs() == threshold).squeeze(1) + i * _CHUNK for i, c in enumerate(flat.split(_CHUNK))]
+        )
+        mask[tied[tied.numel() - extra :]] = False
     return mask.view(delta.shape)
+
+
+def _kth_largest_magnitude(flat: Tensor, k: int) -> float:
+    """The k-th largest ``|x|`` of a flat tensor, without sorting or copying all of it."""
+    n = flat.numel()
+    # numpy sorts a 65k-entry sample in well under a millisecond; torch's CPU sort takes ~100x longer
+    sample = numpy.sort(flat[:: max(1, n // 65536)].abs().double().numpy())
+    m = sample.size
+    pos = min(m - 1, max(0, int((1.0 - k / n) * m)))
+    margin = max(64, 4 * int(math.sqrt(m)))
+    lo = float(numpy.nextafter(sample[max(0, pos - margin)], -numpy.inf))
+    hi = float(sample[min(m - 1, pos + margin)])
+    while True:
+        # one pass: how many are above each end of the bracket, and the entries inside it
+        above_lo = above_hi = 0
+        inside = []
+        for c in flat.split(_CHUNK):
+            a = c.abs()
+            above_hi += int(torch.count_nonzero(a > hi))
+            above_lo += int(torch.count_nonzero(a > lo))
+            inside.append(a[(a > lo) & (a <= hi)])
+        if above_hi >= k:  # the sample bracket was too low: widen upwards
+            lo, hi = hi, float(flat.abs().max())
+        elif above_lo < k:  # too high: widen downwards
+            lo, hi = -1.0, lo
+        else:  # the k-th largest lies in (lo, hi]
+            break
+    inside = torch.cat(inside).double()
+    return float(torch.kthvalue(inside, inside.numel() - (k - above_hi) + 1).values)
 
 
 def magnitude_prune(delta: Tensor, density: float) -> Tensor:
@@ -158,7 +200,8 @@ def _sparsify_(
         mask = magnitude_mask(d, density)
     else:
         mask = torch.rand(d.shape, generator=generator, dtype=torch.float32) < density
-    d.mul_(mask)
+    for dc, mc in zip(d.view(-1).split(_CHUNK), mask.view(-1).split(_CHUNK)):
+        dc.mul_(mc)  # chunked: multiplying by a bool mask promotes it to a full float temporary
     del mask
     if rescale is True:
         d.div_(density)
@@ -229,15 +272,21 @@ def generalized_task_arithmetic(
         gen = generators[i] if generators is not None else None
         deltas.append(_sparsify_(d, densities[i], sparsify, rescale, gen).mul_(float(weights[i])))
     if consensus is not None:
-        positive = _elected_positive(deltas, consensus)
-        divisor = torch.zeros_like(base_c)
-        for w, d in zip(weights, deltas):
-            agree = torch.where(positive, d > 0, d < 0)  # zero deltas never agree
-            d.mul_(agree)
-            divisor.add_(agree, alpha=float(w))
-            del agree
-        del positive
-        divisor[divisor == 0] = 1.0
+        acc = _signed_sum(deltas, consensus)
+        positive = acc >= 0  # the elected sign; ties go to "+"
+        divisor = acc.zero_() if normalize else None  # reuse the buffer: one full-size tensor less at the peak
+        # chunked so that the boolean temporaries (and their float promotions) stay a few MB
+        flat = [d.view(-1) for d in deltas]
+        for i, pos in enumerate(positive.view(-1).split(_CHUNK)):
+            sl = slice(i * _CHUNK, i * _CHUNK + pos.numel())
+            for w, d in zip(weights, flat):
+                agree = torch.where(pos, d[sl] > 0, d[sl] < 0)  # zero deltas never agree
+                d[sl].mul_(agree)
+                if divisor is not None:
+                    divisor.view(-1)[sl].add_(agree, alpha=float(w))
+        del positive, acc
+        if divisor is not None:
+            divisor[divisor == 0] = 1.0
     else:
         total = float(sum(float(w) for w in weights))
         divisor = total if abs(total) >= 1e-8 else 1.0
@@ -252,14 +301,18 @@ def generalized_task_arithmetic(
     return mixed.add_(base_c)
 
 
-def _elected_positive(weighted_deltas: Sequence[Tensor], method: str) -> Tensor:
-    """Where the elected sign is ``+`` (list form of :func:`elect_sign_mask`, without stacking)."""
-    acc = torch.zeros_like(weighted_deltas[0])
-    for d in weighted_deltas:
-        acc.add_(d if method == "sum" else d.sign())
+def _signed_sum(weighted_deltas: Sequence[Tensor], method: str) -> Tensor:
+    """Sum of the deltas (``"sum"``) or of their signs (``"count"``): its sign is the elected one."""
     if method not in ("sum", "count"):
         raise ValueError(f"unknown sign consensus method {method!r}; expected 'sum' or 'count'")
-    return acc >= 0
+    acc = torch.zeros_like(weighted_deltas[0])
+    for d in weighted_deltas:
+        if method == "sum":
+            acc.add_(d)
+        else:
+            for a, c in zip(acc.view(-1).split(_CHUNK), d.view(-1).split(_CHUNK)):
+                a.add_(c.sign())
+    return acc
 
 
 def task_arithmetic(
