@@ -349,3 +349,11 @@ def test_non_contiguous_inputs():
     assert torch.equal(got, expected)
     assert torch.equal(M.ties(base.T, [a.T, b.T], [1.0, 0.5], [0.6, 0.6]), expected.T)
     assert torch.equal(M.linear([a.T, b.T], [0.3, 0.7], inplace=True), M.linear([a, b], [0.3, 0.7]).T)
+
+
+def test_dare_mask_is_one_draw_over_the_whole_tensor():
+    # the drop mask is drawn in 1M-entry chunks; it must equal a single torch.rand over the tensor
+    n = (1 << 20) + 12345
+    delta = torch.ones(n)
+    expected = (torch.rand(n, generator=gen(4)) < 0.3).float() / 0.3
+    assert torch.equal(M.random_drop(delta, 0.3, gen(4)), expected)
