@@ -287,6 +287,9 @@ def _eval_records(cfg: DistillConfig) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> Path:
     cfg, training_args, model_args = parse_args((DistillConfig, SFTConfig, ModelConfig), argv)
+    # The process group comes from the training arguments so that it gets their `ddp_timeout`: the other ranks wait
+    # at a barrier while the main process samples, which at scale takes far longer than torch's default timeout.
+    _ = training_args.device
     state = PartialState()
     # trl's default log level is "passive" (warnings only); the loop's progress is worth seeing on the main process.
     passive = training_args.log_level == "passive"
