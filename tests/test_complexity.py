@@ -86,13 +86,13 @@ def test_select_data_complexity_writes_the_selected_set(tiny_model_dir, tmp_path
     from train.arithmetic import make_problems
     from train.data import write_jsonl
 
-    write_jsonl(tmp_path / "in.jsonl", make_problems(6, levels=(1,), seed=0))
+    write_jsonl(tmp_path / "in.jsonl", make_problems(6, levels=(5,), seed=0))  # 4-5 digit answers
     argv = ["complexity", "--model", str(tiny_model_dir), "--input", str(tmp_path / "in.jsonl"),
-            "--out", str(tmp_path / "sel"), "--num-samples", "2", "--max-new-tokens", "4", "--target-size", "3",
+            "--out", str(tmp_path / "sel"), "--num-samples", "2", "--max-new-tokens", "3", "--target-size", "3",
             "--weighting", "uniform"]  # fmt: skip
     stats = main(argv)
     assert stats["candidates"] == 6 and stats["selected"] == 3
-    assert stats["histogram_before"][-1] == 6  # an untrained model solves nothing: complexity 1 everywhere
+    assert stats["histogram_before"][-1] == 6  # 3 tokens cannot hold a 4-digit answer: complexity 1
     rows = [json.loads(x) for x in (tmp_path / "sel" / "complexity.jsonl").read_text().splitlines()]
     assert [r["complexity"] for r in rows] == [1.0] * 6
     assert len((tmp_path / "sel" / "selected.jsonl").read_text().splitlines()) == 3

@@ -82,5 +82,5 @@ def test_check_is_a_pass_rate_checker(tiny_model_dir):
 
     tok = load_tokenizer(tiny_model_dir)
     model = load_model(tiny_model_dir, tokenizer=tok)
-    rates = pass_rates(model, tok, [RECORD], num_samples=2, check=check, max_new_tokens=4)
-    assert rates[0].rate == 0.0 and rates[0].complexity == 1.0  # an untrained model does not add
+    rates = pass_rates(model, tok, [RECORD], num_samples=2, check=check, max_new_tokens=1)
+    assert rates[0].rate == 0.0 and rates[0].complexity == 1.0  # one token cannot say "42"
