@@ -9,9 +9,11 @@
    ``fusion_file``.
 2. **Phase 1, explicit tags**: ``/no_think``, ``/think`` and untagged records, with a ``phase1_slow_replay`` share of
    slow-mode replay rows (``replay_files``, e.g. the Stage-1 SFT data) so slow reasoning is not forgotten.
-3. **Phase 2, auto mode**: ``/auto_think`` records make up ``phase2_auto_share`` of the rows, the rest are explicit
-   tags; the ``/auto_think`` rows are mixed across difficulty buckets with weights from the measured pass rates
-   (:func:`train.fusion.difficulty_mix`: buckets the model still gets wrong in their labelled mode get more rows).
+3. **Phase 2, auto mode**: with ``relabel_before_phase2`` the phase-1 model, which now knows the tags, labels the
+   prompts again (its own fast answers become fast targets where correct); ``/auto_think`` records make up
+   ``phase2_auto_share`` of the rows, the rest are explicit tags; the ``/auto_think`` rows are mixed across
+   difficulty buckets with weights from the measured pass rates (:func:`train.fusion.difficulty_mix`: buckets the
+   model still gets wrong in their labelled mode get more rows).
 4. **Optional RL for the mode choice** (``rl_steps > 0``): GRPO on ``/auto_think`` prompts, half fast-labelled and
    half slow-labelled, with the AdaptThink-style ``mode_choice`` reward (:mod:`rewards.mode_choice`).
 
@@ -41,7 +43,13 @@ from trl import ModelConfig  # noqa: E402
 from train.cli import parse_args, setup_logging  # noqa: E402
 from train.configs import SFTConfig  # noqa: E402
 from train.data import DataError, load_records, mix, read_records  # noqa: E402
-from train.fusion import FusionBuildConfig, build_fusion, difficulty_mix, merge_prompts  # noqa: E402
+from train.fusion import (  # noqa: E402
+    FusionBuildConfig,
+    build_fusion,
+    difficulty_mix,
+    merge_prompts,
+    prompts_of_fusion,
+)
 from train.sft import build_sft_trainer, load_for_training, save_trained, sft_dataset  # noqa: E402
 
 logger = logging.getLogger("recipes.dual_system")
@@ -75,6 +83,13 @@ class DualSystemConfig(FusionBuildConfig):
     phase1_steps: int = field(default=300, metadata={"help": "Optimizer steps of phase 1 (explicit tags); 0 skips."})
     phase1_slow_replay: float = field(
         default=0.2, metadata={"help": "Share of phase-1 rows drawn from replay_files (needs replay_files)."}
+    )
+    relabel_before_phase2: bool = field(
+        default=True,
+        metadata={
+            "help": "Label the prompts again with the phase-1 model (sampling with tags) before phase 2: a slow-only "
+            "start model cannot answer fast yet, so its fast pass rates say little about what the model can do."
+        },
     )
     phase2_steps: int = field(default=300, metadata={"help": "Optimizer steps of phase 2 (auto mode); 0 skips."})
     phase2_auto_share: float = field(
@@ -137,6 +152,16 @@ def fusion_rows(args: DualSystemConfig, training_args: SFTConfig, model: Any, to
 
             model.to(PartialState().device)
             build_fusion(model, tokenizer, records, args, out)
+    return read_records(out / "fusion.jsonl", validate=False)
+
+
+def relabel(args: DualSystemConfig, training_args: SFTConfig, model: Any, tokenizer: Any, rows: list[dict]) -> list:
+    """Fusion records labelled again by the current (phase-1) model, sampling with the mode tags it has learned."""
+    out = Path(training_args.output_dir) / "fusion_phase2"
+    with training_args.main_process_first(desc="phase-2 fusion data", local=False):
+        if not (out / "fusion.jsonl").exists():
+            config = dataclasses.replace(args, sample_tags=True)
+            build_fusion(model, tokenizer, prompts_of_fusion(rows), config, out)
     return read_records(out / "fusion.jsonl", validate=False)
 
 
@@ -340,6 +365,9 @@ def main(argv: list[str] | None = None) -> Path:
         logger.info("phase 2 already done: loading %s", p2.output_dir)
         model, tokenizer = load_phase(Path(p2.output_dir), model_args, args)
     elif args.phase2_steps:
+        if args.relabel_before_phase2:
+            rows = relabel(args, training_args, model, tokenizer, rows)
+            logger.info("phase-2 fusion data (labelled by the phase-1 model): %d records", len(rows))
         data, weights = phase2_dataset(
             rows, args, rows_per_phase(args, training_args, args.phase2_steps), training_args.seed + 1
         )

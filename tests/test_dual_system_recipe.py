@@ -50,6 +50,8 @@ def test_recipe_builds_trains_and_resumes(tiny_model_dir, arithmetic_data_dir, t
         info = json.loads((out / phase / "phase_done.json").read_text())
         assert info["steps"] == 2 and len(info["losses"]) == 2 and all(x > 0 for x in info["losses"])
     assert "difficulty_mix" in json.loads((out / "phase2" / "phase_done.json").read_text())
+    # Phase 2 was labelled again by the phase-1 model, on the same prompts.
+    assert json.loads((out / "fusion_phase2" / "stats.json").read_text())["prompts"] == 8
     start, p1, end = _weights(tiny_model_dir), _weights(out / "phase1"), _weights(out)
     changed = lambda a, b: any(not torch.equal(a[k], b[k]) for k in a)  # noqa: E731
     assert changed(start, p1) and changed(p1, end)
@@ -109,6 +111,14 @@ def test_slow_replay_share(tmp_path):
     args = dual_system.DualSystemConfig(replay_files=[str(replay)], phase1_slow_replay=0.25)
     p1 = dual_system.phase1_dataset(_fusion_rows(), args, size=40, seed=0)
     assert sum(ex["messages"][0]["content"].startswith("r") for ex in p1) == 10
+
+
+def test_prompts_of_fusion_recover_one_record_per_prompt():
+    from train.fusion import prompts_of_fusion
+
+    recs = prompts_of_fusion(_fusion_rows())
+    assert [r["id"] for r in recs] == ["0", "1", "2"]
+    assert recs[0]["prompt"] == "q0" and len(recs[0]["pool"]) == 2 and "fusion_tag" not in recs[0]
 
 
 def test_rl_dataset_balances_labels():

@@ -425,6 +425,13 @@ class FusionBuildConfig:
     )
     check: str = field(default="mars", metadata={"help": "Answer check: exact, math (math-verify) or mars."})
     self_repair: bool = field(default=False, metadata={"help": "Sample with repetition self-repair."})
+    sample_tags: bool = field(
+        default=False,
+        metadata={
+            "help": "Sample with the /no_think and /think tags. Off: untagged prompts (slow, the default mode every "
+            "model knows; fast replies then need fast_prefill), for a start model that has never seen the tags."
+        },
+    )
     fast_prefill: bool = field(
         default=True,
         metadata={
@@ -461,7 +468,7 @@ def sample_candidates(
 
     prefill = config.fast_prefill and mode == Mode.FAST
     kwargs = dict(
-        mode=mode,
+        mode=mode if config.sample_tags else None,
         num_samples=config.num_samples,
         do_sample=config.num_samples > 1,
         temperature=config.temperature,
@@ -484,6 +491,20 @@ def sample_candidates(
         prefix = f"{ts}\n\n{te}\n\n"
     extra = _count(tokenizer, prefix) if prefix else 0
     return [[Candidate(prefix + g.text, g.num_tokens + extra, "model") for g in row] for row in gens]
+
+
+def prompts_of_fusion(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The prompt records behind fusion records (to label them again): untagged prompt, targets as the pool."""
+    records: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        tag = row.get("fusion_tag")
+        base = str(row["id"])[: -len(f"-{tag}")] if tag and str(row["id"]).endswith(f"-{tag}") else str(row["id"])
+        keep = {k: v for k, v in row.items() if k not in ("response", "fusion_tag", "label", "label_source",
+                                                          "fast_rate", "slow_rate", "prompt")}  # fmt: skip
+        rec = records.setdefault(base, {**keep, "id": base, "prompt": _untagged(row["prompt"]), "pool": []})
+        if row.get("response") and row["response"] not in rec["pool"]:
+            rec["pool"].append(row["response"])
+    return list(records.values())
 
 
 def _untagged(prompt: Any) -> Any:
