@@ -73,10 +73,13 @@ class MergeScriptArguments:
     random_seed: int = field(default=0, metadata={"help": "Seed for DARE's random drops (per tensor and model)."})
     max_shard_size: str = field(default="5GB", metadata={"help": "Largest output shard, e.g. 500MB, 5GB."})
     show_progress: bool = field(default=True, metadata={"help": "Show a progress bar over tensors."})
+    hash_files: bool = field(
+        default=True, metadata={"help": "Record the sha256 of every input and output file in the manifest."}
+    )
 
     def merge_config(self) -> MergeConfig:
         """The mergekit-style mapping (YAML text from the command line parsed) as a validated MergeConfig."""
-        skip = {"out", "overwrite", "show_progress"}
+        skip = {"out", "overwrite", "show_progress", "hash_files"}
         data: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -101,7 +104,9 @@ def main(argv: list[str] | None = None) -> Path | None:
     if int(os.environ.get("RANK", "0")) != 0:
         logger.info("not the main process; the main process merges")
         return None
-    out = merge_from_config(cfg, args.out, overwrite=args.overwrite, show_progress=args.show_progress)
+    out = merge_from_config(
+        cfg, args.out, overwrite=args.overwrite, show_progress=args.show_progress, hash_files=args.hash_files
+    )
     logger.info("merged model written to %s", out)
     return out
 

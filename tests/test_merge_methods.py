@@ -312,33 +312,23 @@ def test_magnitude_mask_keeps_exactly_k_with_ties():
     assert int(M.magnitude_mask(torch.zeros(10), 0.5).sum()) == 5
 
 
-def test_inplace_variants_match_and_only_touch_the_merged_inputs():
+def test_release_drops_list_entries_and_never_modifies_inputs():
     g = gen(5)
     base, a, b = (torch.randn(6, 4, generator=g) for _ in range(3))
-
-    def fresh():
-        return a.clone(), b.clone()
-
+    a0, b0, base0 = a.clone(), b.clone(), base.clone()
     kw = dict(sparsify="magnitude", consensus="sum", normalize=True, lambda_=0.7)
     expected = M.generalized_task_arithmetic(base, [a, b], [1.0, 0.5], [0.5, 0.8], **kw)
-    x, y = fresh()
-    got = M.generalized_task_arithmetic(base, [x, y], [1.0, 0.5], [0.5, 0.8], inplace=True, **kw)
-    assert torch.equal(got, expected) and torch.equal(base, base.clone())
-    x, y = fresh()
-    assert torch.equal(M.linear([x, y], [0.2, 0.8], inplace=True), M.linear([a, b], [0.2, 0.8]))
-    x, y = fresh()
-    assert torch.equal(M.ema([x, y], 0.3, inplace=True), M.ema([a, b], 0.3))
-    x, y = fresh()
-    assert torch.allclose(M.slerp(x, y, 0.3, inplace=True), M.slerp(a, b, 0.3))
-    # the same tensor passed twice (or as base and model) is never overwritten while still needed
-    a0 = a.clone()
-    twice = M.generalized_task_arithmetic(base, [a0.clone(), a0.clone()], [1.0, 1.0], [0.5, 0.5], **kw)
-    a1 = a0.clone()
-    got = M.generalized_task_arithmetic(base, [a1, a1], [1.0, 1.0], [0.5, 0.5], inplace=True, **kw)
-    assert torch.equal(got, twice)
-    assert torch.equal(a1, a0)
-    b1 = b.clone()
-    assert torch.equal(M.generalized_task_arithmetic(b1, [b1], [1.0], inplace=True), b)
+    given = [a, b]
+    got = M.generalized_task_arithmetic(base, given, [1.0, 0.5], [0.5, 0.8], release=True, **kw)
+    assert torch.equal(got, expected) and given == [None, None]
+    given = [a, b]
+    assert torch.equal(M.linear(given, [0.2, 0.8], release=True), M.linear([a, b], [0.2, 0.8])) and given == [None] * 2
+    given = [a, b]
+    assert torch.equal(M.ema(given, 0.3, release=True), M.ema([a, b], 0.3)) and given == [None] * 2
+    assert torch.equal(a, a0) and torch.equal(b, b0) and torch.equal(base, base0)
+    # the same tensor passed twice is fine
+    twice = M.generalized_task_arithmetic(base, [a, a], [1.0, 1.0], [0.5, 0.5], release=True, **kw)
+    assert torch.equal(twice, M.generalized_task_arithmetic(base, [a0, a0.clone()], [1.0, 1.0], [0.5, 0.5], **kw))
 
 
 def test_non_contiguous_inputs():
@@ -348,7 +338,7 @@ def test_non_contiguous_inputs():
     got = M.ties(base.T.contiguous().T, [a.T.contiguous().T, b.T.contiguous().T], [1.0, 0.5], [0.6, 0.6])
     assert torch.equal(got, expected)
     assert torch.equal(M.ties(base.T, [a.T, b.T], [1.0, 0.5], [0.6, 0.6]), expected.T)
-    assert torch.equal(M.linear([a.T, b.T], [0.3, 0.7], inplace=True), M.linear([a, b], [0.3, 0.7]).T)
+    assert torch.equal(M.linear([a.T, b.T], [0.3, 0.7]), M.linear([a, b], [0.3, 0.7]).T)
 
 
 def test_dare_mask_is_one_draw_over_the_whole_tensor():

@@ -19,7 +19,7 @@ import os
 import re
 import struct
 from collections.abc import Iterable
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,8 +115,8 @@ class SafetensorsCheckpoint:
     """Random access to the tensors of a (possibly sharded) safetensors checkpoint, one tensor at a time.
 
     Each tensor is a private (copy-on-write) memory map of just its byte range: reading is zero-copy from the page
-    cache, a merge may overwrite the tensor in place without touching the file, and the mapping (and its pages in
-    the resident set) goes away when the last reference to the tensor does. Mapping whole files instead would keep
+    cache, a stray write never reaches the file, and the mapping (and its pages in the resident set) goes away when
+    the last reference to the tensor does. Mapping whole files instead would keep
     every page a merge touched resident until the end, i.e. whole models.
     """
 
@@ -163,7 +163,9 @@ class SafetensorsCheckpoint:
             mm = mmap.mmap(f.fileno(), info.end - start, offset=start, access=mmap.ACCESS_COPY)
         except (ValueError, OSError) as e:
             raise CheckpointError(f"{info.file}: cannot read tensor {name!r} ({e}); is the file truncated?") from e
-        # the tensor keeps ``mm`` alive; the mapping is released with the tensor
+        # The tensor keeps ``mm`` alive; the mapping is released with the tensor. Merges only read it (writing would
+        # copy page by page, much slower than computing into a fresh buffer); ACCESS_COPY just makes a stray write
+        # harmless to the file.
         return torch.frombuffer(mm, dtype=info.dtype, count=numel, offset=info.start - start).view(info.shape)
 
     def start_hashing(self, executor: Executor) -> None:
@@ -229,7 +231,14 @@ class ShardedWriter:
     index file is written when there is more than one shard, as ``save_pretrained`` does.
     """
 
-    def __init__(self, folder: str | Path, layout: Iterable[OutputTensor], max_shard_size: int | str = "5GB"):
+    def __init__(
+        self,
+        folder: str | Path,
+        layout: Iterable[OutputTensor],
+        max_shard_size: int | str = "5GB",
+        background: bool = True,
+        hash_files: bool = True,
+    ):
         self.folder = Path(folder)
         self.layout = list(layout)
         limit = parse_size(max_shard_size)
@@ -250,8 +259,14 @@ class ShardedWriter:
         self._shard_idx = -1
         self._remaining_in_shard = 0
         self.hashes: dict[str, str] = {}  # shard file name -> sha256, computed while writing
+        self._hash_files = hash_files
+        # One background thread writes (and hashes) tensor i while the caller computes tensor i+1; at most one write
+        # is pending, so this holds at most one extra output tensor.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-write") if background else None
+        self._pending: Future | None = None
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Queue ``tensor`` (the next one in layout order) for writing; errors of the previous write surface here."""
         if self._next >= len(self._order) or self._order[self._next] != name:
             expected = self._order[self._next] if self._next < len(self._order) else "nothing"
             raise RuntimeError(f"tensors must be written in layout order: got {name!r}, expected {expected!r}")
@@ -260,12 +275,25 @@ class ShardedWriter:
             raise RuntimeError(
                 f"tensor {name!r} is {tensor.dtype} {tuple(tensor.shape)}, layout says {spec.dtype} {spec.shape}"
             )
+        self._next += 1
+        tensor = tensor.detach().contiguous()
+        self._wait()
+        if self._worker is None:
+            self._write_now(tensor)
+        else:
+            self._pending = self._worker.submit(self._write_now, tensor)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def _write_now(self, tensor: torch.Tensor) -> None:
         if self._remaining_in_shard == 0:
             self._open_next_shard()
         if tensor.numel():
-            self._emit(memoryview(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy()))
+            self._emit(memoryview(tensor.view(-1).view(torch.uint8).numpy()))
         self._remaining_in_shard -= 1
-        self._next += 1
         if self._remaining_in_shard == 0:
             self._close_shard()
 
@@ -290,24 +318,30 @@ class ShardedWriter:
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned, as the reference writer does
         self._file = open(self.folder / fname, "wb")  # noqa: SIM115 - closed in _close_shard()
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256() if self._hash_files else None
         self._emit(struct.pack("<Q", len(raw)))
         self._emit(raw)
         self._remaining_in_shard = len(shard)
 
     def _emit(self, data) -> None:
         self._file.write(data)
-        self._hash.update(data)
+        if self._hash is not None:
+            self._hash.update(data)
 
     def _close_shard(self) -> None:
-        self.hashes[self.shards[self._shard_idx][0]] = self._hash.hexdigest()
+        if self._hash is not None:
+            self.hashes[self.shards[self._shard_idx][0]] = self._hash.hexdigest()
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
 
     def close(self) -> None:
-        """Check every tensor was written and write the index for sharded output."""
+        """Finish the pending write, check every tensor was written and write the index for sharded output."""
+        try:
+            self._wait()
+        finally:
+            self._shutdown()
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -321,9 +355,21 @@ class ShardedWriter:
             (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
     def abort(self) -> None:
+        """Stop after a failure: wait for the pending write (ignoring its error) and close the file."""
+        try:
+            self._wait()
+        except Exception:  # noqa: BLE001 - the caller is already handling the first error
+            pass
+        finally:
+            self._shutdown()
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    def _shutdown(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 23) -> str:

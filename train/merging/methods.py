@@ -37,12 +37,19 @@ def _compute_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _owned(t: Tensor, dtype: torch.dtype, inplace: bool) -> Tensor:
-    """``t`` in ``dtype`` as a buffer that may be overwritten: ``t`` itself when ``inplace`` allows, else a copy."""
-    cast = t.to(dtype)
-    if (inplace or cast is not t) and cast.is_contiguous():
-        return cast
-    return cast.clone(memory_format=torch.contiguous_format)  # chunked passes need a flat view
+def _release(tensors: Sequence[Tensor], i: int, release: bool) -> None:
+    """Drop the list's reference to input ``i`` once it is no longer needed (``release=True`` callers own the list).
+
+    The streaming merge passes memory-mapped inputs this way: the map, and its pages in the resident set, go away
+    as soon as the last reference does, instead of when the whole tensor is merged.
+    """
+    if release and isinstance(tensors, list):
+        tensors[i] = None
+
+
+def _fresh(t: Tensor, dtype: torch.dtype, scale: float) -> Tensor:
+    """``t * scale`` in ``dtype`` as a new contiguous buffer (inputs are never written to)."""
+    return torch.mul(t.to(dtype), scale).contiguous()
 
 
 def _check_same_shape(tensors: Sequence[Tensor]) -> None:
@@ -54,30 +61,33 @@ def _check_same_shape(tensors: Sequence[Tensor]) -> None:
 
 
 def linear(
-    tensors: Sequence[Tensor], weights: Sequence[float] | None = None, normalize: bool = True, inplace: bool = False
+    tensors: Sequence[Tensor], weights: Sequence[float] | None = None, normalize: bool = True, release: bool = False
 ) -> Tensor:
     """Weighted average ``sum(w_i x_i) / sum(w_i)`` (or the plain weighted sum when ``normalize`` is false).
 
-    ``weights`` defaults to all ones, so the default is the uniform mean. ``inplace=True`` lets the function reuse the
-    first input's buffer (the streaming merge owns its buffers; other callers keep the default).
+    ``weights`` defaults to all ones, so the default is the uniform mean. Inputs are never modified; with
+    ``release=True`` the entries of the list ``tensors`` are set to None as soon as they have been used.
     """
     _check_same_shape(tensors)
     weights = [1.0] * len(tensors) if weights is None else list(weights)
     if len(weights) != len(tensors):
         raise ValueError(f"{len(weights)} weights for {len(tensors)} tensors")
     dtype = _compute_dtype(tensors)
-    out = _owned(tensors[0], dtype, inplace and all(t is not tensors[0] for t in tensors[1:])).mul_(float(weights[0]))
-    for w, t in zip(weights[1:], tensors[1:]):
-        out.add_(t.to(dtype), alpha=float(w))
+    scale = 1.0
     if normalize:
         total = float(sum(weights))
         if abs(total) < 1e-8:
             raise ValueError(f"linear merge with normalize=true needs weights that do not sum to zero, got {weights}")
-        out.div_(total)
+        scale = 1.0 / total  # folded into the weights: one pass over memory fewer than dividing at the end
+    out = _fresh(tensors[0], dtype, float(weights[0]) * scale)
+    _release(tensors, 0, release)
+    for i in range(1, len(tensors)):
+        out.add_(tensors[i].to(dtype), alpha=float(weights[i]) * scale)
+        _release(tensors, i, release)
     return out
 
 
-def ema(tensors: Sequence[Tensor], beta: float = 0.5, inplace: bool = False) -> Tensor:
+def ema(tensors: Sequence[Tensor], beta: float = 0.5, release: bool = False) -> Tensor:
     """Exponential moving average over ``tensors`` in order: ``avg = t[0]``, then ``avg = beta*avg + (1-beta)*t[i]``.
 
     With ``tensors = [previous_average, new_checkpoint]`` this is one update of a running merged model, the form the
@@ -87,9 +97,11 @@ def ema(tensors: Sequence[Tensor], beta: float = 0.5, inplace: bool = False) -> 
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"ema beta must be in [0, 1], got {beta}")
     dtype = _compute_dtype(tensors)
-    avg = _owned(tensors[0], dtype, inplace and all(t is not tensors[0] for t in tensors[1:]))
-    for t in tensors[1:]:
-        avg.mul_(beta).add_(t.to(dtype), alpha=1.0 - beta)
+    avg = _fresh(tensors[0], dtype, 1.0)
+    _release(tensors, 0, release)
+    for i in range(1, len(tensors)):
+        avg.mul_(beta).add_(tensors[i].to(dtype), alpha=1.0 - beta)
+        _release(tensors, i, release)
     return avg
 
 
@@ -244,7 +256,7 @@ def generalized_task_arithmetic(
     lambda_: float = 1.0,
     rescale: bool | str = False,
     generators: Sequence[torch.Generator | None] | None = None,
-    inplace: bool = False,
+    release: bool = False,
 ) -> Tensor:
     """``base + lambda * combine(sparsify(x_i - base) * w_i)``: the engine behind task arithmetic, TIES and DARE.
 
@@ -253,7 +265,7 @@ def generalized_task_arithmetic(
     ``normalize``: divide the combined delta by the sum of the weights that contributed at each position.
     ``rescale``: after sparsifying, divide by the density (True) or match the ``"l1"``/``"l2"``/``"linf"`` norm of
     the unsparsified delta; mergekit's default is true for DARE and false for TIES.
-    ``inplace``: the ``tensors`` (not ``base``) may be overwritten with their deltas, saving one copy of each.
+    ``release``: set each entry of the list ``tensors`` to None once its delta is taken (inputs are never modified).
     """
     _check_same_shape([base, *tensors])
     n = len(tensors)
@@ -266,12 +278,12 @@ def generalized_task_arithmetic(
     base_c = base.to(dtype)
     if n == 0:
         return base_c.clone()
-    # Each weighted, sparsified delta lives in a buffer of its own (the input's when inplace) and they are combined
-    # in place: stacking them would hold several extra copies of the largest tensor (the embedding) at once.
+    # Each weighted, sparsified delta lives in a buffer of its own and they are combined in place: stacking them
+    # would hold several extra copies of the largest tensor (the embedding) at once.
     deltas = []
-    ids = [id(t) for t in (base, *tensors)]
-    for i, x in enumerate(tensors):
-        d = _owned(x, dtype, inplace and ids.count(id(x)) == 1).sub_(base_c)  # a tensor passed twice is copied
+    for i in range(n):
+        d = torch.sub(tensors[i].to(dtype), base_c).contiguous()
+        _release(tensors, i, release)
         gen = generators[i] if generators is not None else None
         deltas.append(_sparsify_(d, densities[i], sparsify, rescale, gen).mul_(float(weights[i])))
     if consensus is not None:
@@ -407,13 +419,12 @@ def slerp(
     t: float,
     dot_threshold: float = SLERP_DOT_THRESHOLD,
     eps: float = 1e-8,
-    inplace: bool = False,
 ) -> Tensor:
     """Spherical linear interpolation from ``a`` (``t=0``) to ``b`` (``t=1``), treating each tensor as one vector.
 
     The angle comes from the normalized tensors; the interpolation coefficients are applied to the unnormalized ones
     (mergekit's formulation), so norms are interpolated too. Nearly parallel or anti-parallel tensors
-    (``|cos| > dot_threshold``) fall back to ``(1-t) a + t b``. ``inplace`` lets the result reuse ``a``'s buffer.
+    (``|cos| > dot_threshold``) fall back to ``(1-t) a + t b``.
     """
     _check_same_shape([a, b])
     dtype = _compute_dtype([a, b])
@@ -428,7 +439,7 @@ def slerp(
     theta = math.acos(max(-1.0, min(1.0, dot)))
     s0 = math.sin((1.0 - t) * theta) / math.sin(theta)
     s1 = math.sin(t * theta) / math.sin(theta)
-    return _owned(a_c, dtype, inplace and a is not b).mul_(s0).add_(b_c, alpha=s1)
+    return _fresh(a_c, dtype, s0).add_(b_c, alpha=s1)
 
 
 __all__ = [
