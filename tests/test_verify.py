@@ -84,3 +84,23 @@ def test_check_is_a_pass_rate_checker(tiny_model_dir):
     model = load_model(tiny_model_dir, tokenizer=tok)
     rates = pass_rates(model, tok, [RECORD], num_samples=2, check=check, max_new_tokens=1)
     assert rates[0].rate == 0.0 and rates[0].complexity == 1.0  # one token cannot say "42"
+
+
+def test_rule_layer_code_runs_the_tests():
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("rewards.code") is None:
+        pytest.skip("rewards.code is not there")
+    rec = {
+        "id": "c",
+        "prompt": "Print the sum of two ints.",
+        "task": "code",
+        "tests": [{"input": "1 2\n", "output": "3"}],
+    }
+    program = "```python\na, b = map(int, input().split())\nprint(a {} b)\n```"
+    v = Verifier()
+    assert v.rule(reply(program.format("+")), rec) is True
+    assert v.rule(reply(program.format("-")), rec) is False
+    assert check(program.format("+"), rec)
