@@ -33,7 +33,7 @@ def run_verify(args: argparse.Namespace) -> dict:
     if args.judge_model:
         from rewards.judge import Judge
 
-        judge = Judge(kind="equivalence", backend=args.judge_backend, model=args.judge_model,
+        judge = Judge(kind=args.judge_kind, backend=args.judge_backend, model=args.judge_model,
                       base_url=args.judge_base_url, cache_dir=args.judge_cache)  # fmt: skip
     rows = read_teacher_file(args.input)
     kept, report = rejection_sample(rows, Verifier(judge=judge, judge_threshold=args.judge_threshold))
@@ -93,6 +93,12 @@ def main(argv: list[str] | None = None) -> dict:
     v.add_argument("--judge-backend", default="http", choices=["http", "transformers"], help="judge backend")
     v.add_argument("--judge-base-url", default="http://127.0.0.1:8000/v1", help="judge endpoint (http backend)")
     v.add_argument("--judge-cache", help="folder caching judge replies")
+    v.add_argument(
+        "--judge-kind",
+        default="equivalence",
+        choices=["equivalence", "rubric"],
+        help="equivalence: against the `answer` column; rubric: a graded answer (no reference needed)",
+    )
     v.add_argument("--judge-threshold", type=float, default=0.5, help="lowest judge score counted as correct")
     c = sub.add_parser("complexity", help="model-aware complexity and selection")
     c.add_argument("--model", required=True, help="the current student (local folder)")
