@@ -50,6 +50,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--phase1-steps", type=int, default=120, help="phase-1 steps")
     p.add_argument("--phase2-steps", type=int, default=120, help="phase-2 steps")
     p.add_argument("--config", default=str(ROOT / "recipes/configs/tiny/dual_system.yaml"), help="recipe config")
+    p.add_argument("--fusion-file", default=None, help="reuse a fusion.jsonl built before (skips the first build)")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more recipe overrides (--key value ...)")
     return p.parse_args(argv)
 
@@ -113,7 +114,7 @@ def run_recipe(work: Path, start: Path, train_file: Path, args: argparse.Namespa
         "--config", args.config, "--model_name_or_path", str(start), "--train_files", str(train_file),
         "--output_dir", str(work / "dual"), "--max_prompts", str(args.max_prompts),
         "--phase1_steps", str(args.phase1_steps), "--phase2_steps", str(args.phase2_steps),
-        "--disable_tqdm", "true", *args.extra,
+        "--disable_tqdm", "true", *(["--fusion_file", args.fusion_file] if args.fusion_file else []), *args.extra,
     ])  # fmt: skip
 
 
@@ -205,20 +206,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     test = held_out(work, args, {r["id"] for r in read_records(train_file)})
 
     # The starting model has no auto mode yet: its fast and slow modes are the baseline.
-    start_results, start_scores, base_s = evaluate_model(start, test, ("fast", "slow"))
+    # Its slow mode is asked for without a tag, the way it was trained (a ` /think` it never saw derails it).
+    start_results, start_scores, base_s = evaluate_model(start, test, ("fast", "slow"), slow_tag=False)
     t = time.perf_counter()
     final_path = run_recipe(work, start, train_file, args)
     recipe_s = time.perf_counter() - t
     final, final_scores, eval_s = evaluate_model(final_path, test)
 
     rows, figures = report(start_scores, final_scores, final)
-    fusion_stats = json.loads((work / "dual" / "fusion" / "stats.json").read_text())
+    stats_dir = work / "dual" / ("fusion_phase2" if (work / "dual" / "fusion_phase2").exists() else "fusion")
+    fusion_stats = json.loads((stats_dir / "stats.json").read_text())
     times = {"start_checkpoint_s": round(start_s, 1), "start_built_now": built, "baseline_eval_s": round(base_s, 1),
              "dual_system_recipe_s": round(recipe_s, 1), "final_eval_s": round(eval_s, 1)}  # fmt: skip
     text = table(rows)
     text += (
         f"\nHeld-out mix: {len(test)} problems ({args.n_test} each of levels 1, 2, 3), greedy, 128-token budget. "
-        f"Fusion labels: {fusion_stats['labels']} over {fusion_stats['prompts']} prompts.\n"
+        f"Phase-2 fusion labels ({stats_dir.name}): {fusion_stats['labels']} over {fusion_stats['prompts']} prompts.\n"
         f"\nWall time: dual-system recipe {recipe_s:.0f} s (fusion data + phase 1 {args.phase1_steps} steps + "
         f"phase 2 {args.phase2_steps} steps), evaluation {base_s:.0f} s + {eval_s:.0f} s; starting checkpoint "
         + (f"{start_s:.0f} s ({args.start_steps} SFT steps)" if built else "reused")
