@@ -119,15 +119,19 @@ def run_recipe(work: Path, start: Path, train_file: Path, args: argparse.Namespa
 
 
 def evaluate_model(
-    path: Path, test: list[dict], modes: tuple[str, ...] = ("fast", "slow", "auto")
+    path: Path, test: list[dict], modes: tuple[str, ...] = ("fast", "slow", "auto"), slow_tag: bool = True
 ) -> tuple[dict[str, Any], dict[str, list], float]:
-    """Greedy results in ``modes``, the per-prompt scores (for the oracle and subsets), and the wall time."""
+    """Greedy results in ``modes``, the per-prompt scores (for the oracle and subsets), and the wall time.
+
+    ``slow_tag=False`` asks for slow mode without a tag (the default mode), as a slow-only model was trained.
+    """
     t = time.perf_counter()
     model, tok = load_model_and_tokenizer(path)
     scores = {}
     for mode in modes:
+        asked = None if (mode == "slow" and not slow_tag) else mode
         gens = generate(
-            model, tok, [r["prompt"] for r in test], mode=mode, max_new_tokens=128, batch_size=300, progress=False
+            model, tok, [r["prompt"] for r in test], mode=asked, max_new_tokens=128, batch_size=300, progress=False
         )
         scores[mode] = per_prompt_scores(test, gens, mode, exact_match)
     from train.evaluation import results_from_scores
