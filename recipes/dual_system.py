@@ -91,6 +91,13 @@ class DualSystemConfig(FusionBuildConfig):
             "start model cannot answer fast yet, so its fast pass rates say little about what the model can do."
         },
     )
+    phase2_holdout: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of the prompts kept out of phase 1 and relabelled by the phase-1 model for phase 2, so "
+            "the labels come from prompts it has not memorised (0: relabel the phase-1 prompts)."
+        },
+    )
     phase2_steps: int = field(default=300, metadata={"help": "Optimizer steps of phase 2 (auto mode); 0 skips."})
     phase2_auto_share: float = field(
         default=0.5, metadata={"help": "Share of phase-2 rows that are /auto_think records (the rest: explicit tags)."}
@@ -163,6 +170,22 @@ def relabel(args: DualSystemConfig, training_args: SFTConfig, model: Any, tokeni
             config = dataclasses.replace(args, sample_tags=True)
             build_fusion(model, tokenizer, prompts_of_fusion(rows), config, out)
     return read_records(out / "fusion.jsonl", validate=False)
+
+
+def base_id(row: dict) -> str:
+    """The prompt id of a fusion record (its id without the ``-<tag>`` suffix)."""
+    tag, rid = row.get("fusion_tag"), str(row["id"])
+    return rid[: -len(tag) - 1] if tag and rid.endswith(f"-{tag}") else rid
+
+
+def split_holdout(rows: list[dict], share: float) -> tuple[list[dict], list[dict]]:
+    """(phase-1 rows, held-out rows): whole prompts, chosen by a hash of their id (stable across runs)."""
+    if share <= 0:
+        return rows, []
+    import hashlib
+
+    held = lambda r: int(hashlib.sha1(base_id(r).encode()).hexdigest(), 16) % 10_000 < share * 10_000  # noqa: E731
+    return [r for r in rows if not held(r)], [r for r in rows if held(r)]
 
 
 def rows_per_phase(args: DualSystemConfig, training_args: SFTConfig, steps: int) -> int:
@@ -348,7 +371,8 @@ def main(argv: list[str] | None = None) -> Path:
     logger.info("fusion data: %d records", len(rows))
     later_args = dataclasses.replace(model_args, use_peft=False)  # a PeftModel is not wrapped twice
 
-    # 2. Phase 1: explicit tags with slow replay.
+    # 2. Phase 1: explicit tags with slow replay (held-out prompts wait for phase 2).
+    rows, holdout = split_holdout(rows, args.phase2_holdout if args.relabel_before_phase2 else 0.0)
     p1 = phase_args(training_args, "phase1", args.phase1_steps)
     if args.phase1_steps and phase_done(Path(p1.output_dir)):
         logger.info("phase 1 already done: loading %s", p1.output_dir)
@@ -366,7 +390,8 @@ def main(argv: list[str] | None = None) -> Path:
         model, tokenizer = load_phase(Path(p2.output_dir), model_args, args)
     elif args.phase2_steps:
         if args.relabel_before_phase2:
-            rows = relabel(args, training_args, model, tokenizer, rows)
+            fresh = relabel(args, training_args, model, tokenizer, holdout or rows)
+            rows = fresh + [r for r in rows if r.get("fusion_tag") in EXPLICIT_TAGS] if holdout else fresh
             logger.info("phase-2 fusion data (labelled by the phase-1 model): %d records", len(rows))
         data, weights = phase2_dataset(
             rows, args, rows_per_phase(args, training_args, args.phase2_steps), training_args.seed + 1

@@ -201,3 +201,14 @@ def test_lora_run_trains_one_adapter_through_both_phases(tiny_model_dir, arithme
     assert a1.keys() == a2.keys() and any(not torch.equal(a1[k], a2[k]) for k in a1)
     start, merged = _weights(tiny_model_dir), _weights(out / "merged")
     assert any(not torch.equal(start[k], merged[k]) for k in start if k in merged)
+
+
+def test_holdout_split_keeps_whole_prompts_and_is_stable():
+    rows = _fusion_rows()
+    kept, held = dual_system.split_holdout(rows, 0.5)
+    assert len(kept) + len(held) == len(rows)
+    assert {dual_system.base_id(r) for r in kept}.isdisjoint({dual_system.base_id(r) for r in held})
+    assert all(len([r for r in part if dual_system.base_id(r) == b]) == 4 for part in (kept, held)
+               for b in {dual_system.base_id(r) for r in part})  # fmt: skip
+    assert dual_system.split_holdout(rows, 0.5) == (kept, held)
+    assert dual_system.split_holdout(rows, 0.0) == (rows, [])
