@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ def recipe_for(config: Path):
     name = max(names, key=len)
     spec = importlib.util.spec_from_file_location(f"recipe_{name}", RECIPES[name])
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve postponed annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
