@@ -285,8 +285,12 @@ def _eval_records(cfg: DistillConfig) -> list[dict]:
 # ------------------------------------------------------------------------------------------------------ main
 
 
+# The config dataclasses, in the order TrlParser fills them (also read by the config-validation test).
+ARG_CLASSES = (DistillConfig, SFTConfig, ModelConfig)
+
+
 def main(argv: list[str] | None = None) -> Path:
-    cfg, training_args, model_args = parse_args((DistillConfig, SFTConfig, ModelConfig), argv)
+    cfg, training_args, model_args = parse_args(ARG_CLASSES, argv)
     # The process group comes from the training arguments so that it gets their `ddp_timeout`: the other ranks wait
     # at a barrier while the main process samples, which at scale takes far longer than torch's default timeout.
     _ = training_args.device

@@ -360,8 +360,12 @@ def run_rl(model: Any, tokenizer: Any, rows: list[dict], args: DualSystemConfig,
 # ------------------------------------------------------------------------------------------------------- main
 
 
+# The config dataclasses, in the order TrlParser fills them (also read by the config-validation test).
+ARG_CLASSES = (DualSystemConfig, SFTConfig, ModelConfig)
+
+
 def main(argv: list[str] | None = None) -> Path:
-    args, training_args, model_args = parse_args((DualSystemConfig, SFTConfig, ModelConfig), argv)
+    args, training_args, model_args = parse_args(ARG_CLASSES, argv)
     setup_logging(training_args.get_process_log_level())
     out = Path(training_args.output_dir)
 

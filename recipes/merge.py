@@ -93,8 +93,12 @@ class MergeScriptArguments:
         return MergeConfig.from_dict(data)
 
 
+# The config dataclasses, in the order TrlParser fills them (also read by the config-validation test).
+ARG_CLASSES = (MergeScriptArguments,)
+
+
 def main(argv: list[str] | None = None) -> Path | None:
-    (args,) = parse_args((MergeScriptArguments,), argv)
+    (args,) = parse_args(ARG_CLASSES, argv)
     setup_logging("INFO")
     if not args.out:
         raise SystemExit("--out DIR is required")
