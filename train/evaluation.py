@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from train.generation import Generation, generate
-from train.modes import DEFAULT_THINK_END, DEFAULT_THINK_START, Mode, parse_response
+from train.modes import DEFAULT_THINK_END, DEFAULT_THINK_START, Mode, parse_response, think_delimiters
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +47,18 @@ def complies(mode: Mode, parsed_mode: str) -> bool:
 
 
 def score_generations(
-    records: Sequence[dict[str, Any]], generations: Sequence[Sequence[Generation]], mode: Mode, check: Checker
+    records: Sequence[dict[str, Any]],
+    generations: Sequence[Sequence[Generation]],
+    mode: Mode,
+    check: Checker,
+    think_start: str = DEFAULT_THINK_START,
+    think_end: str = DEFAULT_THINK_END,
 ) -> dict[str, float]:
     """Accuracy, mean tokens, compliance and fast-choice rate of sampled replies (one list per record)."""
     n = correct = tokens = compliant = fast = 0
     for record, gens in zip(records, generations):
         for g in gens:
-            parsed = parse_response(g.text)
+            parsed = parse_response(g.text, think_start, think_end)
             n += 1
             correct += check(parsed.answer, record)
             tokens += g.num_tokens
@@ -83,7 +88,7 @@ def evaluate_modes(
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
         )
-        results[mode.value] = score_generations(records, gens, mode, check)
+        results[mode.value] = score_generations(records, gens, mode, check, *think_delimiters(tokenizer))
         logger.info("%s: %s", mode.value, results[mode.value])
     return results
 
@@ -217,7 +222,6 @@ def evaluate(
     right_mode_threshold: float = 0.5,
 ) -> dict[str, Any]:
     """Generate in every mode and score (see the module docstring). ``k == 1`` decodes greedily."""
-    from train.modes import think_delimiters
 
     ts, te = think_delimiters(tokenizer)
     gen_fn = generate

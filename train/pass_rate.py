@@ -12,7 +12,7 @@ from typing import Any
 
 from train.evaluation import Checker, exact_match
 from train.generation import Generation, generate
-from train.modes import Mode, parse_response
+from train.modes import Mode, parse_response, think_delimiters
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,8 @@ def pass_rates(
         batch_size=batch_size,
         **generate_kwargs,
     )
+    ts, te = think_delimiters(tokenizer)  # e.g. openPangu's [unused16]/[unused17]
     return [
-        PassRate(list(g), [bool(check(parse_response(x.text).answer, r)) for x in g]) for r, g in zip(records, gens)
+        PassRate(list(g), [bool(check(parse_response(x.text, ts, te).answer, r)) for x in g])
+        for r, g in zip(records, gens)
     ]
