@@ -33,6 +33,7 @@ from train.cli import check_config_file, parse_args, setup_logging  # noqa: E402
 from train.configs import GRPOConfig  # noqa: E402
 from train.data import DataError, load_records, mix, to_messages  # noqa: E402
 from train.modes import apply_mode, detect_mode, think_delimiters  # noqa: E402
+from train.script_args import DataArguments  # noqa: E402
 from train.sft import load_for_training, save_trained  # noqa: E402
 
 logger = logging.getLogger("recipes.grpo")
@@ -42,18 +43,9 @@ REWARD_COLUMNS = ("task", "answer", "tests", "id")
 
 
 @dataclass
-class GRPOScriptArguments:
+class GRPOScriptArguments(DataArguments):
     """Data, mode and reward options of the GRPO recipe (training options are trl's ``GRPOConfig``)."""
 
-    train_files: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Record files (JSONL, JSON, CSV, Parquet) or hub names with prompt/task/answer/tests."},
-    )
-    train_weights: list[float] | None = field(
-        default=None, metadata={"help": "Mixture weights, one per train file (default: concatenate)."}
-    )
-    eval_file: str | None = field(default=None, metadata={"help": "Held-out records, scored with the same rewards."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training prompts."})
     mode: str | None = field(
         default=None,
         metadata={
@@ -76,17 +68,8 @@ class GRPOScriptArguments:
             "with their weights as trl's reward_weights (trl then logs each as rewards/mars/<task>/<source>)."
         },
     )
-    think_start: str | None = field(
-        default=None,
-        metadata={"help": "Think-block opening tag (default: the tokenizer's, else `<think>`; openPangu [unused16])."},
-    )
-    think_end: str | None = field(default=None, metadata={"help": "Think-block closing tag (openPangu: [unused17])."})
     auto_resume: bool = field(
         default=True, metadata={"help": "Resume from the last checkpoint in output_dir when there is one."}
-    )
-    merge_lora: bool = field(
-        default=True,
-        metadata={"help": "With LoRA, also save the adapter merged into its base under `<output_dir>/merged`."},
     )
 
 

@@ -7,7 +7,7 @@ The recipes stay top-to-bottom scripts; what they share (turning records into ch
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,34 +18,14 @@ from trl import ModelConfig, SFTTrainer, get_peft_config
 from train.configs import SFTConfig
 from train.data import DataError, load_records, mix, to_messages
 from train.loading import load_model, load_tokenizer
+from train.script_args import DataArguments
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class SFTScriptArguments:
+class SFTScriptArguments(DataArguments):
     """Data and format options of the SFT recipe (training options are trl's ``SFTConfig``)."""
-
-    train_files: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Record files (JSONL, JSON, CSV, Parquet) or hub names with a `response` column."},
-    )
-    train_weights: list[float] | None = field(
-        default=None, metadata={"help": "Mixture weights, one per train file (default: concatenate)."}
-    )
-    eval_file: str | None = field(default=None, metadata={"help": "Held-out records for the eval loss."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
-    think_start: str | None = field(
-        default=None,
-        metadata={
-            "help": "Think-block opening tag (default: the tokenizer's, else `<think>`; openPangu: [unused16])."
-        },
-    )
-    think_end: str | None = field(default=None, metadata={"help": "Think-block closing tag (openPangu: [unused17])."})
-    merge_lora: bool = field(
-        default=True,
-        metadata={"help": "With LoRA, also save the adapter merged into its base under `<output_dir>/merged`."},
-    )
 
 
 def to_sft_example(record: dict[str, Any], source: str = "<records>", index: int | None = None) -> dict[str, Any]:

@@ -1,0 +1,37 @@
+"""Data options every training recipe shares (SFT, GRPO): one definition, so their keys and help stay in step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DataArguments:
+    """Training records, held-out records, the think delimiters, and how a LoRA run is saved."""
+
+    train_files: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Record files (JSONL, JSON, CSV, Parquet) or hub names in fastslow's schema (train/data.py): "
+            "SFT needs a `response`; GRPO reads prompt/task/answer/tests."
+        },
+    )
+    train_weights: list[float] | None = field(
+        default=None, metadata={"help": "Mixture weights, one per train file (default: concatenate)."}
+    )
+    eval_file: str | None = field(
+        default=None,
+        metadata={"help": "Held-out records: the eval loss for SFT, the same rewards for GRPO."},
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
+    think_start: str | None = field(
+        default=None,
+        metadata={
+            "help": "Think-block opening tag (default: the tokenizer's, else `<think>`; openPangu: [unused16])."
+        },
+    )
+    think_end: str | None = field(default=None, metadata={"help": "Think-block closing tag (openPangu: [unused17])."})
+    merge_lora: bool = field(
+        default=True,
+        metadata={"help": "With LoRA, also save the adapter merged into its base under `<output_dir>/merged`."},
+    )
