@@ -347,3 +347,76 @@ def test_dare_mask_is_one_draw_over_the_whole_tensor():
     delta = torch.ones(n)
     expected = (torch.rand(n, generator=gen(4)) < 0.3).float() / 0.3
     assert torch.equal(M.random_drop(delta, 0.3, gen(4)), expected)
+
+
+# -- blocked kernel ----------------------------------------------------------------------------------------------
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The raw bits, so that -0.0 vs 0.0 and NaN payloads count as differences."""
+    return t.contiguous().view(torch.int32 if t.element_size() == 4 else torch.int64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("quantized", [False, True])
+def test_blocked_kernel_is_bitwise_the_whole_tensor_reference(dtype, quantized, monkeypatch):
+    # small blocks so that every case spans many blocks, with a partial last one
+    monkeypatch.setattr(M, "_BLOCK", 1000)
+    g = gen(21)
+    shape = (97, 53)
+    base = torch.randn(shape, generator=g)
+    xs = [base + torch.randn(shape, generator=g) * 0.01 for _ in range(3)]
+    if quantized:  # many exact ties at the threshold, exact zero deltas, one model equal to another in places
+        base, xs = (base * 8).round() / 8, [(x * 8).round() / 8 for x in xs]
+        xs[1].view(-1)[::3] = xs[0].view(-1)[::3]
+    base, xs = base.to(dtype), [x.to(dtype) for x in xs]
+    cases = [
+        dict(sparsify=None, consensus=None, normalize=True),
+        dict(sparsify="magnitude", consensus="sum", normalize=True),
+        dict(sparsify="magnitude", consensus="count", normalize=True, lambda_=0.7, rescale=True),
+        dict(sparsify="magnitude", consensus=None, normalize=False),
+        dict(sparsify="random", consensus="sum", normalize=False, rescale=True),
+        dict(sparsify="random", consensus="sum", normalize=True, lambda_=1.3),
+        dict(sparsify="random", consensus=None, normalize=False, rescale=True),
+    ]
+    for kw in cases:
+        for densities in ([0.5, 0.3, 0.9], [1.0, 0.0, 0.37], [0.0002, 0.9999, 0.5]):
+            for weights in ([1.0, 0.5, 0.3], [0.3, -0.7, 1.0]):
+                for n in (1, 2, 3):
+                    args = (base, xs[:n], weights[:n], densities[:n])
+                    full = kw | {"lambda_": kw.get("lambda_", 1.0), "rescale": kw.get("rescale", False)}
+                    ref = M._gta_whole(
+                        base.to(M._compute_dtype([base, *xs])),
+                        list(xs[:n]),
+                        weights[:n],
+                        densities[:n],
+                        full["sparsify"],
+                        full["consensus"],
+                        full["normalize"],
+                        full["lambda_"],
+                        full["rescale"],
+                        [gen(5 + i) for i in range(n)],
+                        False,
+                    )
+                    got = M.generalized_task_arithmetic(*args, generators=[gen(5 + i) for i in range(n)], **kw)
+                    assert got.dtype == ref.dtype and got.shape == ref.shape
+                    assert torch.equal(_bits(got), _bits(ref)), (kw, densities[:n], weights[:n])
+
+
+def test_magnitude_mask_when_the_sample_misses_the_threshold(monkeypatch):
+    # the strided sample only sees the small entries (or only the large ones), so the bracket must be widened
+    monkeypatch.setattr(M, "_BLOCK", 4096)
+    n = M._SAMPLE * 4
+    for small_sampled in (True, False):
+        v = torch.arange(n, dtype=torch.float32) % 977 + 1.0  # many ties
+        sampled = torch.arange(n) % 4 == 0
+        v[sampled if small_sampled else ~sampled] *= 1e-3
+        for density in (0.1, 0.5, 0.8):
+            k = int(density * n)
+            mask = M.magnitude_mask(-v, density)
+            assert int(mask.sum()) == k
+            threshold = float(v.sort(descending=True).values[k - 1])
+            assert bool((v[mask] >= threshold).all()) and bool((v[~mask] <= threshold).all())
+            tied = torch.nonzero(v == threshold).squeeze(1)
+            kept_tied = mask[tied]
+            assert kept_tied.tolist() == sorted(kept_tied.tolist(), reverse=True)  # the first tied ones are kept

@@ -105,17 +105,20 @@ def ema(tensors: Sequence[Tensor], beta: float = 0.5, release: bool = False) -> 
     return avg
 
 
-_CHUNK = 1 << 20  # elements per chunk for whole-tensor passes: temporaries stay at a few MB
+_CHUNK = 1 << 20  # elements per chunk for the whole-tensor passes of the reference path: temporaries stay at a few MB
+# Elements per block in the blocked passes (TIES/DARE kernel, k-th magnitude): a block's handful of scratch buffers
+# (256 KB each in float32) stay in the L2 cache, so a sequence of elementwise steps costs about one trip to memory.
+_BLOCK = 1 << 16
+_SAMPLE = 65536  # entries of |delta| sampled to bracket the k-th largest magnitude
 
 
 def magnitude_mask(delta: Tensor, density: float) -> Tensor:
     """Boolean mask of the ``int(density * numel)`` entries of largest magnitude (the TIES "trim").
 
-    A small strided sample brackets the k-th largest magnitude, chunked counts confirm the bracket (widening it if
-    the sample was unlucky), and an exact k-th value is taken among the few entries inside it. Every pass works on
-    1M-entry chunks, so besides the mask itself only a few MB are allocated, where a top-k or a full k-th value would
-    hold several full-size copies plus int64 indices. Entries tied with the threshold are kept in index order until
-    exactly k are kept (mergekit's count).
+    A small strided sample brackets the k-th largest magnitude, one blocked pass counts the entries above the
+    bracket and collects the few inside it, and the exact k-th value is taken among those. Besides the mask only a
+    few MB are allocated, where a top-k or a full k-th value would hold several full-size copies plus int64 indices.
+    Entries tied with the threshold are kept in index order until exactly k are kept (mergekit's count).
     """
     n = delta.numel()
     k = int(density * n)
@@ -123,47 +126,108 @@ def magnitude_mask(delta: Tensor, density: float) -> Tensor:
         return torch.ones_like(delta, dtype=torch.bool)
     if k <= 0:
         return torch.zeros_like(delta, dtype=torch.bool)
-    flat = delta.reshape(-1)
-    threshold = _kth_largest_magnitude(flat, k)
-    mask = torch.empty(n, dtype=torch.bool)
-    for c, m in zip(flat.split(_CHUNK), mask.split(_CHUNK)):
-        torch.ge(c.abs(), threshold, out=m)
-    extra = int(torch.count_nonzero(mask)) - k
-    if extra > 0:  # ties at the threshold: keep the first ones
-        tied = torch.cat(
-            [torch.nonzero(c.abs() == threshold).squeeze(1) + i * _CHUNK for i, c in enumerate(flat.split(_CHUNK))]
-        )
-        mask[tied[tied.numel() - extra :]] = False
-    return mask.view(delta.shape)
+    flat = delta.detach().reshape(-1)
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.float()
+    values = flat.contiguous().numpy()
+    threshold, keep_ties = _kth_largest_magnitude(values, k)
+    mask = numpy.empty(n, dtype=bool)
+    scratch = numpy.empty(min(_BLOCK, n), dtype=values.dtype)
+    seen = [0]
+    for s in range(0, n, _BLOCK):
+        v = values[s : s + _BLOCK]
+        _trim_block(v, scratch[: v.size], mask[s : s + v.size], threshold, keep_ties, seen)
+    return torch.from_numpy(mask).view(delta.shape)
 
 
-def _kth_largest_magnitude(flat: Tensor, k: int) -> float:
-    """The k-th largest ``|x|`` of a flat tensor, without sorting or copying all of it."""
-    n = flat.numel()
-    # numpy sorts a 65k-entry sample in well under a millisecond; torch's CPU sort takes ~100x longer
-    sample = numpy.sort(flat[:: max(1, n // 65536)].abs().double().numpy())
+def _trim_block(v, scratch, keep, threshold, keep_ties: int | None, seen: list[int]) -> None:
+    """``keep = |v| >= threshold`` for one block, dropping tied entries beyond the first ``keep_ties`` of the tensor.
+
+    ``keep_ties`` is None when the ties need no trimming; ``seen`` counts the tied entries of the earlier blocks.
+    """
+    numpy.abs(v, out=scratch)
+    numpy.greater_equal(scratch, threshold, out=keep)
+    if keep_ties is None:
+        return
+    tied = numpy.flatnonzero(scratch == threshold)
+    if seen[0] + tied.size > keep_ties:
+        keep[tied[max(0, keep_ties - seen[0]) :]] = False
+    seen[0] += tied.size
+
+
+def _sample_bracket(sample: numpy.ndarray, k: int, n: int) -> tuple[float, float]:
+    """``(lo, hi)`` around where the k-th largest of ``n`` magnitudes should lie, from a sorted sample of them."""
     m = sample.size
     pos = min(m - 1, max(0, int((1.0 - k / n) * m)))
     margin = max(64, 4 * int(math.sqrt(m)))
-    lo = float(numpy.nextafter(sample[max(0, pos - margin)], -numpy.inf))
-    hi = float(sample[min(m - 1, pos + margin)])
+    lo = numpy.nextafter(sample[max(0, pos - margin)], sample.dtype.type(-numpy.inf))
+    return lo, sample[min(m - 1, pos + margin)]
+
+
+class _Bracket:
+    """Counts the magnitudes above ``hi`` and collects those in ``(lo, hi]``, block by block."""
+
+    def __init__(self, lo, hi, dtype, block: int):
+        self.lo, self.hi = lo, hi
+        self.above = 0
+        self.inside: list[numpy.ndarray] = []
+        self._g1 = numpy.empty(block, dtype=bool)
+        self._g2 = numpy.empty(block, dtype=bool)
+
+    def add(self, magnitudes: numpy.ndarray) -> None:
+        g1, g2 = self._g1[: magnitudes.size], self._g2[: magnitudes.size]
+        numpy.greater(magnitudes, self.hi, out=g1)
+        self.above += int(numpy.count_nonzero(g1))
+        numpy.greater(magnitudes, self.lo, out=g2)
+        numpy.logical_xor(g1, g2, out=g2)  # lo < |x| <= hi (NaN is in neither)
+        self.inside.append(magnitudes[g2])
+
+    def select(self, k: int):
+        """``(k-th largest, keep_ties)`` if the bracket holds it, else None. ``keep_ties``: see :func:`_trim_block`."""
+        inside = numpy.concatenate(self.inside) if self.inside else numpy.empty(0)
+        if self.above >= k or self.above + inside.size < k:
+            return None
+        idx = inside.size - (k - self.above)
+        threshold = numpy.partition(inside, idx)[idx]
+        greater = self.above + int(numpy.count_nonzero(inside > threshold))
+        tied = int(numpy.count_nonzero(inside == threshold))
+        return threshold, (k - greater if greater + tied > k else None)
+
+
+def _kth_largest_magnitude(values: numpy.ndarray, k: int, bracket: _Bracket | None = None):
+    """``(k-th largest |x|, keep_ties)`` of a flat float array (``0 < k < size``), exact, without sorting it all.
+
+    ``bracket``: the result of a pass already made (the blocked kernel counts while it computes the deltas); when it
+    missed, or when none is given, passes over ``values`` are made, widening the bracket until it holds the value.
+    """
+    n = values.size
+    if bracket is not None:
+        found = bracket.select(k)
+        if found is not None:
+            return found
+        lo, hi = bracket.lo, bracket.hi
+        if bracket.above >= k:  # the bracket was too low: widen upwards
+            lo, hi = hi, numpy.nanmax(numpy.abs(values))
+        else:  # too high: widen downwards
+            lo, hi = values.dtype.type(-1.0), lo
+    else:
+        step = max(1, n // _SAMPLE)
+        lo, hi = _sample_bracket(numpy.sort(numpy.abs(values[::step])), k, n)
+    scratch = numpy.empty(min(_BLOCK, n), dtype=values.dtype)
     while True:
-        # one pass: how many are above each end of the bracket, and the entries inside it
-        above_lo = above_hi = 0
-        inside = []
-        for c in flat.split(_CHUNK):
-            a = c.abs()
-            above_hi += int(torch.count_nonzero(a > hi))
-            above_lo += int(torch.count_nonzero(a > lo))
-            inside.append(a[(a > lo) & (a <= hi)])
-        if above_hi >= k:  # the sample bracket was too low: widen upwards
-            lo, hi = hi, float(flat.abs().max())
-        elif above_lo < k:  # too high: widen downwards
-            lo, hi = -1.0, lo
-        else:  # the k-th largest lies in (lo, hi]
-            break
-    inside = torch.cat(inside).double()
-    return float(torch.kthvalue(inside, inside.numel() - (k - above_hi) + 1).values)
+        b = _Bracket(lo, hi, values.dtype, scratch.size)
+        for s in range(0, n, _BLOCK):
+            v = values[s : s + _BLOCK]
+            b.add(numpy.abs(v, out=scratch[: v.size]))
+        found = b.select(k)
+        if found is not None:
+            return found
+        if b.above >= k:
+            lo, hi = hi, numpy.nanmax(numpy.abs(values))
+        elif lo < 0:  # fewer than k magnitudes that are not NaN: keep them all
+            return values.dtype.type(-numpy.inf), None
+        else:
+            lo, hi = values.dtype.type(-1.0), lo
 
 
 def magnitude_prune(delta: Tensor, density: float) -> Tensor:
@@ -278,6 +342,36 @@ def generalized_task_arithmetic(
     base_c = base.to(dtype)
     if n == 0:
         return base_c.clone()
+    if isinstance(rescale, str) or sparsify not in (None, "magnitude", "random") or consensus not in _CONSENSUS:
+        return _gta_whole(
+            base_c, tensors, weights, densities, sparsify, consensus, normalize, lambda_, rescale, generators, release
+        )
+    return _gta_blocked(
+        base_c, tensors, weights, densities, sparsify, consensus, normalize, lambda_, rescale, generators, release
+    )
+
+
+_CONSENSUS = (None, "sum", "count")
+
+
+def _gta_whole(
+    base_c: Tensor,
+    tensors: Sequence[Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    sparsify: str | None,
+    consensus: str | None,
+    normalize: bool,
+    lambda_: float,
+    rescale: bool | str,
+    generators: Sequence[torch.Generator | None] | None,
+    release: bool,
+) -> Tensor:
+    """:func:`generalized_task_arithmetic` with whole-tensor steps: the reference the blocked kernel is tested
+    against, and the path for norm-matching rescale (``"l1"``/``"l2"``/``"linf"``), whose norms are whole-tensor
+    reductions."""
+    dtype = base_c.dtype
+    n = len(tensors)
     # Each weighted, sparsified delta lives in a buffer of its own and they are combined in place: stacking them
     # would hold several extra copies of the largest tensor (the embedding) at once.
     deltas = []
@@ -314,6 +408,150 @@ def generalized_task_arithmetic(
     if lambda_ != 1.0:
         mixed.mul_(lambda_)
     return mixed.add_(base_c)
+
+
+def _gta_blocked(
+    base_c: Tensor,
+    tensors: Sequence[Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    sparsify: str | None,
+    consensus: str | None,
+    normalize: bool,
+    lambda_: float,
+    rescale: bool,
+    generators: Sequence[torch.Generator | None] | None,
+    release: bool,
+) -> Tensor:
+    """:func:`generalized_task_arithmetic` in two blocked passes, bit for bit the result of :func:`_gta_whole`.
+
+    Pass 1, per model: the delta block by block (kept whole, as the trim needs its k-th magnitude), DARE's drop,
+    rescale and weight, or for TIES the counts that give the k-th magnitude. Pass 2, per block over all models: the
+    TIES trim, rescale and weight, the sign election, the disjoint sum, the divisor, lambda and the base. Each block's
+    steps run on L2-resident buffers, and the boolean steps use numpy, whose comparisons and logical ops are several
+    times faster than torch's on CPU. Every floating-point step is the same elementwise operation, in the same order,
+    as in the whole-tensor reference, so the results are identical (the tests compare them bitwise).
+    """
+    n = len(tensors)
+    dtype = base_c.dtype
+    base_f = base_c.reshape(-1).contiguous()
+    numel = base_f.numel()
+    block = max(1, min(_BLOCK, numel))
+    scratch = numpy.empty(block, dtype=base_f.numpy().dtype)
+    b1, b2, b3, b4 = (numpy.empty(block, dtype=bool) for _ in range(4))
+    deltas: list[numpy.ndarray] = []
+    result = None
+    trims: list[tuple | None] = []  # per model: (threshold, keep_ties) for the TIES trim in pass 2
+    for i in range(n):
+        density, w = float(densities[i]), float(weights[i])
+        mode = sparsify if density < 1.0 else None
+        x = tensors[i].reshape(-1)
+        d = torch.empty(numel, dtype=dtype)
+        dn = d.numpy()
+        k = int(density * numel)
+        trim = mode == "magnitude" and density > 0.0 and 0 < k < numel
+        bracket = None
+        if trim:
+            step = max(1, numel // _SAMPLE)
+            sample = torch.sub(x[::step].to(dtype), base_f[::step]).abs_().numpy()
+            lo, hi = _sample_bracket(numpy.sort(sample), k, numel)
+            bracket = _Bracket(lo, hi, dn.dtype, block)
+        gen = generators[i] if generators is not None else None
+        for s in range(0, numel, block):
+            e = min(s + block, numel)
+            v = dn[s:e]
+            if mode is not None and density <= 0.0:  # sparsified away (the subtraction result is discarded anyway)
+                v.fill(0.0)
+                numpy.multiply(v, w, out=v)
+                continue
+            torch.sub(x[s:e].to(dtype), base_f[s:e], out=d[s:e])
+            if trim:
+                bracket.add(numpy.abs(v, out=scratch[: e - s]))
+            elif mode == "random":
+                drawn = torch.rand(e - s, generator=gen, dtype=torch.float32).numpy()
+                numpy.multiply(v, numpy.less(drawn, numpy.float32(density), out=b1[: e - s]), out=v)
+                if rescale is True:
+                    numpy.divide(v, density, out=v)
+                numpy.multiply(v, w, out=v)
+            elif mode == "magnitude":  # k == 0 keeps nothing, k == numel everything (times 1.0: a no-op)
+                if k <= 0:
+                    numpy.multiply(v, 0.0, out=v)
+                if rescale is True:
+                    numpy.divide(v, density, out=v)
+                numpy.multiply(v, w, out=v)
+            else:
+                numpy.multiply(v, w, out=v)
+        del x
+        _release(tensors, i, release)
+        trims.append(_kth_largest_magnitude(dn, k, bracket) if trim else None)
+        deltas.append(dn)
+        if result is None:
+            result = d  # the first delta's buffer becomes the result
+        del d
+
+    acc = numpy.empty(block, dtype=scratch.dtype) if consensus is not None and n > 1 else None
+    acc_t = torch.from_numpy(acc) if acc is not None else None
+    sign_t = torch.empty(block, dtype=dtype) if consensus == "count" else None
+    divisor = numpy.empty(block, dtype=scratch.dtype) if consensus is not None and normalize else None
+    weight = numpy.empty(block, dtype=scratch.dtype) if divisor is not None else None
+    total = float(sum(float(w) for w in weights))
+    total = total if abs(total) >= 1e-8 else 1.0
+    seen = [[0] for _ in range(n)]
+    base_n = base_f.numpy()
+    for s in range(0, numel, block):
+        e = min(s + block, numel)
+        size = e - s
+        views = [dn[s:e] for dn in deltas]
+        for i, v in enumerate(views):
+            if trims[i] is not None:
+                keep = b1[:size]
+                _trim_block(v, scratch[:size], keep, trims[i][0], trims[i][1], seen[i])
+                numpy.multiply(v, keep, out=v)
+                if rescale is True:
+                    numpy.divide(v, float(densities[i]), out=v)
+                numpy.multiply(v, float(weights[i]), out=v)
+        mixed = views[0]
+        if consensus is not None:
+            if consensus == "count":
+                a = acc_t[:size] if acc_t is not None else torch.empty(size, dtype=dtype)
+                torch.sign(torch.from_numpy(views[0]), out=a)
+                for v in views[1:]:
+                    a.add_(torch.sign(torch.from_numpy(v), out=sign_t[:size]))
+                elected = a.numpy()
+            elif n > 1:
+                elected = numpy.add(views[0], views[1], out=acc[:size])
+                for v in views[2:]:
+                    numpy.add(elected, v, out=elected)
+            else:
+                elected = views[0]
+            positive, negative = b2[:size], b3[:size]
+            numpy.greater_equal(elected, 0, out=positive)  # ties go to "+"
+            numpy.logical_not(positive, out=negative)
+            agree, other = b1[:size], b4[:size]
+            if divisor is not None:
+                div = divisor[:size]
+                div.fill(0.0)
+            for w, v in zip(weights, views):
+                numpy.logical_and(numpy.greater(v, 0, out=agree), positive, out=agree)  # zero deltas never agree
+                numpy.logical_and(numpy.less(v, 0, out=other), negative, out=other)
+                numpy.logical_or(agree, other, out=agree)
+                numpy.multiply(v, agree, out=v)
+                if divisor is not None:  # div + w * agree, as torch's add_(agree, alpha=w); where= is ~30x slower
+                    numpy.add(div, numpy.multiply(agree, float(w), out=weight[:size]), out=div)
+            for v in views[1:]:
+                numpy.add(mixed, v, out=mixed)
+            if divisor is not None:
+                numpy.add(div, numpy.equal(div, 0, out=agree), out=div)  # 0 -> 1, the rest + 0.0
+                numpy.divide(mixed, div, out=mixed)
+        else:
+            for v in views[1:]:
+                numpy.add(mixed, v, out=mixed)
+            if normalize:
+                numpy.divide(mixed, total, out=mixed)
+        if lambda_ != 1.0:
+            numpy.multiply(mixed, float(lambda_), out=mixed)
+        numpy.add(mixed, base_n[s:e], out=mixed)
+    return result.view(base_c.shape)
 
 
 def _signed_sum(weighted_deltas: Sequence[Tensor], method: str) -> Tensor:
