@@ -30,6 +30,7 @@ import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,9 @@ from train.fusion import (  # noqa: E402
     difficulty_mix,
     merge_prompts,
     prompts_of_fusion,
+    reply_mode,
 )
+from train.modes import Mode, apply_mode  # noqa: E402
 from train.sft import build_sft_trainer, load_for_training, save_trained, sft_dataset  # noqa: E402
 
 logger = logging.getLogger("recipes.dual_system")
@@ -80,9 +83,21 @@ class DualSystemConfig(FusionBuildConfig):
         default_factory=list,
         metadata={"help": "Slow-mode SFT records (with `response`) replayed in phase 1; default: none."},
     )
+    fast_files: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Fast-mode records (a `response` with an empty think block, e.g. a teacher's direct answers to "
+            "many more prompts than are labelled) trained as /no_think rows, so the fast skill is learnt from a "
+            "large pool instead of memorised on the labelled prompts. Rows whose reply is not a fast one, and "
+            "prompts held out for phase-2 labelling (phase2_holdout), are dropped. Default: none."
+        },
+    )
     phase1_steps: int = field(default=300, metadata={"help": "Optimizer steps of phase 1 (explicit tags); 0 skips."})
     phase1_slow_replay: float = field(
         default=0.2, metadata={"help": "Share of phase-1 rows drawn from replay_files (needs replay_files)."}
+    )
+    phase1_fast_share: float = field(
+        default=0.0, metadata={"help": "Share of phase-1 rows drawn from fast_files (/no_think; needs fast_files)."}
     )
     relabel_before_phase2: bool = field(
         default=True,
@@ -101,6 +116,10 @@ class DualSystemConfig(FusionBuildConfig):
     phase2_steps: int = field(default=300, metadata={"help": "Optimizer steps of phase 2 (auto mode); 0 skips."})
     phase2_auto_share: float = field(
         default=0.5, metadata={"help": "Share of phase-2 rows that are /auto_think records (the rest: explicit tags)."}
+    )
+    phase2_fast_share: float = field(
+        default=0.0,
+        metadata={"help": "Share of phase-2 rows drawn from fast_files (/no_think), so the fast skill is kept."},
     )
     phase2_mix_floor: float = field(
         default=0.2,
@@ -137,8 +156,20 @@ class DualSystemConfig(FusionBuildConfig):
             raise ValueError(f"phase1_slow_replay={self.phase1_slow_replay} must be in [0, 1)")
         if not 0.0 <= self.phase2_auto_share <= 1.0:
             raise ValueError(f"phase2_auto_share={self.phase2_auto_share} must be in [0, 1]")
+        if not 0.0 <= self.phase1_fast_share < 1.0 or self.phase1_slow_replay + self.phase1_fast_share >= 1.0:
+            raise ValueError(
+                f"phase1_fast_share={self.phase1_fast_share} must be in [0, 1) and leave room for the fusion rows "
+                f"(phase1_slow_replay + phase1_fast_share < 1)"
+            )
+        if not 0.0 <= self.phase2_fast_share <= 1.0 or self.phase2_auto_share + self.phase2_fast_share > 1.0:
+            raise ValueError(
+                f"phase2_fast_share={self.phase2_fast_share} must be in [0, 1] with "
+                f"phase2_auto_share + phase2_fast_share <= 1"
+            )
         if self.phase1_slow_replay > 0 and not self.replay_files:
             logger.info("phase1_slow_replay=%s without replay_files: no replay", self.phase1_slow_replay)
+        if (self.phase1_fast_share > 0 or self.phase2_fast_share > 0) and not self.fast_files:
+            logger.info("phase1/phase2_fast_share without fast_files: no fast pool rows")
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -201,17 +232,68 @@ def _dataset(rows: list[dict], where: str) -> Dataset:
     return sft_dataset(Dataset.from_list([{"prompt": r["prompt"], "response": r["response"]} for r in rows]), where)
 
 
-def phase1_dataset(rows: list[dict], args: DualSystemConfig, size: int, seed: int) -> Dataset:
-    """Explicit-tag records (``/no_think``, ``/think``, untagged) plus the slow replay share."""
+def prompt_key(prompt: Any) -> str:
+    """A prompt without its mode tag, as text: the same problem asked in any mode gives the same key."""
+    messages = apply_mode(prompt, None)
+    return json.dumps(messages[-1]["content"] if isinstance(prompt, str) else messages, sort_keys=True)
+
+
+def without_prompts(rows: list[dict], held: list[dict]) -> list[dict]:
+    """``rows`` minus those asking a prompt of ``held`` (in any mode, matched by id or by untagged prompt)."""
+    if not held:
+        return rows
+    ids, keys = {base_id(r) for r in held}, {prompt_key(r["prompt"]) for r in held}
+    return [r for r in rows if str(r.get("id")) not in ids and prompt_key(r["prompt"]) not in keys]
+
+
+def fast_pool(args: DualSystemConfig, held: Sequence[dict] = ()) -> list[dict]:
+    """The ``fast_files`` rows as ``/no_think`` records: fast replies only, prompts in ``held`` left out."""
+    rows = []
+    for f in args.fast_files:
+        for r in load_records(f).to_list():
+            if reply_mode(r.get("response") or "", *_delimiters(args)) == "fast":
+                rows.append({**r, "prompt": _tagged(r["prompt"], Mode.FAST)})
+    kept = without_prompts(rows, list(held))
+    if len(kept) < len(rows):
+        logger.info("fast_files: %d rows dropped (prompts held out for phase-2 labelling)", len(rows) - len(kept))
+    if not kept:
+        raise DataError(f"fast_files {args.fast_files}: no fast replies (an empty think block, then the answer)")
+    return kept
+
+
+def _delimiters(args: DualSystemConfig) -> tuple[str, str]:
+    from train.modes import DEFAULT_THINK_END, DEFAULT_THINK_START
+
+    return args.think_start or DEFAULT_THINK_START, args.think_end or DEFAULT_THINK_END
+
+
+def _tagged(prompt: Any, mode: Mode) -> Any:
+    messages = apply_mode(prompt, mode)
+    return messages[-1]["content"] if isinstance(prompt, str) else messages
+
+
+def phase1_dataset(
+    rows: list[dict], args: DualSystemConfig, size: int, seed: int, held: Sequence[dict] = ()
+) -> Dataset:
+    """Explicit-tag records (``/no_think``, ``/think``, untagged) plus the slow replay and fast pool shares.
+
+    Replay and fast-pool rows asking a prompt of ``held`` (the phase-2 labelling prompts) are left out.
+    """
     explicit = _dataset([r for r in rows if r.get("fusion_tag") in EXPLICIT_TAGS], "fusion data (explicit tags)")
-    if not args.replay_files or args.phase1_slow_replay <= 0:
-        return mix([explicit], [1.0], size=size, seed=seed)
-    replay = _dataset([r for f in args.replay_files for r in load_records(f).to_list()], "replay_files")
-    return mix([explicit, replay], [1 - args.phase1_slow_replay, args.phase1_slow_replay], size=size, seed=seed)
+    datasets, shares = [explicit], [1.0]
+    if args.replay_files and args.phase1_slow_replay > 0:
+        replay = without_prompts([r for f in args.replay_files for r in load_records(f).to_list()], list(held))
+        datasets.append(_dataset(replay, "replay_files"))
+        shares.append(args.phase1_slow_replay)
+    if args.fast_files and args.phase1_fast_share > 0:
+        datasets.append(_dataset(fast_pool(args, held), "fast_files"))
+        shares.append(args.phase1_fast_share)
+    shares[0] = 1.0 - sum(shares[1:])
+    return mix(datasets, shares, size=size, seed=seed)
 
 
 def phase2_dataset(rows: list[dict], args: DualSystemConfig, size: int, seed: int) -> tuple[Dataset, dict]:
-    """``/auto_think`` rows mixed across difficulty buckets by measured error, plus explicit-tag rows."""
+    """``/auto_think`` rows mixed across difficulty buckets by measured error, fast-pool rows and explicit tags."""
     auto = [r for r in rows if r.get("fusion_tag") == "auto_think"]
     weights = difficulty_mix(auto, args.phase2_mix_floor)
     buckets = list(weights)
@@ -223,9 +305,13 @@ def phase2_dataset(rows: list[dict], args: DualSystemConfig, size: int, seed: in
     if auto_size:
         datasets.append(mix(parts, [weights[b] for b in buckets], size=auto_size, seed=seed))
         shares.append(args.phase2_auto_share)
-    if args.phase2_auto_share < 1.0:
+    fast_share = args.phase2_fast_share if args.fast_files else 0.0
+    if fast_share > 0:
+        datasets.append(_dataset(fast_pool(args), "fast_files"))
+        shares.append(fast_share)
+    if args.phase2_auto_share + fast_share < 1.0:
         datasets.append(_dataset([r for r in rows if r.get("fusion_tag") in EXPLICIT_TAGS], "fusion data"))
-        shares.append(1.0 - args.phase2_auto_share)
+        shares.append(1.0 - args.phase2_auto_share - fast_share)
     return mix(datasets, shares, size=size, seed=seed), weights
 
 
@@ -383,7 +469,8 @@ def main(argv: list[str] | None = None) -> Path:
         model, tokenizer = load_phase(Path(p1.output_dir), model_args, args)
         model_args = later_args
     elif args.phase1_steps:
-        data = phase1_dataset(rows, args, rows_per_phase(args, training_args, args.phase1_steps), training_args.seed)
+        size = rows_per_phase(args, training_args, args.phase1_steps)
+        data = phase1_dataset(rows, args, size, training_args.seed, held=holdout)
         model = run_sft_phase("phase 1", model, tokenizer, data, p1, model_args, args.merge_lora, {"phase": 1})
         model_args = later_args
 

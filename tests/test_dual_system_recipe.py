@@ -212,3 +212,68 @@ def test_holdout_split_keeps_whole_prompts_and_is_stable():
                for b in {dual_system.base_id(r) for r in part})  # fmt: skip
     assert dual_system.split_holdout(rows, 0.5) == (kept, held)
     assert dual_system.split_holdout(rows, 0.0) == (rows, [])
+
+
+# ------------------------------------------------------------------------------------------------- fast pool
+
+
+def _fast_file(tmp_path, held_prompt=True):
+    rows = [{"id": f"f{i}", "prompt": f"f{i}", "task": "math", "answer": "1", "response": "<think>\n\n</think>\n\n1"}
+            for i in range(6)]  # fmt: skip
+    if held_prompt:
+        rows.append({"id": "1", "prompt": "q1", "task": "math", "answer": "1", "response": "<think>\n\n</think>\n\n1"})
+    rows.append(
+        {"id": "s", "prompt": "s /think", "task": "math", "answer": "1", "response": "<think>\nx\n</think>\n\n1"}
+    )
+    return write_jsonl(tmp_path / "fast.jsonl", rows)
+
+
+def test_fast_pool_keeps_fast_replies_tags_them_and_drops_held_prompts(tmp_path):
+    args = dual_system.DualSystemConfig(fast_files=[str(_fast_file(tmp_path))], phase1_fast_share=0.5)
+    pool = dual_system.fast_pool(args)
+    assert len(pool) == 7 and all(r["prompt"].endswith("/no_think") for r in pool)  # the slow reply is dropped
+    held = [r for r in _fusion_rows() if dual_system.base_id(r) == "1"]
+    assert [r["id"] for r in dual_system.fast_pool(args, held)] == [f"f{i}" for i in range(6)]
+    # A held prompt is recognised in any mode, by id or by its untagged text.
+    assert dual_system.without_prompts([{"id": "x", "prompt": "q1 /no_think"}], [{"id": "1", "prompt": "q1"}]) == []
+
+
+def test_phase1_fast_and_replay_shares_leave_out_held_prompts(tmp_path):
+    replay = write_jsonl(tmp_path / "replay.jsonl", [
+        {"id": "1", "prompt": "q1", "task": "math", "answer": "1", "response": "<think>\nx\n</think>\n\n1"},
+        {"id": "r", "prompt": "r0", "task": "math", "answer": "1", "response": "<think>\nx\n</think>\n\n1"},
+    ])  # fmt: skip
+    args = dual_system.DualSystemConfig(
+        fast_files=[str(_fast_file(tmp_path))], phase1_fast_share=0.5, replay_files=[str(replay)],
+        phase1_slow_replay=0.25,
+    )  # fmt: skip
+    rows, held = _fusion_rows()[:4], _fusion_rows()[4:8]  # prompt 1 is held out
+    p1 = dual_system.phase1_dataset(rows, args, size=40, seed=0, held=held)
+    prompts = [ex["messages"][0]["content"] for ex in p1]
+    assert sum(p.startswith("f") and p.endswith("/no_think") for p in prompts) == 20
+    assert sum(p == "r0" for p in prompts) == 10
+    assert sum(p.startswith("q0") for p in prompts) == 10
+    assert not any(p.startswith("q1") for p in prompts)
+
+
+def test_phase2_fast_share(tmp_path):
+    args = dual_system.DualSystemConfig(
+        fast_files=[str(_fast_file(tmp_path, held_prompt=False))], phase2_auto_share=0.5, phase2_fast_share=0.25
+    )
+    p2, _ = dual_system.phase2_dataset(_fusion_rows(), args, size=40, seed=0)
+    prompts = [ex["messages"][0]["content"] for ex in p2]
+    assert sum(p.endswith("/auto_think") for p in prompts) == 20
+    assert sum(p.startswith("f") and p.endswith("/no_think") for p in prompts) == 10
+    assert sum(p.startswith("q") and not p.endswith("/auto_think") for p in prompts) == 10
+    # Without fast_files the share falls back to explicit-tag rows.
+    p2, _ = dual_system.phase2_dataset(_fusion_rows(), dual_system.DualSystemConfig(phase2_fast_share=0.25), 40, 0)
+    assert sum(ex["messages"][0]["content"].startswith("f") for ex in p2) == 0 and len(p2) == 40
+
+
+def test_config_refuses_fast_shares_that_leave_no_room():
+    with pytest.raises(ValueError, match="phase1_fast_share"):
+        dual_system.DualSystemConfig(phase1_fast_share=0.9, phase1_slow_replay=0.1)
+    with pytest.raises(ValueError, match="phase2_fast_share"):
+        dual_system.DualSystemConfig(phase2_auto_share=0.8, phase2_fast_share=0.3)
+    args = dual_system.DualSystemConfig(phase1_fast_share=0.6, phase1_slow_replay=0.1, phase2_fast_share=0.25)
+    assert (args.phase1_fast_share, args.phase2_fast_share) == (0.6, 0.25)
