@@ -1,0 +1,38 @@
+"""The dual-system bench's figures: reference mode choices and the two test mixes."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+# Loaded by path under its own name: recipes/dual_system.py is imported as `dual_system` by other tests.
+_spec = importlib.util.spec_from_file_location(
+    "bench_dual_system", Path(__file__).resolve().parents[1] / "scripts" / "bench" / "dual_system.py"
+)
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def _p(level: str, correct: bool, tokens: int, fast: bool) -> dict:
+    return {"bucket": level, "correct": [correct], "tokens": [tokens], "compliant": [True], "fast": [fast]}
+
+
+def test_reference_choices_by_level_and_oracle():
+    fast = [_p("1", True, 8, True), _p("2", False, 10, True), _p("3", True, 11, True)]
+    slow = [_p("1", True, 20, False), _p("2", True, 30, False), _p("3", True, 40, False)]
+    # Fast on levels 1-2 (one of them wrong), slow on level 3.
+    assert bench.by_level(fast, slow, ("1", "2")) == pytest.approx((2 / 3, (8 + 10 + 40) / 3))
+    # The oracle takes each correct fast reply: fast, slow, fast.
+    assert bench.oracle(fast, slow) == pytest.approx((1.0, (8 + 30 + 11) / 3))
+
+
+def test_first_keeps_the_equal_thirds_prefix_in_every_mode():
+    scores = {"fast": [1, 2, 3, 4], "slow": [5, 6, 7, 8]}
+    assert bench.first(scores, 3) == {"fast": [1, 2, 3], "slow": [5, 6, 7]}
+
+
+def test_parse_defaults_match_the_documented_run():
+    args = bench.parse([])
+    assert (args.phase1_steps, args.phase2_steps, args.n_fast, args.replay) == (1000, 300, 9000, True)
