@@ -130,9 +130,16 @@ def magnitude_mask(delta: Tensor, density: float) -> Tensor:
     if flat.dtype not in (torch.float32, torch.float64):
         flat = flat.float()
     values = flat.contiguous().numpy()
-    threshold, keep_ties = _kth_largest_magnitude(values, k)
-    mask = numpy.empty(n, dtype=bool)
     scratch = numpy.empty(min(_BLOCK, n), dtype=values.dtype)
+
+    def magnitudes():
+        for s in range(0, n, _BLOCK):
+            v = values[s : s + _BLOCK]
+            yield numpy.abs(v, out=scratch[: v.size])
+
+    lo, hi = _sample_bracket(numpy.sort(numpy.abs(values[:: max(1, n // _SAMPLE)])), k, n)
+    threshold, keep_ties = _kth_largest_magnitude(magnitudes, n, k, lo, hi)
+    mask = numpy.empty(n, dtype=bool)
     seen = [0]
     for s in range(0, n, _BLOCK):
         v = values[s : s + _BLOCK]
@@ -167,7 +174,7 @@ def _sample_bracket(sample: numpy.ndarray, k: int, n: int) -> tuple[float, float
 class _Bracket:
     """Counts the magnitudes above ``hi`` and collects those in ``(lo, hi]``, block by block."""
 
-    def __init__(self, lo, hi, dtype, block: int):
+    def __init__(self, lo, hi, block: int):
         self.lo, self.hi = lo, hi
         self.above = 0
         self.inside: list[numpy.ndarray] = []
@@ -194,40 +201,28 @@ class _Bracket:
         return threshold, (k - greater if greater + tied > k else None)
 
 
-def _kth_largest_magnitude(values: numpy.ndarray, k: int, bracket: _Bracket | None = None):
-    """``(k-th largest |x|, keep_ties)`` of a flat float array (``0 < k < size``), exact, without sorting it all.
+def _kth_largest_magnitude(magnitudes, n: int, k: int, lo, hi, bracket: _Bracket | None = None):
+    """``(k-th largest, keep_ties)`` of ``n`` magnitudes (``0 < k < n``), exact, without sorting them all.
 
-    ``bracket``: the result of a pass already made (the blocked kernel counts while it computes the deltas); when it
-    missed, or when none is given, passes over ``values`` are made, widening the bracket until it holds the value.
+    ``magnitudes()`` yields them block by block (each block may reuse one buffer). ``(lo, hi)`` is the first guess of
+    a bracket; ``bracket``, when given, is that bracket already counted in a pass the caller made. Further passes
+    widen the bracket until it holds the k-th value (rare: the guess comes from a sample).
     """
-    n = values.size
-    if bracket is not None:
+    while True:
+        if bracket is None:
+            bracket = _Bracket(lo, hi, _BLOCK)
+            for block in magnitudes():
+                bracket.add(block)
         found = bracket.select(k)
         if found is not None:
             return found
-        lo, hi = bracket.lo, bracket.hi
-        if bracket.above >= k:  # the bracket was too low: widen upwards
-            lo, hi = hi, numpy.nanmax(numpy.abs(values))
-        else:  # too high: widen downwards
-            lo, hi = values.dtype.type(-1.0), lo
-    else:
-        step = max(1, n // _SAMPLE)
-        lo, hi = _sample_bracket(numpy.sort(numpy.abs(values[::step])), k, n)
-    scratch = numpy.empty(min(_BLOCK, n), dtype=values.dtype)
-    while True:
-        b = _Bracket(lo, hi, values.dtype, scratch.size)
-        for s in range(0, n, _BLOCK):
-            v = values[s : s + _BLOCK]
-            b.add(numpy.abs(v, out=scratch[: v.size]))
-        found = b.select(k)
-        if found is not None:
-            return found
-        if b.above >= k:
-            lo, hi = hi, numpy.nanmax(numpy.abs(values))
+        if bracket.above >= k:  # the bracket was too low: widen upwards, to the largest magnitude
+            lo, hi = hi, max((numpy.fmax.reduce(m) for m in magnitudes() if m.size), default=hi)
         elif lo < 0:  # fewer than k magnitudes that are not NaN: keep them all
-            return values.dtype.type(-numpy.inf), None
-        else:
-            lo, hi = values.dtype.type(-1.0), lo
+            return type(lo)(-numpy.inf), None
+        else:  # too high: widen downwards
+            lo, hi = type(lo)(-1.0), lo
+        bracket = None
 
 
 def magnitude_prune(delta: Tensor, density: float) -> Tensor:
@@ -423,97 +418,94 @@ def _gta_blocked(
     generators: Sequence[torch.Generator | None] | None,
     release: bool,
 ) -> Tensor:
-    """:func:`generalized_task_arithmetic` in two blocked passes, bit for bit the result of :func:`_gta_whole`.
+    """:func:`generalized_task_arithmetic` block by block, bit for bit the result of :func:`_gta_whole`.
 
-    Pass 1, per model: the delta block by block (kept whole, as the trim needs its k-th magnitude), DARE's drop,
-    rescale and weight, or for TIES the counts that give the k-th magnitude. Pass 2, per block over all models: the
-    TIES trim, rescale and weight, the sign election, the disjoint sum, the divisor, lambda and the base. Each block's
-    steps run on L2-resident buffers, and the boolean steps use numpy, whose comparisons and logical ops are several
-    times faster than torch's on CPU. Every floating-point step is the same elementwise operation, in the same order,
-    as in the whole-tensor reference, so the results are identical (the tests compare them bitwise).
+    The TIES trim needs each delta's k-th magnitude first: one pass per trimmed model counts it (deltas computed
+    block by block and dropped). Then one pass over blocks of all models does everything else: delta, trim or DARE
+    drop, rescale, weight, sign election, disjoint sum, divisor, lambda and base. No full-size buffer besides the
+    result is allocated, each block's steps run on L2-resident buffers, and the boolean steps use numpy, whose
+    comparisons and logical ops are several times faster than torch's on CPU. Every floating-point step is the same
+    elementwise operation, in the same order, as in the whole-tensor reference, so the results are identical (the
+    tests compare them bitwise). Inputs are read twice when trimmed, so they are released only at the end.
     """
     n = len(tensors)
     dtype = base_c.dtype
     base_f = base_c.reshape(-1).contiguous()
+    base_n = base_f.numpy()
     numel = base_f.numel()
-    block = max(1, min(_BLOCK, numel))
-    scratch = numpy.empty(block, dtype=base_f.numpy().dtype)
-    b1, b2, b3, b4 = (numpy.empty(block, dtype=bool) for _ in range(4))
-    deltas: list[numpy.ndarray] = []
-    result = None
-    trims: list[tuple | None] = []  # per model: (threshold, keep_ties) for the TIES trim in pass 2
+    xs = [t.reshape(-1) for t in tensors]
     for i in range(n):
-        density, w = float(densities[i]), float(weights[i])
-        mode = sparsify if density < 1.0 else None
-        x = tensors[i].reshape(-1)
-        d = torch.empty(numel, dtype=dtype)
-        dn = d.numpy()
-        k = int(density * numel)
-        trim = mode == "magnitude" and density > 0.0 and 0 < k < numel
-        bracket = None
-        if trim:
-            step = max(1, numel // _SAMPLE)
-            sample = torch.sub(x[::step].to(dtype), base_f[::step]).abs_().numpy()
-            lo, hi = _sample_bracket(numpy.sort(sample), k, numel)
-            bracket = _Bracket(lo, hi, dn.dtype, block)
-        gen = generators[i] if generators is not None else None
-        for s in range(0, numel, block):
-            e = min(s + block, numel)
-            v = dn[s:e]
-            if mode is not None and density <= 0.0:  # sparsified away (the subtraction result is discarded anyway)
-                v.fill(0.0)
-                numpy.multiply(v, w, out=v)
-                continue
-            torch.sub(x[s:e].to(dtype), base_f[s:e], out=d[s:e])
-            if trim:
-                bracket.add(numpy.abs(v, out=scratch[: e - s]))
-            elif mode == "random":
-                drawn = torch.rand(e - s, generator=gen, dtype=torch.float32).numpy()
-                numpy.multiply(v, numpy.less(drawn, numpy.float32(density), out=b1[: e - s]), out=v)
-                if rescale is True:
-                    numpy.divide(v, density, out=v)
-                numpy.multiply(v, w, out=v)
-            elif mode == "magnitude":  # k == 0 keeps nothing, k == numel everything (times 1.0: a no-op)
-                if k <= 0:
-                    numpy.multiply(v, 0.0, out=v)
-                if rescale is True:
-                    numpy.divide(v, density, out=v)
-                numpy.multiply(v, w, out=v)
-            else:
-                numpy.multiply(v, w, out=v)
-        del x
-        _release(tensors, i, release)
-        trims.append(_kth_largest_magnitude(dn, k, bracket) if trim else None)
-        deltas.append(dn)
-        if result is None:
-            result = d  # the first delta's buffer becomes the result
-        del d
+        _release(tensors, i, release)  # ``xs`` holds them until the end
+    block = max(1, min(_BLOCK, numel))
+    npdtype = base_n.dtype
+    delta_t = [torch.empty(block, dtype=dtype) for _ in range(n - 1)]  # model 0's goes straight into the result
+    mags = numpy.empty(block, dtype=npdtype)
+    b1, b2, b3, b4 = (numpy.empty(block, dtype=bool) for _ in range(4))
 
-    acc = numpy.empty(block, dtype=scratch.dtype) if consensus is not None and n > 1 else None
-    acc_t = torch.from_numpy(acc) if acc is not None else None
+    def delta_into(i: int, s: int, e: int, out: Tensor) -> numpy.ndarray:
+        torch.sub(xs[i][s:e].to(dtype), base_f[s:e], out=out)
+        return out.numpy()
+
+    # pass 1: the k-th magnitude of each trimmed delta
+    ks = [int(float(d) * numel) for d in densities]
+    trims: list[tuple | None] = []
+    for i in range(n):
+        k = ks[i]
+        if not (sparsify == "magnitude" and 0.0 < float(densities[i]) < 1.0 and 0 < k < numel):
+            trims.append(None)
+            continue
+        step = max(1, numel // _SAMPLE)
+        sample = torch.sub(xs[i][::step].to(dtype), base_f[::step]).abs_().numpy()
+        lo, hi = _sample_bracket(numpy.sort(sample), k, numel)
+        scratch = torch.from_numpy(mags)
+
+        def magnitudes(i=i, scratch=scratch):
+            for s in range(0, numel, block):
+                e = min(s + block, numel)
+                yield numpy.abs(delta_into(i, s, e, scratch[: e - s]), out=mags[: e - s])
+
+        trims.append(_kth_largest_magnitude(magnitudes, numel, k, lo, hi))
+
+    # pass 2: everything else, block by block over all models
+    result = torch.empty(numel, dtype=dtype)
+    acc = numpy.empty(block, dtype=npdtype) if consensus is not None and n > 1 else None
     sign_t = torch.empty(block, dtype=dtype) if consensus == "count" else None
-    divisor = numpy.empty(block, dtype=scratch.dtype) if consensus is not None and normalize else None
-    weight = numpy.empty(block, dtype=scratch.dtype) if divisor is not None else None
+    divisor = numpy.empty(block, dtype=npdtype) if consensus is not None and normalize else None
+    weight = numpy.empty(block, dtype=npdtype) if divisor is not None else None
     total = float(sum(float(w) for w in weights))
     total = total if abs(total) >= 1e-8 else 1.0
     seen = [[0] for _ in range(n)]
-    base_n = base_f.numpy()
     for s in range(0, numel, block):
         e = min(s + block, numel)
         size = e - s
-        views = [dn[s:e] for dn in deltas]
-        for i, v in enumerate(views):
-            if trims[i] is not None:
-                keep = b1[:size]
-                _trim_block(v, scratch[:size], keep, trims[i][0], trims[i][1], seen[i])
-                numpy.multiply(v, keep, out=v)
-                if rescale is True:
-                    numpy.divide(v, float(densities[i]), out=v)
-                numpy.multiply(v, float(weights[i]), out=v)
+        views = []
+        for i in range(n):
+            density, w = float(densities[i]), float(weights[i])
+            mode = sparsify if density < 1.0 else None
+            out = result[s:e] if i == 0 else delta_t[i - 1][:size]
+            if mode is not None and density <= 0.0:  # sparsified away
+                v = out.numpy()
+                v.fill(0.0)
+            else:
+                v = delta_into(i, s, e, out)
+                if trims[i] is not None:
+                    keep = b1[:size]
+                    _trim_block(v, mags[:size], keep, trims[i][0], trims[i][1], seen[i])
+                    numpy.multiply(v, keep, out=v)
+                elif mode == "random":
+                    gen = generators[i] if generators is not None else None
+                    drawn = torch.rand(size, generator=gen, dtype=torch.float32).numpy()
+                    numpy.multiply(v, numpy.less(drawn, numpy.float32(density), out=b1[:size]), out=v)
+                elif mode == "magnitude" and ks[i] <= 0:  # keeps nothing (k == numel keeps all: times 1.0)
+                    numpy.multiply(v, 0.0, out=v)
+                if mode is not None and rescale is True:
+                    numpy.divide(v, density, out=v)
+            numpy.multiply(v, w, out=v)
+            views.append(v)
         mixed = views[0]
         if consensus is not None:
             if consensus == "count":
-                a = acc_t[:size] if acc_t is not None else torch.empty(size, dtype=dtype)
+                a = torch.from_numpy(acc[:size]) if acc is not None else torch.empty(size, dtype=dtype)
                 torch.sign(torch.from_numpy(views[0]), out=a)
                 for v in views[1:]:
                     a.add_(torch.sign(torch.from_numpy(v), out=sign_t[:size]))
@@ -551,6 +543,7 @@ def _gta_blocked(
         if lambda_ != 1.0:
             numpy.multiply(mixed, float(lambda_), out=mixed)
         numpy.add(mixed, base_n[s:e], out=mixed)
+    xs.clear()
     return result.view(base_c.shape)
 
 
