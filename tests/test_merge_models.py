@@ -188,6 +188,42 @@ def test_sharded_inputs_and_sharded_output(tok, ckpts, tmp_path):
     assert all(torch.allclose(merged[k], (a[k] + b[k]) / 2, atol=1e-7) for k in a)
 
 
+def test_prefaulted_reads_and_intermediate_syncs_change_nothing(ckpts, tmp_path, monkeypatch):
+    from train.merging import io as merge_io
+
+    src = merge_io.SafetensorsCheckpoint(ckpts[0])
+    for name in src.names():
+        assert torch.equal(src.read(name, prefault=True), src.read(name))
+    src.close()
+    # a data sync after every tensor (instead of every 64 MB) writes the same bytes and the same manifest hashes
+    a = merge_checkpoints(
+        "ties",
+        ckpts[1:],
+        tmp_path / "a",
+        base_model=ckpts[0],
+        densities=[0.5, 0.5],
+        weights=[1, 1],
+        show_progress=False,
+    )
+    monkeypatch.setattr(merge_io, "SYNC_EVERY", 1)
+    b = merge_checkpoints(
+        "ties",
+        ckpts[1:],
+        tmp_path / "b",
+        base_model=ckpts[0],
+        densities=[0.5, 0.5],
+        weights=[1, 1],
+        show_progress=False,
+    )
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    files = [json.loads((p / MANIFEST_NAME).read_text())["output"]["files"] for p in (a, b)]
+    assert (
+        files[0]
+        == files[1]
+        == {"model.safetensors": hashlib.sha256((a / "model.safetensors").read_bytes()).hexdigest()}
+    )
+
+
 def test_dtype_cast_and_out_dtype(ckpts, tmp_path):
     out = merge_checkpoints("linear", ckpts[:2], tmp_path / "bf16", dtype="bfloat16", show_progress=False)
     assert all(t.dtype == torch.bfloat16 for t in state(out).values())

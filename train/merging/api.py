@@ -349,14 +349,22 @@ def merge_from_config(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-hash")
+        # The reader maps (and pre-faults) the inputs of tensor i+1 while tensor i is merged, as the writer writes
+        # tensor i-1: one tensor set in flight each way, so memory stays at about three tensors' worth.
+        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-read")
         writer = ShardedWriter(tmp, layout, cfg.max_shard_size, hash_files=hash_files)
         try:
             for source in sources if hash_files else ():
                 source.start_hashing(hasher)
             order = [by_ref[r] for r in plan.order]
             src_index = plan.order.index(tok_ref) if tok_ref in plan.order else 0
-            for spec in tqdm(layout, desc=f"merging ({cfg.merge_method})", unit="tensor", disable=not show_progress):
-                writer.write(spec.name, _merge_one(plan, spec, order, dtype, vocab_plan.get(spec.name), src_index))
+            specs = tqdm(layout, desc=f"merging ({cfg.merge_method})", unit="tensor", disable=not show_progress)
+            pending = reader.submit(_read_all, order, layout[0].name) if layout else None
+            for i, spec in enumerate(specs):
+                tensors = pending.result()
+                pending = reader.submit(_read_all, order, layout[i + 1].name) if i + 1 < len(layout) else None
+                writer.write(spec.name, _merge_one(plan, spec, tensors, dtype, vocab_plan.get(spec.name), src_index))
+                del tensors
             writer.close()
             final_dtype = out_dtype or dtype or next((t.dtype for t in layout if t.dtype.is_floating_point), None)
             _write_side_files(tmp, sources[0], configs[0], tok_source, final_dtype, out_vocab)
@@ -387,6 +395,7 @@ def merge_from_config(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         finally:
+            reader.shutdown(wait=True, cancel_futures=True)
             hasher.shutdown(wait=True, cancel_futures=True)
         if tok_ref not in by_ref:
             tok_source.close()
@@ -408,8 +417,12 @@ def _layout(ref, vocab_plan, dtype, out_dtype) -> list[OutputTensor]:
     return layout
 
 
-def _merge_one(plan: _Plan, spec: OutputTensor, order, dtype, vocab_rows, src_index: int) -> torch.Tensor:
-    tensors = [s.read(spec.name) for s in order]
+def _read_all(order, name: str) -> list[torch.Tensor]:
+    """The inputs of one tensor, mapped with their pages faulted in (run on the reader thread)."""
+    return [s.read(name, prefault=True) for s in order]
+
+
+def _merge_one(plan: _Plan, spec: OutputTensor, tensors, dtype, vocab_rows, src_index: int) -> torch.Tensor:
     if dtype is not None and tensors[0].is_floating_point():
         tensors = [t.to(dtype) for t in tensors]
     if not tensors[0].is_floating_point():

@@ -127,8 +127,11 @@ class LoraSource:
         d = (b @ a) * scaling
         return d.T if transpose else d
 
-    def read(self, name: str) -> torch.Tensor:
-        t = self.adapter.read(self._replace[name]) if name in self._replace else self.base.read(name)
+    def read(self, name: str, prefault: bool = False) -> torch.Tensor:
+        if name in self._replace:
+            t = self.adapter.read(self._replace[name], prefault=prefault)
+        else:
+            t = self.base.read(name, prefault=prefault)
         d = self.delta(name)
         if d is None:
             return t
