@@ -9,13 +9,16 @@ other's memory: peak memory is the child's ``ru_maxrss``. Both arms use the same
 (``train.merging.api.merge_state_dicts`` for the baseline) and write a safetensors checkpoint; the input files are
 read once beforehand so both arms start from a warm page cache. Arms: baseline, baseline+hash (also sha256 of every
 input and output file, as the streaming manifest records), streaming-nohash and streaming (as shipped). Prints wall
-time and peak memory of each arm, the ratios, and the memory target check (peak <= 1.5x one checkpoint).
+time, CPU time and peak memory of each arm (medians over ``--repeats``, the arm order reversed every other repeat),
+the ratios, the memory target check (peak <= 1.5x one checkpoint) and the load average, since wall times on a shared
+machine depend on what else runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -106,6 +109,8 @@ def run_arm(arm: str, method: str, paths: list[Path], out: Path) -> dict:
 
     cfg = MergeConfig.from_dict(merge_config(method, paths))
     rss_imports = _rss_mb()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu0 = usage.ru_utime + usage.ru_stime
     start = time.perf_counter()
     if arm.startswith("streaming"):
         merge_from_config(cfg, out, overwrite=True, show_progress=False, hash_files=arm == "streaming")
@@ -126,7 +131,16 @@ def run_arm(arm: str, method: str, paths: list[Path], out: Path) -> dict:
                 sha256_file(f)
     wall = time.perf_counter() - start
     peak = _rss_mb()
-    return {"arm": arm, "method": method, "wall_s": wall, "peak_rss_mb": peak, "rss_after_imports_mb": rss_imports}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime - cpu0
+    return {
+        "arm": arm,
+        "method": method,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "peak_rss_mb": peak,
+        "rss_after_imports_mb": rss_imports,
+    }
 
 
 def _child(arm: str, method: str, paths: list[Path], out: Path) -> dict:
@@ -172,29 +186,40 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"3 checkpoints of {ckpt_mb:.0f} MiB each (float32, ~100M parameters) ready in {time.perf_counter() - t0:.0f}s"
     )
 
+    load_before = os.getloadavg()
     rows = []
     for method in args.methods:
         runs = {arm: [] for arm in ARMS}
-        for _ in range(args.repeats):
-            for arm in ARMS:
+        for rep in range(args.repeats):
+            # every other repeat in reverse order: an arm's speed depends a little on what ran just before it (the
+            # page cache and the memory the previous process freed), so no arm always comes first or last
+            for arm in ARMS if rep % 2 == 0 else ARMS[::-1]:
                 runs[arm].append(_child(arm, method, paths, workdir / arm))
                 shutil.rmtree(workdir / arm, ignore_errors=True)
         summary = {}
         for arm, rs in runs.items():
             summary[arm] = {
                 "wall_s": statistics.median(r["wall_s"] for r in rs),
+                "cpu_s": statistics.median(r["cpu_s"] for r in rs),
                 "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in rs),
                 "rss_after_imports_mb": statistics.median(r["rss_after_imports_mb"] for r in rs),
             }
         rows.append({"method": method, **summary})
 
-    print(f"\n{'method':<10} {'arm':<17} {'wall s':>7} {'peak RSS MiB':>13} {'x ckpt':>7} {'merge-only MiB':>15}")
+    load_after = os.getloadavg()
+    head = f"{'method':<10} {'arm':<17} {'wall s':>7} {'CPU s':>6} {'peak RSS MiB':>13} {'x ckpt':>7}"
+    print(f"\n{head} {'merge-only MiB':>15}")
     for row in rows:
         for arm in ARMS:
             r = row[arm]
             extra = r["peak_rss_mb"] - r["rss_after_imports_mb"]
-            line = f"{row['method']:<10} {arm:<17} {r['wall_s']:>7.2f} {r['peak_rss_mb']:>13.0f}"
+            line = f"{row['method']:<10} {arm:<17} {r['wall_s']:>7.2f} {r['cpu_s']:>6.2f} {r['peak_rss_mb']:>13.0f}"
             print(f"{line} {r['peak_rss_mb'] / ckpt_mb:>7.2f} {extra:>15.0f}")
+    print(
+        f"load average (1/5/15 min) before: {' '.join(f'{x:.2f}' for x in load_before)}, after: "
+        f"{' '.join(f'{x:.2f}' for x in load_after)} on {os.cpu_count()} CPUs; wall times are medians of "
+        f"{args.repeats} run(s), CPU s = user + system time of the arm's process"
+    )
     print()
     for row in rows:
         s, s0 = row["streaming"], row["streaming-nohash"]
