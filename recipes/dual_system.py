@@ -113,6 +113,14 @@ class DualSystemConfig(FusionBuildConfig):
             "the labels come from prompts it has not memorised (0: relabel the phase-1 prompts)."
         },
     )
+    phase2_files: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "More prompt records labelled only by the phase-1 model for phase 2 (with relabel_before_phase2): "
+            "kept out of phase 1 (fusion, replay and fast-pool rows), so the /auto_think rows cover many prompts "
+            "with labels the model has not memorised. Default: none."
+        },
+    )
     phase2_steps: int = field(default=300, metadata={"help": "Optimizer steps of phase 2 (auto mode); 0 skips."})
     phase2_auto_share: float = field(
         default=0.5, metadata={"help": "Share of phase-2 rows that are /auto_think records (the rest: explicit tags)."}
@@ -193,13 +201,23 @@ def fusion_rows(args: DualSystemConfig, training_args: SFTConfig, model: Any, to
     return read_records(out / "fusion.jsonl", validate=False)
 
 
-def relabel(args: DualSystemConfig, training_args: SFTConfig, model: Any, tokenizer: Any, rows: list[dict]) -> list:
-    """Fusion records labelled again by the current (phase-1) model, sampling with the mode tags it has learned."""
+def relabel(
+    args: DualSystemConfig,
+    training_args: SFTConfig,
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict],
+    extra: Sequence[dict] = (),
+) -> list:
+    """Fusion records labelled again by the current (phase-1) model, sampling with the mode tags it has learned.
+
+    ``extra``: more prompt records (``phase2_files``) labelled with them.
+    """
     out = Path(training_args.output_dir) / "fusion_phase2"
     with training_args.main_process_first(desc="phase-2 fusion data", local=False):
         if not (out / "fusion.jsonl").exists():
             config = dataclasses.replace(args, sample_tags=True)
-            build_fusion(model, tokenizer, prompts_of_fusion(rows), config, out)
+            build_fusion(model, tokenizer, prompts_of_fusion(rows) + list(extra), config, out)
     return read_records(out / "fusion.jsonl", validate=False)
 
 
@@ -207,6 +225,13 @@ def base_id(row: dict) -> str:
     """The prompt id of a fusion record (its id without the ``-<tag>`` suffix)."""
     tag, rid = row.get("fusion_tag"), str(row["id"])
     return rid[: -len(tag) - 1] if tag and rid.endswith(f"-{tag}") else rid
+
+
+def phase2_prompts(args: DualSystemConfig) -> list[dict]:
+    """The ``phase2_files`` prompts (one record per prompt, tags removed), when phase 2 relabels; else none."""
+    if not args.phase2_files or not args.relabel_before_phase2 or not args.phase2_steps:
+        return []
+    return merge_prompts([r for f in args.phase2_files for r in load_records(f).to_list()])
 
 
 def split_holdout(rows: list[dict], share: float) -> tuple[list[dict], list[dict]]:
@@ -242,8 +267,9 @@ def without_prompts(rows: list[dict], held: list[dict]) -> list[dict]:
     """``rows`` minus those asking a prompt of ``held`` (in any mode, matched by id or by untagged prompt)."""
     if not held:
         return rows
-    ids, keys = {base_id(r) for r in held}, {prompt_key(r["prompt"]) for r in held}
-    return [r for r in rows if str(r.get("id")) not in ids and prompt_key(r["prompt"]) not in keys]
+    rid = lambda r: base_id(r) if r.get("id") is not None else None  # noqa: E731
+    ids, keys = {rid(r) for r in held} - {None}, {prompt_key(r["prompt"]) for r in held}
+    return [r for r in rows if rid(r) not in ids and prompt_key(r["prompt"]) not in keys]
 
 
 def fast_pool(args: DualSystemConfig, held: Sequence[dict] = ()) -> list[dict]:
@@ -463,6 +489,9 @@ def main(argv: list[str] | None = None) -> Path:
 
     # 2. Phase 1: explicit tags with slow replay (held-out prompts wait for phase 2).
     rows, holdout = split_holdout(rows, args.phase2_holdout if args.relabel_before_phase2 else 0.0)
+    extra = phase2_prompts(args)
+    if extra:  # phase-2 prompts never reach phase 1, in any mode
+        rows = without_prompts(rows, extra)
     p1 = phase_args(training_args, "phase1", args.phase1_steps)
     if args.phase1_steps and phase_done(Path(p1.output_dir)):
         logger.info("phase 1 already done: loading %s", p1.output_dir)
@@ -470,7 +499,7 @@ def main(argv: list[str] | None = None) -> Path:
         model_args = later_args
     elif args.phase1_steps:
         size = rows_per_phase(args, training_args, args.phase1_steps)
-        data = phase1_dataset(rows, args, size, training_args.seed, held=holdout)
+        data = phase1_dataset(rows, args, size, training_args.seed, held=holdout + extra)
         model = run_sft_phase("phase 1", model, tokenizer, data, p1, model_args, args.merge_lora, {"phase": 1})
         model_args = later_args
 
@@ -481,7 +510,7 @@ def main(argv: list[str] | None = None) -> Path:
         model, tokenizer = load_phase(Path(p2.output_dir), model_args, args)
     elif args.phase2_steps:
         if args.relabel_before_phase2:
-            fresh = relabel(args, training_args, model, tokenizer, holdout or rows)
+            fresh = relabel(args, training_args, model, tokenizer, holdout or rows, extra)
             rows = fresh + [r for r in rows if r.get("fusion_tag") in EXPLICIT_TAGS] if holdout else fresh
             logger.info("phase-2 fusion data (labelled by the phase-1 model): %d records", len(rows))
         data, weights = phase2_dataset(

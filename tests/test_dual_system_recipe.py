@@ -277,3 +277,19 @@ def test_config_refuses_fast_shares_that_leave_no_room():
         dual_system.DualSystemConfig(phase2_auto_share=0.8, phase2_fast_share=0.3)
     args = dual_system.DualSystemConfig(phase1_fast_share=0.6, phase1_slow_replay=0.1, phase2_fast_share=0.25)
     assert (args.phase1_fast_share, args.phase2_fast_share) == (0.6, 0.25)
+
+
+def test_phase2_files_are_labelling_prompts_kept_out_of_phase1(tmp_path):
+    path = write_jsonl(tmp_path / "p2.jsonl", [
+        {"id": "0", "prompt": "q0 /think", "task": "math", "answer": "1"},
+        {"id": "n", "prompt": "new", "task": "math", "answer": "2"},
+    ])  # fmt: skip
+    args = dual_system.DualSystemConfig(phase2_files=[str(path)])
+    extra = dual_system.phase2_prompts(args)
+    assert [(r["id"], r["prompt"]) for r in extra] == [("0", "q0"), ("n", "new")]
+    kept = dual_system.without_prompts(_fusion_rows(), extra)
+    assert len(kept) == 8 and not any(dual_system.base_id(r) == "0" for r in kept)
+    # No relabelling (or no phase 2): nothing to label them with, so they are not held out either.
+    assert dual_system.phase2_prompts(dual_system.DualSystemConfig(phase2_files=[str(path)], phase2_steps=0)) == []
+    no_relabel = dual_system.DualSystemConfig(phase2_files=[str(path)], relabel_before_phase2=False)
+    assert dual_system.phase2_prompts(no_relabel) == []
