@@ -35,4 +35,10 @@ def test_first_keeps_the_equal_thirds_prefix_in_every_mode():
 
 def test_parse_defaults_match_the_documented_run():
     args = bench.parse([])
-    assert (args.phase1_steps, args.phase2_steps, args.n_fast, args.replay) == (1000, 300, 9000, True)
+    assert (args.phase1_steps, args.phase2_steps, args.n_fast, args.n_phase2, args.replay) == (
+        1000,
+        300,
+        9000,
+        1200,
+        True,
+    )

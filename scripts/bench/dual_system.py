@@ -52,6 +52,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="fast pool (the recipe's fast_files): the teacher's direct answers to every level-1 problem "
                         "and this many more problems of levels 2 and 3 (2:1), none of them held out for the test; "
                         "0: no pool")  # fmt: skip
+    p.add_argument("--n-phase2", type=int, default=1200,
+                   help="phase-2 labelling prompts (the recipe's phase2_files): new problems of levels 2 and 3 "
+                        "(1:1) in no training, fast-pool or test set, labelled by the phase-1 model only")  # fmt: skip
     p.add_argument(
         "--replay",
         action=argparse.BooleanOptionalAction,
@@ -110,6 +113,18 @@ def held_out(work: Path, args: argparse.Namespace, train_ids: set[str]) -> tuple
     return rows, extra
 
 
+def phase2_pool(work: Path, args: argparse.Namespace, exclude: set[str]) -> Path | None:
+    """Problems for phase-2 labels only: levels 2 and 3, none in ``exclude`` (training and test problems).
+
+    Level 1 has only 100 problems, all in training: its phase-2 labels come from the recipe's ``phase2_holdout``.
+    """
+    if args.n_phase2 <= 0:
+        return None
+    rows = make_problems(args.n_phase2 // 2, (2,), seed=302, exclude=exclude)
+    rows += make_problems(args.n_phase2 - args.n_phase2 // 2, (3,), seed=303, exclude=exclude)
+    return write_jsonl(work / "data" / f"phase2_{args.n_phase2}.jsonl", rows)
+
+
 def fast_pool(work: Path, args: argparse.Namespace, test_ids: set[str]) -> Path | None:
     """The teacher's fast answers (``/no_think``) to a large pool of problems, none of them a test problem.
 
@@ -138,7 +153,14 @@ def fusion_prompts(work: Path, args: argparse.Namespace) -> Path:
     return path
 
 
-def run_recipe(work: Path, start: Path, train_file: Path, fast_file: Path | None, args: argparse.Namespace) -> Path:
+def run_recipe(
+    work: Path,
+    start: Path,
+    train_file: Path,
+    fast_file: Path | None,
+    phase2_file: Path | None,
+    args: argparse.Namespace,
+) -> Path:
     from dual_system import main as dual_main
 
     return dual_main([
@@ -146,6 +168,7 @@ def run_recipe(work: Path, start: Path, train_file: Path, fast_file: Path | None
         "--output_dir", str(work / "dual"), "--max_prompts", str(args.max_prompts),
         "--phase1_steps", str(args.phase1_steps), "--phase2_steps", str(args.phase2_steps),
         *(["--fast_files", str(fast_file)] if fast_file else []),
+        *(["--phase2_files", str(phase2_file)] if phase2_file else []),
         *(["--replay_files", str(train_file)] if args.replay else []),
         "--disable_tqdm", "true", *(["--fusion_file", args.fusion_file] if args.fusion_file else []), *args.extra,
     ])  # fmt: skip
@@ -293,14 +316,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start, start_s, built = build_start(work, args)
     train_file = fusion_prompts(work, args)
     test, extra = held_out(work, args, {r["id"] for r in read_records(train_file)})
-    fast_file = fast_pool(work, args, {r["id"] for r in test + extra})
+    test_ids = {r["id"] for r in test + extra}
+    phase2_file = phase2_pool(work, args, test_ids | {r["id"] for r in read_records(train_file)})
+    phase2_ids = {r["id"] for r in read_records(phase2_file)} if phase2_file else set()
+    fast_file = fast_pool(work, args, test_ids | phase2_ids)
     everything = test + extra
 
     # The starting model has no auto mode yet: its fast and slow modes are the baseline.
     # Its slow mode is asked for without a tag, the way it was trained (a ` /think` it never saw derails it).
     start_scores, base_s = evaluate_model(start, everything, ("fast", "slow"), slow_tag=False)
     t = time.perf_counter()
-    final_path = run_recipe(work, start, train_file, fast_file, args)
+    final_path = run_recipe(work, start, train_file, fast_file, phase2_file, args)
     recipe_s = time.perf_counter() - t
     final_scores, eval_s = evaluate_model(final_path, everything)
     from train.evaluation import markdown_table, results_from_scores
@@ -319,7 +345,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     text += (
         f"\nEqual-thirds mix: {len(test)} held-out problems ({n} each of levels 1, 2, 3). Easy-rich mix: those plus "
         f"{len(extra)} more held-out level-2 problems ({len(everything)} in all; levels 1 : 2 : 3 = 1 : 2 : 1). "
-        f"Greedy, 128-token budget. Fast pool: {args.n_fast} problems. "
+        f"Greedy, 128-token budget. Fast pool: {args.n_fast} problems; phase-2 labelling prompts: {args.n_phase2} new "
+        "problems + the held-out share of the fusion prompts. "
         f"Phase-2 fusion labels ({stats_dir.name}): {fusion_stats['labels']} over {fusion_stats['prompts']} prompts.\n"
         f"\nWall time: dual-system recipe {recipe_s:.0f} s (fusion data + phase 1 {args.phase1_steps} steps + "
         f"phase 2 {args.phase2_steps} steps), evaluation {base_s:.0f} s + {eval_s:.0f} s; starting checkpoint "
