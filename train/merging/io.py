@@ -19,6 +19,7 @@ import os
 import re
 import struct
 import sys
+from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -255,6 +256,7 @@ class ShardedWriter:
         max_shard_size: int | str = "5GB",
         background: bool = True,
         hash_files: bool = True,
+        max_queued: int | str = "64MB",
     ):
         self.folder = Path(folder)
         self.layout = list(layout)
@@ -277,13 +279,16 @@ class ShardedWriter:
         self._remaining_in_shard = 0
         self.hashes: dict[str, str] = {}  # shard file name -> sha256, computed while writing
         self._hash_files = hash_files
-        # One background thread writes (and hashes) tensor i while the caller computes tensor i+1; at most one write
-        # is pending, so this holds at most one extra output tensor.
+        # One background thread writes (and hashes) in order while the caller computes the next tensors. Queued
+        # tensors are capped at ``max_queued`` bytes (one larger tensor may always be queued alone), so after a big
+        # tensor the caller can go on with the small ones that follow instead of waiting for its write.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-write") if background else None
-        self._pending: Future | None = None
+        self._pending: deque[tuple[Future, int]] = deque()
+        self._queued = 0
+        self.max_queued = parse_size(max_queued)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
-        """Queue ``tensor`` (the next one in layout order) for writing; errors of the previous write surface here."""
+        """Queue ``tensor`` (the next one in layout order) for writing; errors of earlier writes surface here."""
         if self._next >= len(self._order) or self._order[self._next] != name:
             expected = self._order[self._next] if self._next < len(self._order) else "nothing"
             raise RuntimeError(f"tensors must be written in layout order: got {name!r}, expected {expected!r}")
@@ -294,16 +299,23 @@ class ShardedWriter:
             )
         self._next += 1
         tensor = tensor.detach().contiguous()
-        self._wait()
         if self._worker is None:
             self._write_now(tensor)
-        else:
-            self._pending = self._worker.submit(self._write_now, tensor)
+            return
+        nbytes = tensor.numel() * tensor.element_size()
+        while self._pending and self._queued + nbytes > self.max_queued:
+            self._wait_one()
+        self._pending.append((self._worker.submit(self._write_now, tensor), nbytes))
+        self._queued += nbytes
+
+    def _wait_one(self) -> None:
+        pending, nbytes = self._pending.popleft()
+        self._queued -= nbytes
+        pending.result()
 
     def _wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
+        while self._pending:
+            self._wait_one()
 
     def _write_now(self, tensor: torch.Tensor) -> None:
         if self._remaining_in_shard == 0:
@@ -380,11 +392,15 @@ class ShardedWriter:
             (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
     def abort(self) -> None:
-        """Stop after a failure: wait for the pending write (ignoring its error) and close the file."""
+        """After a failure: cancel the queued writes, wait for the running one (ignoring errors), close the file."""
         try:
-            self._wait()
-        except Exception:  # noqa: BLE001 - the caller is already handling the first error
-            pass
+            for pending, _ in self._pending:
+                pending.cancel()
+            while self._pending:
+                try:
+                    self._wait_one()
+                except Exception:  # noqa: BLE001 - the caller is already handling the first error
+                    pass
         finally:
             self._shutdown()
         if self._file is not None:
