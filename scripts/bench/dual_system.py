@@ -53,8 +53,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         "and this many more problems of levels 2 and 3 (2:1), none of them held out for the test; "
                         "0: no pool")  # fmt: skip
     p.add_argument("--n-phase2", type=int, default=1200,
-                   help="phase-2 labelling prompts (the recipe's phase2_files): new problems of levels 2 and 3 "
-                        "(1:1) in no training, fast-pool or test set, labelled by the phase-1 model only")  # fmt: skip
+                   help="phase-2 labelling prompts (the recipe's phase2_files), labelled by the phase-1 model only: "
+                        "30 level-1 problems, the rest new problems of levels 2 and 3 (1:1)")  # fmt: skip
     p.add_argument(
         "--replay",
         action=argparse.BooleanOptionalAction,
@@ -114,14 +114,19 @@ def held_out(work: Path, args: argparse.Namespace, train_ids: set[str]) -> tuple
 
 
 def phase2_pool(work: Path, args: argparse.Namespace, exclude: set[str]) -> Path | None:
-    """Problems for phase-2 labels only: levels 2 and 3, none in ``exclude`` (training and test problems).
+    """Problems for phase-2 labels only: 30 level-1 problems, the rest levels 2 and 3 (1:1), none in ``exclude``.
 
-    Level 1 has only 100 problems, all in training: its phase-2 labels come from the recipe's ``phase2_holdout``.
+    Level 1 has only 100 problems, all in training and in the test mix, so its 30 cannot avoid them: the recipe
+    keeps them out of phase 1 (fusion, replay and fast-pool rows). Levels 2 and 3 avoid the training and test
+    problems (``exclude``).
     """
     if args.n_phase2 <= 0:
         return None
-    rows = make_problems(args.n_phase2 // 2, (2,), seed=302, exclude=exclude)
-    rows += make_problems(args.n_phase2 - args.n_phase2 // 2, (3,), seed=303, exclude=exclude)
+    n1 = min(30, args.n_phase2 // 10)
+    rest = args.n_phase2 - n1
+    rows = make_problems(n1, (1,), seed=301)
+    rows += make_problems(rest // 2, (2,), seed=302, exclude=exclude)
+    rows += make_problems(rest - rest // 2, (3,), seed=303, exclude=exclude)
     return write_jsonl(work / "data" / f"phase2_{args.n_phase2}.jsonl", rows)
 
 
