@@ -324,7 +324,9 @@ def generalized_task_arithmetic(
     ``normalize``: divide the combined delta by the sum of the weights that contributed at each position.
     ``rescale``: after sparsifying, divide by the density (True) or match the ``"l1"``/``"l2"``/``"linf"`` norm of
     the unsparsified delta; mergekit's default is true for DARE and false for TIES.
-    ``release``: set each entry of the list ``tensors`` to None once its delta is taken (inputs are never modified).
+    ``release``: set the entries of the list ``tensors`` to None, so that each input lives only as long as the
+    method needs it (until its delta is taken, or to the end when deltas are recomputed per block); inputs are never
+    modified.
     """
     _check_same_shape([base, *tensors])
     n = len(tensors)
