@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-train", type=int, default=4000, help="training problems")
     parser.add_argument("--n-test", type=int, default=200, help="held-out problems")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 3], choices=sorted(LEVELS))
-    parser.add_argument("--modes", nargs="+", default=["slow"], help="response modes: slow, fast, or both")
+    parser.add_argument(
+        "--modes", nargs="+", default=["slow"], choices=["slow", "fast"], help="reply modes (both: slow fast)"
+    )
     parser.add_argument(
         "--slow-tag",
         choices=["both", "think", "none"],
