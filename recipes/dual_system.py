@@ -129,6 +129,23 @@ class DualSystemConfig(FusionBuildConfig):
         default=0.0,
         metadata={"help": "Share of phase-2 rows drawn from fast_files (/no_think), so the fast skill is kept."},
     )
+    phase2_auto_pool_share: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of phase-2 rows that are /auto_think copies of fast_files rows (their fast reply as the "
+            "target) from the difficulty buckets the phase-2 labels call fast (phase2_auto_pool_min_fast), so "
+            "the answer after auto's empty think block is learnt from as many prompts as /no_think's. Pool rows "
+            "without a difficulty, or from a bucket with no labelled /auto_think prompt, are not used (no "
+            "evidence which mode fits them). 0: off; needs fast_files."
+        },
+    )
+    phase2_auto_pool_min_fast: float = field(
+        default=0.5,
+        metadata={
+            "help": "A difficulty bucket counts as fast for phase2_auto_pool_share when at least this share of its "
+            "labelled /auto_think prompts is labelled fast (by the model that labelled the phase-2 prompts)."
+        },
+    )
     phase2_mix_floor: float = field(
         default=0.2,
         metadata={"help": "Smallest difficulty-bucket weight in the phase-2 auto mix (weights: floor + error rate)."},
@@ -174,6 +191,14 @@ class DualSystemConfig(FusionBuildConfig):
                 f"phase2_fast_share={self.phase2_fast_share} must be in [0, 1] with "
                 f"phase2_auto_share + phase2_fast_share <= 1"
             )
+        p2_total = self.phase2_auto_share + self.phase2_fast_share + self.phase2_auto_pool_share
+        if not 0.0 <= self.phase2_auto_pool_share <= 1.0 or p2_total > 1.0 + 1e-9:
+            raise ValueError(
+                f"phase2_auto_pool_share={self.phase2_auto_pool_share} must be in [0, 1] with "
+                f"phase2_auto_share + phase2_fast_share + phase2_auto_pool_share <= 1"
+            )
+        if not 0.0 <= self.phase2_auto_pool_min_fast <= 1.0:
+            raise ValueError(f"phase2_auto_pool_min_fast={self.phase2_auto_pool_min_fast} must be in [0, 1]")
         if self.phase1_slow_replay > 0 and not self.replay_files:
             logger.info("phase1_slow_replay=%s without replay_files: no replay", self.phase1_slow_replay)
         if (self.phase1_fast_share > 0 or self.phase2_fast_share > 0) and not self.fast_files:
@@ -318,8 +343,37 @@ def phase1_dataset(
     return mix(datasets, shares, size=size, seed=seed)
 
 
+def fast_buckets(auto: Sequence[dict], min_fast: float) -> set[str]:
+    """Difficulty buckets (not ``unknown``) where at least ``min_fast`` of the labelled prompts are labelled fast."""
+    from train.fusion import record_bucket
+
+    counts: dict[str, list[int]] = {}
+    for r in auto:
+        c = counts.setdefault(record_bucket(r), [0, 0])
+        c[0] += r.get("label") == "fast"
+        c[1] += 1
+    return {b for b, (fast, n) in counts.items() if b != "unknown" and n and fast / n >= min_fast}
+
+
+def auto_pool(args: DualSystemConfig, auto: Sequence[dict]) -> list[dict]:
+    """Fast-pool rows as ``/auto_think`` records (fast reply target) from the buckets the labels call fast."""
+    from train.fusion import record_bucket
+
+    buckets = fast_buckets(auto, args.phase2_auto_pool_min_fast)
+    rows = [
+        {**r, "prompt": _tagged(r["prompt"], Mode.AUTO)}
+        for r in fast_pool(args)
+        if r.get("difficulty") is not None and record_bucket(r) in buckets
+    ]
+    logger.info("auto pool: %d fast-pool rows as /auto_think from buckets %s", len(rows), sorted(buckets))
+    return rows
+
+
 def phase2_dataset(rows: list[dict], args: DualSystemConfig, size: int, seed: int) -> tuple[Dataset, dict]:
-    """``/auto_think`` rows mixed across difficulty buckets by measured error, fast-pool rows and explicit tags."""
+    """``/auto_think`` rows mixed across difficulty buckets by measured error, fast-pool rows and explicit tags.
+
+    With ``phase2_auto_pool_share``, fast-pool rows of the fast-labelled buckets are also asked as ``/auto_think``.
+    """
     auto = [r for r in rows if r.get("fusion_tag") == "auto_think"]
     weights = difficulty_mix(auto, args.phase2_mix_floor)
     buckets = list(weights)
@@ -335,9 +389,16 @@ def phase2_dataset(rows: list[dict], args: DualSystemConfig, size: int, seed: in
     if fast_share > 0:
         datasets.append(_dataset(fast_pool(args), "fast_files"))
         shares.append(fast_share)
-    if args.phase2_auto_share + fast_share < 1.0:
+    pool_share = 0.0
+    if args.fast_files and args.phase2_auto_pool_share > 0:
+        pooled = auto_pool(args, auto)
+        if pooled:
+            pool_share = args.phase2_auto_pool_share
+            datasets.append(_dataset(pooled, "fast_files as /auto_think"))
+            shares.append(pool_share)
+    if args.phase2_auto_share + fast_share + pool_share < 1.0 - 1e-9:
         datasets.append(_dataset([r for r in rows if r.get("fusion_tag") in EXPLICIT_TAGS], "fusion data"))
-        shares.append(1.0 - args.phase2_auto_share - fast_share)
+        shares.append(1.0 - args.phase2_auto_share - fast_share - pool_share)
     return mix(datasets, shares, size=size, seed=seed), weights
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -293,3 +294,50 @@ def test_phase2_files_are_labelling_prompts_kept_out_of_phase1(tmp_path):
     assert dual_system.phase2_prompts(dual_system.DualSystemConfig(phase2_files=[str(path)], phase2_steps=0)) == []
     no_relabel = dual_system.DualSystemConfig(phase2_files=[str(path)], relabel_before_phase2=False)
     assert dual_system.phase2_prompts(no_relabel) == []
+
+
+def test_phase2_auto_pool_asks_fast_bucket_pool_rows_as_auto(tmp_path):
+    pool = [{"id": f"e{i}", "prompt": f"e{i} /no_think", "task": "math", "answer": "1", "difficulty": 1,
+             "response": "<think>\n\n</think>\n\n1"} for i in range(4)]  # fmt: skip
+    pool += [{"id": f"h{i}", "prompt": f"h{i} /no_think", "task": "math", "answer": "1", "difficulty": 3,
+              "response": "<think>\n\n</think>\n\n1"} for i in range(4)]  # fmt: skip
+    pool.append(
+        {"id": "u", "prompt": "u /no_think", "task": "math", "answer": "1", "response": "<think>\n\n</think>\n\n1"}
+    )
+    args = dual_system.DualSystemConfig(
+        fast_files=[str(write_jsonl(tmp_path / "fast.jsonl", pool))], phase2_auto_share=0.25,
+        phase2_fast_share=0.25, phase2_auto_pool_share=0.25,
+    )  # fmt: skip
+    # _fusion_rows: bucket 1 is all fast-labelled, bucket 3 all slow: only the level-1 pool rows join as /auto_think.
+    auto = [r for r in _fusion_rows() if r["fusion_tag"] == "auto_think"]
+    assert dual_system.fast_buckets(auto, 0.5) == {"1"}
+    assert dual_system.fast_buckets(auto, 0.0) == {"1", "3"}
+    pooled = dual_system.auto_pool(args, auto)
+    assert [r["prompt"] for r in pooled] == [f"e{i} /auto_think" for i in range(4)]  # no difficulty: "u" not used
+    assert all(r["response"] == "<think>\n\n</think>\n\n1" for r in pooled)
+    p2, _ = dual_system.phase2_dataset(_fusion_rows(), args, size=40, seed=0)
+    prompts = [ex["messages"][0]["content"] for ex in p2]
+    assert sum(p.startswith("e") and p.endswith("/auto_think") for p in prompts) == 10
+    assert not any(p.startswith(("h", "u")) and p.endswith("/auto_think") for p in prompts)
+    assert sum(p.startswith("q") and p.endswith("/auto_think") for p in prompts) == 10
+    assert sum(p.endswith("/no_think") and not p.startswith("q") for p in prompts) == 10
+    assert sum(p.startswith("q") and not p.endswith("/auto_think") for p in prompts) == 10
+    # A threshold no bucket reaches: no pool row qualifies and the share falls back to explicit-tag rows.
+    none = dataclasses.replace(args, phase2_auto_pool_min_fast=1.0)
+    auto[0] = {**auto[0], "label": "slow"}
+    assert dual_system.fast_buckets(auto, 1.0) == set()
+    p2, _ = dual_system.phase2_dataset(
+        [r for r in _fusion_rows() if r["fusion_tag"] != "auto_think"] + auto, none, 40, 0
+    )
+    prompts = [ex["messages"][0]["content"] for ex in p2]
+    assert not any(p.startswith("e") and p.endswith("/auto_think") for p in prompts)
+    assert sum(p.startswith("q") and not p.endswith("/auto_think") for p in prompts) == 20
+
+
+def test_config_refuses_auto_pool_shares_that_leave_no_room():
+    with pytest.raises(ValueError, match="phase2_auto_pool_share"):
+        dual_system.DualSystemConfig(phase2_auto_share=0.3, phase2_fast_share=0.4, phase2_auto_pool_share=0.4)
+    with pytest.raises(ValueError, match="phase2_auto_pool_min_fast"):
+        dual_system.DualSystemConfig(phase2_auto_pool_min_fast=1.5)
+    args = dual_system.DualSystemConfig(phase2_auto_share=0.3, phase2_fast_share=0.4, phase2_auto_pool_share=0.3)
+    assert args.phase2_auto_pool_share == 0.3
