@@ -246,6 +246,11 @@ def relabel(
     return read_records(out / "fusion.jsonl", validate=False)
 
 
+def with_phase2_labels(fresh: list[dict], rows: list[dict], held: list[dict]) -> list[dict]:
+    """The phase-2 rows: the relabelled records, plus the phase-1 explicit-tag rows when prompts were held out."""
+    return fresh + [r for r in rows if r.get("fusion_tag") in EXPLICIT_TAGS] if held else fresh
+
+
 def base_id(row: dict) -> str:
     """The prompt id of a fusion record (its id without the ``-<tag>`` suffix)."""
     tag, rid = row.get("fusion_tag"), str(row["id"])
@@ -569,10 +574,13 @@ def main(argv: list[str] | None = None) -> Path:
     if args.phase2_steps and phase_done(Path(p2.output_dir)):
         logger.info("phase 2 already done: loading %s", p2.output_dir)
         model, tokenizer = load_phase(Path(p2.output_dir), model_args, args)
+        labelled = out / "fusion_phase2" / "fusion.jsonl"
+        if args.relabel_before_phase2 and labelled.exists():  # the RL phase uses the phase-2 labels too
+            rows = with_phase2_labels(read_records(labelled, validate=False), rows, holdout)
     elif args.phase2_steps:
         if args.relabel_before_phase2:
             fresh = relabel(args, training_args, model, tokenizer, holdout or rows, extra)
-            rows = fresh + [r for r in rows if r.get("fusion_tag") in EXPLICIT_TAGS] if holdout else fresh
+            rows = with_phase2_labels(fresh, rows, holdout)
             logger.info("phase-2 fusion data (labelled by the phase-1 model): %d records", len(rows))
         data, weights = phase2_dataset(
             rows, args, rows_per_phase(args, training_args, args.phase2_steps), training_args.seed + 1

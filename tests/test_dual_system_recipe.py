@@ -64,6 +64,20 @@ def test_recipe_builds_trains_and_resumes(tiny_model_dir, arithmetic_data_dir, t
     assert all(torch.equal(end[k], again[k]) for k in end)
 
 
+def test_rerun_after_phase2_gives_rl_the_phase2_labels(tiny_model_dir, arithmetic_data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    dual_system.main(_args(tiny_model_dir, arithmetic_data_dir / "train.jsonl", out, "--max_prompts", "8"))
+    labelled = out / "fusion_phase2" / "fusion.jsonl"
+    relabelled = [{**json.loads(x), "marker": "phase2"} for x in labelled.read_text().splitlines()]
+    write_jsonl(labelled, relabelled)  # tells the phase-2 labels from the start model's
+    seen = {}
+    monkeypatch.setattr(dual_system, "run_rl", lambda model, tok, rows, *a: seen.setdefault("rows", rows) and model)
+    # Phases 1 and 2 are done: only the RL phase runs, on the phase-1 model's labels (not the start model's).
+    dual_system.main(_args(tiny_model_dir, arithmetic_data_dir / "train.jsonl", out, "--max_prompts", "8",
+                           "--rl_steps", "1"))  # fmt: skip
+    assert seen["rows"] == relabelled
+
+
 def _fusion_rows():
     rows = []
     for i, (label, diff, fr, sr) in enumerate([("fast", 1, 1.0, 1.0), ("slow", 3, 0.0, 1.0), ("slow", 3, 0.25, 0.5)]):
