@@ -79,7 +79,7 @@ def train_arm(work: Path, mode: str, args: argparse.Namespace) -> tuple[float, d
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=450, help="training steps per arm (batch 64)")
+    parser.add_argument("--steps", type=int, default=400, help="training steps per arm (batch 64)")
     parser.add_argument("--n-train", type=int, default=20000, help="training problems")
     parser.add_argument("--n-test", type=int, default=200, help="held-out problems")
     parser.add_argument("--arms", nargs="+", default=["slow", "fast"], choices=["slow", "fast"], help="arms to run")
