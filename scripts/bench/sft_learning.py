@@ -68,6 +68,8 @@ def train_arm(work: Path, mode: str, args: argparse.Namespace) -> tuple[float, d
             "true",
             "--logging_steps",
             "100",
+            "--learning_rate",
+            str(args.lr),
         ]
     )
     wall = time.perf_counter() - start
@@ -80,6 +82,7 @@ def train_arm(work: Path, mode: str, args: argparse.Namespace) -> tuple[float, d
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=400, help="training steps per arm (batch 64)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (cosine, tiny/sft.yaml's 3e-3)")
     parser.add_argument("--n-train", type=int, default=20000, help="training problems")
     parser.add_argument("--n-test", type=int, default=200, help="held-out problems")
     parser.add_argument("--arms", nargs="+", default=["slow", "fast"], choices=["slow", "fast"], help="arms to run")
