@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from train.cli import setup_logging  # noqa: E402
+from train.data import read_records, write_jsonl  # noqa: E402
 
 logger = logging.getLogger("demo")
 CPU = str(ROOT / "recipes" / "accelerate" / "cpu.yaml")
@@ -74,12 +75,6 @@ def script(name: str, *args: str) -> list[str]:
     return [sys.executable, str(ROOT / "scripts" / name), *args]
 
 
-def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    from train.data import write_jsonl
-
-    write_jsonl(path, rows)
-
-
 # ------------------------------------------------------------------------------------------------------ stages
 
 
@@ -91,11 +86,9 @@ def make_world(out: Path, p: dict[str, int]) -> None:
                "--n-test", str(p["n_test"]), "--levels", "1", "2", "3", "--modes", "slow", "fast"),
         data / ".done")  # fmt: skip
     if not (data / "fast.jsonl").exists():
-        from train.data import read_records
-
         rows = read_records(data / "train.jsonl")
-        write_rows(data / "slow.jsonl", [r for r in rows if "/no_think" not in r["prompt"]])
-        write_rows(data / "fast.jsonl", [r for r in rows if "/no_think" in r["prompt"]])
+        write_jsonl(data / "slow.jsonl", [r for r in rows if "/no_think" not in r["prompt"]])
+        write_jsonl(data / "fast.jsonl", [r for r in rows if "/no_think" in r["prompt"]])
     pool = out / "pool"
     run(script("generate_teacher.py", "--input", str(data / "slow.jsonl"), "--out",
                str(pool / "teacher.jsonl"), "--backend", "arithmetic", "--mode", "slow", "--k", "4",
@@ -109,10 +102,8 @@ def warm_up(out: Path, model: Path, p: dict[str, int]) -> Path:
     """The base model: a short SFT of the initialised model on a random slice of the pool."""
     slice_file = out / "base" / "warmup.jsonl"
     if not slice_file.exists():
-        from train.data import read_records
-
         pool = read_records(out / "pool" / "pool.jsonl")
-        write_rows(slice_file, random.Random(0).sample(pool, min(p["warmup_examples"], len(pool))))
+        write_jsonl(slice_file, random.Random(0).sample(pool, min(p["warmup_examples"], len(pool))))
     run(launch("sft.py", "sft.yaml", "--model_name_or_path", str(model), "--train_files", str(slice_file),
                "--output_dir", str(out / "base"), "--max_steps", str(p["warmup_steps"]), "--disable_tqdm", "true"),
         out / "base" / ".done")  # fmt: skip
@@ -135,10 +126,8 @@ def grpo(out: Path, policy: Path, p: dict[str, int]) -> Path:
     """Stage 1b: GRPO with MARS on 3-digit sums from the training problems."""
     rl_file = out / "grpo" / "prompts.jsonl"
     if not rl_file.exists():
-        from train.data import read_records
-
         rows = [r for r in read_records(out / "data" / "slow.jsonl") if r.get("difficulty") == 3]
-        write_rows(rl_file, [{k: r[k] for k in ("id", "prompt", "task", "answer")} for r in rows[: p["rl_prompts"]]])
+        write_jsonl(rl_file, [{k: r[k] for k in ("id", "prompt", "task", "answer")} for r in rows[: p["rl_prompts"]]])
     run(launch("grpo.py", "grpo_arithmetic.yaml", "--model_name_or_path", str(policy), "--train_files",
                str(rl_file), "--output_dir", str(out / "grpo"), "--max_steps", str(p["rl_steps"]),
                "--disable_tqdm", "true"),
@@ -197,8 +186,10 @@ def summary_table(stages: dict[str, dict[str, Any]], seconds: dict[str, float]) 
 
 def grpo_trend(out: Path) -> str:
     """The GRPO stage's logged MARS accuracy reward, first logged window against the last."""
-    states = sorted((out / "grpo").glob("checkpoint-*/trainer_state.json"), key=lambda f: int(f.parent.name[11:]))
-    history = json.loads(states[-1].read_text())["log_history"] if states else []
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(out / "grpo"))
+    history = json.loads((Path(last) / "trainer_state.json").read_text())["log_history"] if last else []
     logs = [h for h in history if "mars/math/accuracy" in h]
     if len(logs) < 2:
         return "GRPO: too few logged steps to show a trend"
@@ -224,8 +215,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model = models[name] = stage(out, model, p)
         seconds[name] = float((out / folder / ".done").read_text())
     logger.info("training stages took %.0f s in all", sum(seconds.values()))
-
-    from train.data import read_records
 
     test = read_records(out / "data" / "test.jsonl")
     stages = {}
