@@ -195,26 +195,16 @@ def test_prefaulted_reads_and_intermediate_syncs_change_nothing(ckpts, tmp_path,
     for name in src.names():
         assert torch.equal(src.read(name, prefault=True), src.read(name))
     src.close()
+
     # a data sync after every tensor (instead of every 64 MB) writes the same bytes and the same manifest hashes
-    a = merge_checkpoints(
-        "ties",
-        ckpts[1:],
-        tmp_path / "a",
-        base_model=ckpts[0],
-        densities=[0.5, 0.5],
-        weights=[1, 1],
-        show_progress=False,
-    )
+    def merge(out: Path) -> Path:
+        return merge_checkpoints(
+            "ties", ckpts[1:], out, base_model=ckpts[0], densities=[0.5, 0.5], weights=[1, 1], show_progress=False
+        )
+
+    a = merge(tmp_path / "a")
     monkeypatch.setattr(merge_io, "SYNC_EVERY", 1)
-    b = merge_checkpoints(
-        "ties",
-        ckpts[1:],
-        tmp_path / "b",
-        base_model=ckpts[0],
-        densities=[0.5, 0.5],
-        weights=[1, 1],
-        show_progress=False,
-    )
+    b = merge(tmp_path / "b")
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
     files = [json.loads((p / MANIFEST_NAME).read_text())["output"]["files"] for p in (a, b)]
     assert (
