@@ -50,6 +50,7 @@ from train.fusion import (  # noqa: E402
     difficulty_mix,
     merge_prompts,
     prompts_of_fusion,
+    record_bucket,
     reply_mode,
 )
 from train.modes import Mode, apply_mode  # noqa: E402
@@ -119,6 +120,16 @@ class DualSystemConfig(FusionBuildConfig):
             "help": "More prompt records labelled only by the phase-1 model for phase 2 (with relabel_before_phase2): "
             "kept out of phase 1 (fusion, replay and fast-pool rows), so the /auto_think rows cover many prompts "
             "with labels the model has not memorised. Default: none."
+        },
+    )
+    phase2_seen_buckets: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": 'Difficulty buckets (annotated difficulty, e.g. "1") exempt from phase2_holdout and from '
+            "keeping phase2_files out of phase 1: their prompts train in phase 1 and are labelled for phase 2 all "
+            "the same. For a small closed set of prompts that training and every test cover in full (the "
+            "arithmetic world's level 1: 100 one-digit sums), a label from a prompt the model has not seen "
+            "understates what it will answer at test time. Default: none."
         },
     )
     phase2_steps: int = field(default=300, metadata={"help": "Optimizer steps of phase 2 (auto mode); 0 skips."})
@@ -197,12 +208,22 @@ class DualSystemConfig(FusionBuildConfig):
                 f"phase2_auto_pool_share={self.phase2_auto_pool_share} must be in [0, 1] with "
                 f"phase2_auto_share + phase2_fast_share + phase2_auto_pool_share <= 1"
             )
+        # Buckets are strings ("1", "2.5", "c0"); YAML or the command line may give the numbers.
+        self.phase2_seen_buckets = [_bucket_name(b) for b in self.phase2_seen_buckets]
         if not 0.0 <= self.phase2_auto_pool_min_fast <= 1.0:
             raise ValueError(f"phase2_auto_pool_min_fast={self.phase2_auto_pool_min_fast} must be in [0, 1]")
         if self.phase1_slow_replay > 0 and not self.replay_files:
             logger.info("phase1_slow_replay=%s without replay_files: no replay", self.phase1_slow_replay)
         if (self.phase1_fast_share > 0 or self.phase2_fast_share > 0) and not self.fast_files:
             logger.info("phase1/phase2_fast_share without fast_files: no fast pool rows")
+
+
+def _bucket_name(bucket: Any) -> str:
+    """A difficulty bucket as :func:`train.fusion.bucket_of` names it (``1`` and ``1.0`` are ``"1"``)."""
+    try:
+        return f"{float(bucket):g}"
+    except (TypeError, ValueError):
+        return str(bucket)
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -247,8 +268,12 @@ def relabel(
 
 
 def with_phase2_labels(fresh: list[dict], rows: list[dict], held: list[dict]) -> list[dict]:
-    """The phase-2 rows: the relabelled records, plus the phase-1 explicit-tag rows when prompts were held out."""
-    return fresh + [r for r in rows if r.get("fusion_tag") in EXPLICIT_TAGS] if held else fresh
+    """The phase-2 rows: the relabelled records, plus, when prompts were held out, the phase-1 explicit-tag rows
+    of the prompts not relabelled."""
+    if not held:
+        return fresh
+    relabelled = {base_id(r) for r in fresh}
+    return fresh + [r for r in rows if r.get("fusion_tag") in EXPLICIT_TAGS and base_id(r) not in relabelled]
 
 
 def base_id(row: dict) -> str:
@@ -264,14 +289,25 @@ def phase2_prompts(args: DualSystemConfig) -> list[dict]:
     return merge_prompts([r for f in args.phase2_files for r in load_records(f).to_list()])
 
 
-def split_holdout(rows: list[dict], share: float) -> tuple[list[dict], list[dict]]:
-    """(phase-1 rows, held-out rows): whole prompts, chosen by a hash of their id (stable across runs)."""
+def split_holdout(rows: list[dict], share: float, seen: Sequence[str] = ()) -> tuple[list[dict], list[dict]]:
+    """(phase-1 rows, held-out rows): whole prompts, chosen by a hash of their id (stable across runs).
+
+    Prompts of the ``seen`` difficulty buckets are never held out.
+    """
     if share <= 0:
         return rows, []
     import hashlib
 
-    held = lambda r: int(hashlib.sha1(base_id(r).encode()).hexdigest(), 16) % 10_000 < share * 10_000  # noqa: E731
+    def held(r: dict) -> bool:
+        hashed = int(hashlib.sha1(base_id(r).encode()).hexdigest(), 16) % 10_000 < share * 10_000
+        return hashed and record_bucket(r) not in seen
+
     return [r for r in rows if not held(r)], [r for r in rows if held(r)]
+
+
+def in_buckets(rows: Sequence[dict], buckets: Sequence[str]) -> list[dict]:
+    """The rows of the given difficulty buckets."""
+    return [r for r in rows if record_bucket(r) in buckets] if buckets else []
 
 
 def rows_per_phase(args: DualSystemConfig, training_args: SFTConfig, steps: int) -> int:
@@ -350,8 +386,6 @@ def phase1_dataset(
 
 def fast_buckets(auto: Sequence[dict], min_fast: float) -> set[str]:
     """Difficulty buckets (not ``unknown``) where at least ``min_fast`` of the labelled prompts are labelled fast."""
-    from train.fusion import record_bucket
-
     counts: dict[str, list[int]] = {}
     for r in auto:
         c = counts.setdefault(record_bucket(r), [0, 0])
@@ -362,8 +396,6 @@ def fast_buckets(auto: Sequence[dict], min_fast: float) -> set[str]:
 
 def auto_pool(args: DualSystemConfig, auto: Sequence[dict]) -> list[dict]:
     """Fast-pool rows as ``/auto_think`` records (fast reply target) from the buckets the labels call fast."""
-    from train.fusion import record_bucket
-
     buckets = fast_buckets(auto, args.phase2_auto_pool_min_fast)
     rows = [
         {**r, "prompt": _tagged(r["prompt"], Mode.AUTO)}
@@ -382,8 +414,6 @@ def phase2_dataset(rows: list[dict], args: DualSystemConfig, size: int, seed: in
     auto = [r for r in rows if r.get("fusion_tag") == "auto_think"]
     weights = difficulty_mix(auto, args.phase2_mix_floor)
     buckets = list(weights)
-    from train.fusion import record_bucket
-
     parts = [_dataset([r for r in auto if record_bucket(r) == b], f"auto bucket {b}") for b in buckets]
     auto_size = round(size * args.phase2_auto_share)
     datasets, shares = [], []
@@ -554,10 +584,14 @@ def main(argv: list[str] | None = None) -> Path:
     later_args = dataclasses.replace(model_args, use_peft=False)  # a PeftModel is not wrapped twice
 
     # 2. Phase 1: explicit tags with slow replay (held-out prompts wait for phase 2).
-    rows, holdout = split_holdout(rows, args.phase2_holdout if args.relabel_before_phase2 else 0.0)
+    seen = args.phase2_seen_buckets
+    rows, holdout = split_holdout(rows, args.phase2_holdout if args.relabel_before_phase2 else 0.0, seen)
     extra = phase2_prompts(args)
-    if extra:  # phase-2 prompts never reach phase 1, in any mode
-        rows = without_prompts(rows, extra)
+    kept_out = without_prompts(extra, in_buckets(extra, seen))
+    if kept_out:  # phase-2 prompts never reach phase 1, in any mode (but those of the seen buckets)
+        rows = without_prompts(rows, kept_out)
+    # Prompts of the seen buckets train in phase 1 and are labelled again for phase 2 with the held-out ones.
+    to_label = holdout + without_prompts(in_buckets(rows, seen), extra) if holdout else []
     p1 = phase_args(training_args, "phase1", args.phase1_steps)
     if args.phase1_steps and phase_done(Path(p1.output_dir)):
         logger.info("phase 1 already done: loading %s", p1.output_dir)
@@ -565,7 +599,7 @@ def main(argv: list[str] | None = None) -> Path:
         model_args = later_args
     elif args.phase1_steps:
         size = rows_per_phase(args, training_args, args.phase1_steps)
-        data = phase1_dataset(rows, args, size, training_args.seed, held=holdout + extra)
+        data = phase1_dataset(rows, args, size, training_args.seed, held=holdout + kept_out)
         model = run_sft_phase("phase 1", model, tokenizer, data, p1, model_args, args.merge_lora, {"phase": 1})
         model_args = later_args
 
@@ -576,11 +610,11 @@ def main(argv: list[str] | None = None) -> Path:
         model, tokenizer = load_phase(Path(p2.output_dir), model_args, args)
         labelled = out / "fusion_phase2" / "fusion.jsonl"
         if args.relabel_before_phase2 and labelled.exists():  # the RL phase uses the phase-2 labels too
-            rows = with_phase2_labels(read_records(labelled, validate=False), rows, holdout)
+            rows = with_phase2_labels(read_records(labelled, validate=False), rows, to_label)
     elif args.phase2_steps:
         if args.relabel_before_phase2:
-            fresh = relabel(args, training_args, model, tokenizer, holdout or rows, extra)
-            rows = with_phase2_labels(fresh, rows, holdout)
+            fresh = relabel(args, training_args, model, tokenizer, to_label or rows, extra)
+            rows = with_phase2_labels(fresh, rows, to_label)
             logger.info("phase-2 fusion data (labelled by the phase-1 model): %d records", len(rows))
         data, weights = phase2_dataset(
             rows, args, rows_per_phase(args, training_args, args.phase2_steps), training_args.seed + 1

@@ -64,6 +64,45 @@ def test_recipe_builds_trains_and_resumes(tiny_model_dir, arithmetic_data_dir, t
     assert all(torch.equal(end[k], again[k]) for k in end)
 
 
+def test_seen_bucket_prompts_train_in_phase1_and_are_labelled_again(
+    tiny_model_dir, arithmetic_data_dir, tmp_path, monkeypatch
+):
+    train = [json.loads(x) for x in (arithmetic_data_dir / "train.jsonl").read_text().splitlines()][:16]
+    level1 = next(r for r in train if r["difficulty"] == 1)
+    new = {"id": "new", "prompt": "Compute 98+97.", "task": "math", "answer": "195", "difficulty": 2}
+    extra = write_jsonl(
+        tmp_path / "p2.jsonl", [{k: level1[k] for k in ("id", "prompt", "task", "answer", "difficulty")}, new]
+    )
+    held_in_phase1 = []
+    real = dual_system.phase1_dataset
+    monkeypatch.setattr(
+        dual_system, "phase1_dataset", lambda *a, held=(), **k: held_in_phase1.extend(held) or real(*a, held=held, **k)
+    )
+    out = tmp_path / "run"
+    keys = [
+        "--max_prompts",
+        "16",
+        "--phase2_holdout",
+        "0.5",
+        "--phase2_seen_buckets",
+        "1",
+        "--phase2_files",
+        str(extra),
+    ]
+    dual_system.main(_args(tiny_model_dir, arithmetic_data_dir / "train.jsonl", out, *keys))
+    fusion = [json.loads(x) for x in (out / "fusion" / "fusion.jsonl").read_text().splitlines()]
+    kept, held = dual_system.split_holdout(fusion, 0.5, ["1"])
+    ids = lambda rows: {dual_system.base_id(r) for r in rows}  # noqa: E731
+    # Level 1 is never kept out of phase 1; the held-out level-2 prompts and the new prompt are.
+    assert ids(held_in_phase1) == ids(held) | {"new"} and not ids(dual_system.in_buckets(held_in_phase1, ["1"]))
+    # Phase 2 labels the held-out prompts, every level-1 prompt and the phase-2 file, each once.
+    labels = [json.loads(x) for x in (out / "fusion_phase2" / "labels.jsonl").read_text().splitlines()]
+    seen = ids(dual_system.in_buckets(kept, ["1"]))
+    assert len(seen) > 1 and ids(held)
+    expected = ids(held) | seen | {level1["id"], "new"}
+    assert sorted(r["id"] for r in labels) == sorted(expected)
+
+
 def test_rerun_after_phase2_gives_rl_the_phase2_labels(tiny_model_dir, arithmetic_data_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     dual_system.main(_args(tiny_model_dir, arithmetic_data_dir / "train.jsonl", out, "--max_prompts", "8"))
@@ -227,6 +266,21 @@ def test_holdout_split_keeps_whole_prompts_and_is_stable():
                for b in {dual_system.base_id(r) for r in part})  # fmt: skip
     assert dual_system.split_holdout(rows, 0.5) == (kept, held)
     assert dual_system.split_holdout(rows, 0.0) == (rows, [])
+
+
+def test_seen_buckets_are_never_held_out_but_are_labelled_again():
+    rows = _fusion_rows()  # prompt 0: difficulty 1; prompts 1 and 2: difficulty 3
+    kept, held = dual_system.split_holdout(rows, 1.0, seen=["1"])
+    assert {dual_system.base_id(r) for r in kept} == {"0"} and {dual_system.base_id(r) for r in held} == {"1", "2"}
+    assert dual_system.in_buckets(kept, ["1"]) == kept and dual_system.in_buckets(kept, []) == []
+    # Numbers from YAML or the command line name the same bucket.
+    assert dual_system.DualSystemConfig(phase2_seen_buckets=[1, 2.0, "c0"]).phase2_seen_buckets == ["1", "2", "c0"]
+    # Phase 2 keeps the phase-1 explicit rows only of the prompts that were not labelled again.
+    fresh = [{**r, "label": "slow"} for r in rows if dual_system.base_id(r) == "0"]
+    p2 = dual_system.with_phase2_labels(fresh, kept + rows[4:8], held)
+    assert p2[: len(fresh)] == fresh
+    assert {dual_system.base_id(r) for r in p2[len(fresh) :]} == {"1"}
+    assert all(r["fusion_tag"] != "auto_think" for r in p2[len(fresh) :])
 
 
 # ------------------------------------------------------------------------------------------------- fast pool

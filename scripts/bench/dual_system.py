@@ -116,9 +116,10 @@ def held_out(work: Path, args: argparse.Namespace, train_ids: set[str]) -> tuple
 def phase2_pool(work: Path, args: argparse.Namespace, exclude: set[str]) -> Path | None:
     """Problems for phase-2 labels only: 30 level-1 problems, the rest levels 2 and 3 (1:1), none in ``exclude``.
 
-    Level 1 has only 100 problems, all in training and in the test mix, so its 30 cannot avoid them: the recipe
-    keeps them out of phase 1 (fusion, replay and fast-pool rows). Levels 2 and 3 avoid the training and test
-    problems (``exclude``).
+    Level 1 has only 100 problems, all in training and in the test mix, so its 30 cannot avoid them; the tiny
+    config's ``phase2_seen_buckets: ["1"]`` trains them in phase 1 all the same (a level-1 label from an unseen
+    problem would understate the final model, which has seen them all). Levels 2 and 3 avoid the training and
+    test problems (``exclude``) and are kept out of phase 1.
     """
     if args.n_phase2 <= 0:
         return None
@@ -134,7 +135,8 @@ def fast_pool(work: Path, args: argparse.Namespace, test_ids: set[str]) -> Path 
     """The teacher's fast answers (``/no_think``) to a large pool of problems, none of them a test problem.
 
     Every level-1 problem (there are 100; the test set has them all too, they cannot be held out), ``2/3 n_fast``
-    level-2 and ``1/3 n_fast`` level-3 problems. The recipe drops the prompts it holds out for phase-2 labelling.
+    level-2 and ``1/3 n_fast`` level-3 problems. The recipe drops the prompts it holds out for phase-2 labelling
+    (none of level 1, see :func:`phase2_pool`).
     """
     if args.n_fast <= 0:
         return None
