@@ -385,19 +385,8 @@ def test_blocked_kernel_is_bitwise_the_whole_tensor_reference(dtype, quantized, 
                 for n in (1, 2, 3):
                     args = (base, xs[:n], weights[:n], densities[:n])
                     full = kw | {"lambda_": kw.get("lambda_", 1.0), "rescale": kw.get("rescale", False)}
-                    ref = M._gta_whole(
-                        base.to(M._compute_dtype([base, *xs])),
-                        list(xs[:n]),
-                        weights[:n],
-                        densities[:n],
-                        full["sparsify"],
-                        full["consensus"],
-                        full["normalize"],
-                        full["lambda_"],
-                        full["rescale"],
-                        [gen(5 + i) for i in range(n)],
-                        False,
-                    )
+                    opts = M.GTAOptions(weights[:n], densities[:n], generators=[gen(5 + i) for i in range(n)], **full)
+                    ref = M._gta_whole(base.to(M._compute_dtype([base, *xs])), list(xs[:n]), opts, False)
                     got = M.generalized_task_arithmetic(*args, generators=[gen(5 + i) for i in range(n)], **kw)
                     assert got.dtype == ref.dtype and got.shape == ref.shape
                     assert torch.equal(_bits(got), _bits(ref)), (kw, densities[:n], weights[:n])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy
 import torch
@@ -342,34 +343,35 @@ def generalized_task_arithmetic(
     base_c = base.to(dtype)
     if n == 0:
         return base_c.clone()
+    opts = GTAOptions(list(weights), densities, sparsify, consensus, normalize, lambda_, rescale, generators)
     if isinstance(rescale, str) or sparsify not in (None, "magnitude", "random") or consensus not in _CONSENSUS:
-        return _gta_whole(
-            base_c, tensors, weights, densities, sparsify, consensus, normalize, lambda_, rescale, generators, release
-        )
-    return _gta_blocked(
-        base_c, tensors, weights, densities, sparsify, consensus, normalize, lambda_, rescale, generators, release
-    )
+        return _gta_whole(base_c, tensors, opts, release)
+    return _gta_blocked(base_c, tensors, opts, release)
 
 
 _CONSENSUS = (None, "sum", "count")
 
 
-def _gta_whole(
-    base_c: Tensor,
-    tensors: Sequence[Tensor],
-    weights: Sequence[float],
-    densities: Sequence[float],
-    sparsify: str | None,
-    consensus: str | None,
-    normalize: bool,
-    lambda_: float,
-    rescale: bool | str,
-    generators: Sequence[torch.Generator | None] | None,
-    release: bool,
-) -> Tensor:
+@dataclass(frozen=True)
+class GTAOptions:
+    """The options of :func:`generalized_task_arithmetic` (one weight and density per model), as its two kernels
+    take them."""
+
+    weights: Sequence[float]
+    densities: Sequence[float]
+    sparsify: str | None = None
+    consensus: str | None = None
+    normalize: bool = False
+    lambda_: float = 1.0
+    rescale: bool | str = False
+    generators: Sequence[torch.Generator | None] | None = None
+
+
+def _gta_whole(base_c: Tensor, tensors: Sequence[Tensor], opts: GTAOptions, release: bool) -> Tensor:
     """:func:`generalized_task_arithmetic` with whole-tensor steps: the reference the blocked kernel is tested
     against, and the path for norm-matching rescale (``"l1"``/``"l2"``/``"linf"``), whose norms are whole-tensor
     reductions."""
+    weights, densities, generators, consensus = opts.weights, opts.densities, opts.generators, opts.consensus
     dtype = base_c.dtype
     n = len(tensors)
     # Each weighted, sparsified delta lives in a buffer of its own and they are combined in place: stacking them
@@ -379,11 +381,11 @@ def _gta_whole(
         d = torch.sub(tensors[i].to(dtype), base_c).contiguous()
         _release(tensors, i, release)
         gen = generators[i] if generators is not None else None
-        deltas.append(_sparsify_(d, densities[i], sparsify, rescale, gen).mul_(float(weights[i])))
+        deltas.append(_sparsify_(d, densities[i], opts.sparsify, opts.rescale, gen).mul_(float(weights[i])))
     if consensus is not None:
         acc = _signed_sum(deltas, consensus)
         positive = acc >= 0  # the elected sign; ties go to "+"
-        divisor = acc.zero_() if normalize else None  # reuse the buffer: one full-size tensor less at the peak
+        divisor = acc.zero_() if opts.normalize else None  # reuse the buffer: one full-size tensor less at the peak
         # chunked so that the boolean temporaries (and their float promotions) stay a few MB
         flat = [d.view(-1) for d in deltas]
         for i, pos in enumerate(positive.view(-1).split(_CHUNK)):
@@ -403,26 +405,14 @@ def _gta_whole(
     for d in deltas[1:]:
         mixed.add_(d)
     del deltas
-    if normalize:
+    if opts.normalize:
         mixed.div_(divisor)
-    if lambda_ != 1.0:
-        mixed.mul_(lambda_)
+    if opts.lambda_ != 1.0:
+        mixed.mul_(opts.lambda_)
     return mixed.add_(base_c)
 
 
-def _gta_blocked(
-    base_c: Tensor,
-    tensors: Sequence[Tensor],
-    weights: Sequence[float],
-    densities: Sequence[float],
-    sparsify: str | None,
-    consensus: str | None,
-    normalize: bool,
-    lambda_: float,
-    rescale: bool,
-    generators: Sequence[torch.Generator | None] | None,
-    release: bool,
-) -> Tensor:
+def _gta_blocked(base_c: Tensor, tensors: Sequence[Tensor], opts: GTAOptions, release: bool) -> Tensor:
     """:func:`generalized_task_arithmetic` block by block, bit for bit the result of :func:`_gta_whole`.
 
     The TIES trim needs each delta's k-th magnitude first: one pass per trimmed model counts it (deltas computed
@@ -433,6 +423,8 @@ def _gta_blocked(
     elementwise operation, in the same order, as in the whole-tensor reference, so the results are identical (the
     tests compare them bitwise). Inputs are read twice when trimmed, so they are released only at the end.
     """
+    weights, densities, generators = opts.weights, opts.densities, opts.generators
+    sparsify, consensus, normalize, lambda_ = opts.sparsify, opts.consensus, opts.normalize, opts.lambda_
     n = len(tensors)
     dtype = base_c.dtype
     base_f = base_c.detach().reshape(-1).contiguous()
@@ -508,7 +500,7 @@ def _gta_blocked(
                     numpy.multiply(v, numpy.less(drawn, numpy.float32(density), out=b1[:size]), out=v)
                 elif mode == "magnitude" and ks[i] <= 0:  # keeps nothing (k == numel keeps all: times 1.0)
                     numpy.multiply(v, 0.0, out=v)
-                if mode is not None and rescale is True:
+                if mode is not None and opts.rescale is True:
                     numpy.divide(v, density, out=v)
             numpy.multiply(v, w, out=v)
             views.append(v)
