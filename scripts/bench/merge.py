@@ -7,11 +7,13 @@ Generates three float32 checkpoints of a Qwen3-style architecture (~100M paramet
 save_pretrained does), then for each method runs both arms in separate subprocesses so that neither inherits the
 other's memory: peak memory is the child's ``ru_maxrss``. Both arms use the same per-tensor merge arithmetic
 (``train.merging.api.merge_state_dicts`` for the baseline) and write a safetensors checkpoint; the input files are
-read once beforehand so both arms start from a warm page cache. Arms: baseline, baseline+hash (also sha256 of every
-input and output file, as the streaming manifest records), streaming-nohash and streaming (as shipped). Prints wall
-time, CPU time and peak memory of each arm (medians over ``--repeats``, the arm order reversed every other repeat),
-the ratios, the memory target check (peak <= 1.5x one checkpoint) and the load average, since wall times on a shared
-machine depend on what else runs.
+read once beforehand so both arms start from a warm page cache, and the parent syncs before every arm so that none
+starts with another's dirty pages to write back (the baseline's ``save_file`` does not fsync; the streaming writer
+does, for a durable output). Arms: baseline, baseline+hash (also sha256 of every input and output file, as the
+streaming manifest records), streaming-nohash and streaming (as shipped). Prints wall time, CPU time and peak memory
+of each arm (medians over ``--repeats``, the arm order reversed every other repeat), the ratios, the memory target
+check (peak <= 1.5x one checkpoint) and the load average, since wall times on a shared machine depend on what else
+runs.
 """
 
 from __future__ import annotations
@@ -194,6 +196,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             # every other repeat in reverse order: an arm's speed depends a little on what ran just before it (the
             # page cache and the memory the previous process freed), so no arm always comes first or last
             for arm in ARMS if rep % 2 == 0 else ARMS[::-1]:
+                # Write back what the previous arm left dirty (the baseline does not fsync its output), so that no
+                # arm pays for another's writeback.
+                os.sync()
                 runs[arm].append(_child(arm, method, paths, workdir / arm))
                 shutil.rmtree(workdir / arm, ignore_errors=True)
         summary = {}
