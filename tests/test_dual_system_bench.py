@@ -33,12 +33,10 @@ def test_first_keeps_the_equal_thirds_prefix_in_every_mode():
     assert bench.first(scores, 3) == {"fast": [1, 2, 3], "slow": [5, 6, 7]}
 
 
-def test_parse_defaults_match_the_documented_run():
+def test_parse_defaults_match_the_documented_run_and_the_tiny_config():
+    import yaml
+
     args = bench.parse([])
-    assert (args.phase1_steps, args.phase2_steps, args.n_fast, args.n_phase2, args.replay) == (
-        1000,
-        300,
-        9000,
-        1200,
-        True,
-    )
+    config = yaml.safe_load(Path(args.config).read_text())
+    assert (args.phase1_steps, args.phase2_steps) == (config["phase1_steps"], config["phase2_steps"]) == (1000, 500)
+    assert (args.n_fast, args.n_phase2, args.replay) == (9000, 1200, True)

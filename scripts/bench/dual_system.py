@@ -62,7 +62,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="replay the starting checkpoint's slow SFT data in phase 1 (the recipe's replay_files)",
     )
     p.add_argument("--phase1-steps", type=int, default=1000, help="phase-1 steps")
-    p.add_argument("--phase2-steps", type=int, default=300, help="phase-2 steps")
+    p.add_argument("--phase2-steps", type=int, default=500, help="phase-2 steps")
     p.add_argument("--config", default=str(ROOT / "recipes/configs/tiny/dual_system.yaml"), help="recipe config")
     p.add_argument("--fusion-file", default=None, help="reuse a fusion.jsonl built before (skips the first build)")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more recipe overrides (--key value ...)")
