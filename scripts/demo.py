@@ -47,10 +47,11 @@ CONFIGS = ROOT / "recipes" / "configs" / "tiny"
 
 # Step counts and sizes: the full demo, and --quick (a smoke run that only checks the plumbing).
 FULL = dict(n_train=6000, n_test=300, warmup_examples=3000, warmup_steps=300, iterations=2, candidates=1000,
-            target=500, distill_steps=150, rl_prompts=400, rl_steps=30, fusion_prompts=600, phase1=400,
-            phase2=150)  # fmt: skip
+            target=500, distill_steps=150, distill_lr=1e-3, rl_prompts=400, rl_steps=30, fusion_prompts=600,
+            phase1=400, phase2=150)  # fmt: skip
 QUICK = dict(n_train=300, n_test=30, warmup_examples=100, warmup_steps=4, iterations=1, candidates=32,
-             target=16, distill_steps=2, rl_prompts=16, rl_steps=2, fusion_prompts=24, phase1=2, phase2=2)  # fmt: skip
+             target=16, distill_steps=2, distill_lr=1e-3, rl_prompts=16, rl_steps=2, fusion_prompts=24, phase1=2,
+             phase2=2)  # fmt: skip
 
 
 def run(cmd: list[str], done: Path) -> None:
@@ -78,7 +79,7 @@ def script(name: str, *args: str) -> list[str]:
 # ------------------------------------------------------------------------------------------------------ stages
 
 
-def make_world(out: Path, p: dict[str, int]) -> None:
+def make_world(out: Path, p: dict[str, float]) -> None:
     """Model, problems (slow.jsonl, and fast.jsonl: the same problems answered fast), the teacher pool."""
     run(script("make_tiny_model.py", "--out", str(out / "model"), "--size", "small"), out / "model" / ".done")
     data = out / "data"
@@ -98,7 +99,7 @@ def make_world(out: Path, p: dict[str, int]) -> None:
         pool / ".done")  # fmt: skip
 
 
-def warm_up(out: Path, model: Path, p: dict[str, int]) -> Path:
+def warm_up(out: Path, model: Path, p: dict[str, float]) -> Path:
     """The base model: a short SFT of the initialised model on a random slice of the pool."""
     slice_file = out / "base" / "warmup.jsonl"
     if not slice_file.exists():
@@ -110,19 +111,20 @@ def warm_up(out: Path, model: Path, p: dict[str, int]) -> Path:
     return out / "base"
 
 
-def distill(out: Path, base: Path, p: dict[str, int]) -> Path:
+def distill(out: Path, base: Path, p: dict[str, float]) -> Path:
     """Stage 1a: model-aware selection, SFT and merge, ``iterations`` times."""
     run(launch("distill.py", "distill.yaml", "--model_name_or_path", str(base),
                "--train_file", str(out / "pool" / "pool.jsonl"), "--eval_file", str(out / "data" / "test.jsonl"),
                "--output_dir", str(out / "distill"), "--iterations", str(p["iterations"]),
                "--candidates_per_iteration", str(p["candidates"]), "--target_size", str(p["target"]),
-               "--max_steps", str(p["distill_steps"]), "--per_device_train_batch_size", "64",
+               "--max_steps", str(p["distill_steps"]), "--learning_rate", str(p["distill_lr"]),
+               "--per_device_train_batch_size", "64",
                "--eval_max_samples", "100", "--generation_batch_size", "256"),
         out / "distill" / ".done")  # fmt: skip
     return Path(json.loads((out / "distill" / "final.json").read_text())["model"])
 
 
-def grpo(out: Path, policy: Path, p: dict[str, int]) -> Path:
+def grpo(out: Path, policy: Path, p: dict[str, float]) -> Path:
     """Stage 1b: GRPO with MARS on 3-digit sums from the training problems."""
     rl_file = out / "grpo" / "prompts.jsonl"
     if not rl_file.exists():
@@ -135,7 +137,7 @@ def grpo(out: Path, policy: Path, p: dict[str, int]) -> Path:
     return out / "grpo"
 
 
-def dual_system(out: Path, start: Path, p: dict[str, int]) -> Path:
+def dual_system(out: Path, start: Path, p: dict[str, float]) -> Path:
     """Stage 2: fusion data from the model's own pass rates, then the two fusion phases.
 
     The fast answers to the training problems are the fast pool (``fast_files``) and the Stage-1 pool is replayed.
