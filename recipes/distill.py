@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 
 import torch  # noqa: E402
 from accelerate import PartialState  # noqa: E402
+from transformers import set_seed  # noqa: E402
 from trl import ModelConfig  # noqa: E402
 
 from train.cli import parse_args, setup_logging  # noqa: E402
@@ -197,6 +198,9 @@ def measure_and_select(
         complexities = [float("nan")] * len(candidates)
     else:
         start = time.perf_counter()
+        # Sampling draws from torch's global generator, which a fresh process seeds at random: without this the
+        # same model, pool and seed gave different pass rates, selections and final accuracies from run to run.
+        set_seed(seed + t)
         backend_model: Any
         if cfg.complexity_backend in ("vllm", "auto"):
             backend_model, tokenizer = current, None

@@ -162,3 +162,27 @@ def test_two_iterations_through_accelerate_then_resume(tiny_model_dir, pool_dir,
     assert (iteration_dir(out, 0) / "manifest.json").stat().st_mtime_ns == first_manifest
     assert is_complete(iteration_dir(out, 1))
     assert {json.loads(x)["id"] for x in (iteration_dir(out, 1) / "selected.jsonl").read_text().splitlines()} == ids1
+
+
+def test_complexity_sampling_is_seeded(tiny_model_dir, pool_dir, tmp_path, monkeypatch):
+    # A fresh process seeds torch at random; what the measurement samples must depend only on the run's seed. The
+    # stand-in measurement draws from torch's global generator, as sampled generation does.
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import distill
+
+    from train.data import read_records
+
+    monkeypatch.setattr(distill, "measure_complexity", lambda model, tok, rows, **kw: torch.rand(len(rows)).tolist())
+    pool = read_records(pool_dir / "pool.jsonl")
+    cfg = distill.DistillConfig(candidates_per_iteration=16, target_size=8)
+
+    def complexities(run: str, seed: int, global_seed: int) -> list[float]:
+        torch.manual_seed(global_seed)
+        it_dir = tmp_path / run / "iteration_0"
+        it_dir.mkdir(parents=True)
+        distill.measure_and_select(tiny_model_dir, pool, cfg, it_dir, 0, seed, torch.device("cpu"))
+        return [r["complexity"] for r in read_records(it_dir / "complexity.jsonl", validate=False)]
+
+    first = complexities("a", seed=0, global_seed=1)
+    assert complexities("b", seed=0, global_seed=2) == first
+    assert complexities("c", seed=1, global_seed=1) != first
