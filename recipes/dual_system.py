@@ -47,6 +47,7 @@ from train.data import DataError, load_records, mix, read_records  # noqa: E402
 from train.fusion import (  # noqa: E402
     FusionBuildConfig,
     build_fusion,
+    difficulty_bucket,
     difficulty_mix,
     merge_prompts,
     prompts_of_fusion,
@@ -219,9 +220,9 @@ class DualSystemConfig(FusionBuildConfig):
 
 
 def _bucket_name(bucket: Any) -> str:
-    """A difficulty bucket as :func:`train.fusion.bucket_of` names it (``1`` and ``1.0`` are ``"1"``)."""
+    """A bucket as :func:`train.fusion.bucket_of` names it: numbers as difficulties, the rest (``"c0"``) as given."""
     try:
-        return f"{float(bucket):g}"
+        return difficulty_bucket(float(bucket))
     except (TypeError, ValueError):
         return str(bucket)
 
@@ -307,7 +308,7 @@ def split_holdout(rows: list[dict], share: float, seen: Sequence[str] = ()) -> t
 
 def in_buckets(rows: Sequence[dict], buckets: Sequence[str]) -> list[dict]:
     """The rows of the given difficulty buckets."""
-    return [r for r in rows if record_bucket(r) in buckets] if buckets else []
+    return [r for r in rows if record_bucket(r) in buckets]
 
 
 def rows_per_phase(args: DualSystemConfig, training_args: SFTConfig, steps: int) -> int:
@@ -587,7 +588,7 @@ def main(argv: list[str] | None = None) -> Path:
     seen = args.phase2_seen_buckets
     rows, holdout = split_holdout(rows, args.phase2_holdout if args.relabel_before_phase2 else 0.0, seen)
     extra = phase2_prompts(args)
-    kept_out = without_prompts(extra, in_buckets(extra, seen))
+    kept_out = [r for r in extra if record_bucket(r) not in seen]
     if kept_out:  # phase-2 prompts never reach phase 1, in any mode (but those of the seen buckets)
         rows = without_prompts(rows, kept_out)
     # Prompts of the seen buckets train in phase 1 and are labelled again for phase 2 with the held-out ones.

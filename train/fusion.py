@@ -312,11 +312,16 @@ def fusion_records(record: dict[str, Any], result: PromptResult) -> list[dict[st
 # ------------------------------------------------------------------------------------------------- statistics
 
 
+def difficulty_bucket(difficulty: float) -> str:
+    """The bucket name of an annotated difficulty: ``1`` and ``1.0`` are ``"1"``, ``2.5`` is ``"2.5"``."""
+    d = float(difficulty)
+    return str(int(d)) if d.is_integer() else f"{d:g}"
+
+
 def bucket_of(result: PromptResult, num_buckets: int = 4) -> str:
     """A difficulty bucket: the annotated difficulty, else a slow-pass-rate complexity quartile name."""
     if result.difficulty is not None:
-        d = result.difficulty
-        return str(int(d)) if float(d).is_integer() else f"{d:g}"
+        return difficulty_bucket(result.difficulty)
     if result.slow_rate is not None:
         q = min(int((1.0 - result.slow_rate) * num_buckets), num_buckets - 1)
         return f"c{q}"
