@@ -12,7 +12,7 @@ Each of ``iterations`` rounds:
    with the SFT recipe's trainer set-up;
 3. merge the trained student with the previous iteration's model (``merge_method``);
 4. evaluate the merged model on held-out prompts (and on the first iteration's data, to see forgetting) and write
-   ``iteration_<t>/`` with the data statistics, checkpoint, metrics and a manifest (see ``train/distill_loop.py``).
+   ``iteration_<t>/`` with the data statistics, checkpoint, metrics and a manifest (see ``train/distill/loop.py``).
 
 A rerun resumes after the last complete iteration. Measurement, selection, merging and evaluation run on the main
 process while the others wait; training runs on all of them. Every key can be overridden on the command line.
@@ -25,25 +25,24 @@ import gc
 import json
 import logging
 import random
-import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+import torch
+from accelerate import PartialState
+from transformers import set_seed
+from trl import ModelConfig
 
-import torch  # noqa: E402
-from accelerate import PartialState  # noqa: E402
-from transformers import set_seed  # noqa: E402
-from trl import ModelConfig  # noqa: E402
-
-from train.cli import parse_args, setup_logging  # noqa: E402
-from train.complexity import SelectionConfig, measure_complexity, plot_histogram, select, statistics  # noqa: E402
-from train.configs import SFTConfig  # noqa: E402
-from train.data import DataError, read_records, records_to_dataset, write_jsonl  # noqa: E402
-from train.distill_loop import (  # noqa: E402
+from rewards.verify import check
+from train.core.cli import parse_args, setup_logging
+from train.core.configs import SFTConfig
+from train.core.data import DataError, read_records, records_to_dataset, write_jsonl
+from train.core.loading import load_model, load_tokenizer
+from train.core.modes import parse_response
+from train.distill.loop import (
     MERGE_METHODS,
     has_weights,
     iteration_dir,
@@ -52,11 +51,9 @@ from train.distill_loop import (  # noqa: E402
     write_json,
     write_manifest,
 )
-from train.generation import generate  # noqa: E402
-from train.loading import load_model, load_tokenizer  # noqa: E402
-from train.modes import parse_response  # noqa: E402
-from train.sft import build_sft_trainer, load_for_training, save_trained, sft_dataset  # noqa: E402
-from train.verify import check  # noqa: E402
+from train.distill.selection import SelectionConfig, measure_complexity, plot_histogram, select, statistics
+from train.sampling.generation import generate
+from train.sft import build_sft_trainer, load_for_training, save_trained, sft_dataset
 
 logger = logging.getLogger("recipes.distill")
 

@@ -3,7 +3,8 @@
     accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/dual_system.py \\
         --config recipes/configs/tiny/dual_system.yaml
 
-1. **Fusion data** (:mod:`train.fusion`): the starting model's pass rates in fast and slow mode label every prompt
+1. **Fusion data** (:mod:`train.dual_system.fusion`): the starting model's pass rates in fast and slow mode label
+   every prompt
    fast or slow; targets are the shortest correct replies; each prompt gives ``/no_think``, ``/think``, untagged
    and ``/auto_think`` records. Built once on the main process (the others wait), resumable, or read from
    ``fusion_file``.
@@ -12,7 +13,8 @@
 3. **Phase 2, auto mode**: with ``relabel_before_phase2`` the phase-1 model, which now knows the tags, labels the
    prompts again (its own fast answers become fast targets where correct); ``/auto_think`` records make up
    ``phase2_auto_share`` of the rows, the rest are explicit tags; the ``/auto_think`` rows are mixed across
-   difficulty buckets with weights from the measured pass rates (:func:`train.fusion.difficulty_mix`: buckets the
+   difficulty buckets with weights from the measured pass rates (:func:`train.dual_system.fusion.difficulty_mix`:
+   buckets the
    model still gets wrong in their labelled mode get more rows).
 4. **Optional RL for the mode choice** (``rl_steps > 0``): GRPO on ``/auto_think`` prompts, half fast-labelled and
    half slow-labelled, with the AdaptThink-style ``mode_choice`` reward (:mod:`rewards.mode_choice`).
@@ -29,22 +31,20 @@ import copy
 import dataclasses
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+from datasets import Dataset
+from transformers.trainer_utils import get_last_checkpoint
+from trl import ModelConfig
 
-from datasets import Dataset  # noqa: E402
-from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
-from trl import ModelConfig  # noqa: E402
-
-from train.cli import parse_args, setup_logging  # noqa: E402
-from train.configs import SFTConfig  # noqa: E402
-from train.data import DataError, load_records, mix, read_records  # noqa: E402
-from train.fusion import (  # noqa: E402
+from train.core.cli import parse_args, setup_logging
+from train.core.configs import SFTConfig
+from train.core.data import DataError, load_records, mix, read_records
+from train.core.modes import Mode, apply_mode
+from train.dual_system.fusion import (
     FusionBuildConfig,
     build_fusion,
     difficulty_bucket,
@@ -54,8 +54,7 @@ from train.fusion import (  # noqa: E402
     record_bucket,
     reply_mode,
 )
-from train.modes import Mode, apply_mode  # noqa: E402
-from train.sft import build_sft_trainer, load_for_training, save_trained, sft_dataset  # noqa: E402
+from train.sft import build_sft_trainer, load_for_training, save_trained, sft_dataset
 
 logger = logging.getLogger("recipes.dual_system")
 
@@ -220,7 +219,8 @@ class DualSystemConfig(FusionBuildConfig):
 
 
 def _bucket_name(bucket: Any) -> str:
-    """A bucket as :func:`train.fusion.bucket_of` names it: numbers as difficulties, the rest (``"c0"``) as given."""
+    """A bucket as :func:`train.dual_system.fusion.bucket_of` names it: numbers as difficulties, the rest
+    (``"c0"``) as given."""
     try:
         return difficulty_bucket(float(bucket))
     except (TypeError, ValueError):
@@ -355,7 +355,7 @@ def fast_pool(args: DualSystemConfig, held: Sequence[dict] = ()) -> list[dict]:
 
 
 def _delimiters(args: DualSystemConfig) -> tuple[str, str]:
-    from train.modes import DEFAULT_THINK_END, DEFAULT_THINK_START
+    from train.core.modes import DEFAULT_THINK_END, DEFAULT_THINK_START
 
     return args.think_start or DEFAULT_THINK_START, args.think_end or DEFAULT_THINK_END
 
@@ -506,7 +506,7 @@ def load_phase(path: Path, model_args: ModelConfig, args: DualSystemConfig) -> t
 
 def rl_dataset(rows: list[dict], seed: int = 0) -> Dataset:
     """``/auto_think`` prompts, as many fast-labelled as slow-labelled (groups balanced between modes)."""
-    from train.data import to_messages
+    from train.core.data import to_messages
 
     auto = [r for r in rows if r.get("fusion_tag") == "auto_think"]
     by_label = {lab: [r for r in auto if r.get("label") == lab] for lab in ("fast", "slow")}
@@ -533,8 +533,8 @@ def run_rl(model: Any, tokenizer: Any, rows: list[dict], args: DualSystemConfig,
     from trl import GRPOTrainer
 
     from rewards.mode_choice import ModeChoiceReward
-    from train.configs import GRPOConfig
-    from train.modes import think_delimiters
+    from train.core.configs import GRPOConfig
+    from train.core.modes import think_delimiters
 
     ts, te = think_delimiters(tokenizer)
     reward = ModeChoiceReward(delta=args.rl_delta, margin=args.rl_margin, think_start=ts, think_end=te)

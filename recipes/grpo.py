@@ -2,7 +2,7 @@
 
     accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/grpo.py --config recipes/configs/tiny/grpo.yaml
 
-Records (JSONL, JSON, CSV, Parquet; see :mod:`train.data`) carry a ``prompt``, a ``task`` (math, code, general),
+Records (JSONL, JSON, CSV, Parquet; see :mod:`train.core.data`) carry a ``prompt``, a ``task`` (math, code, general),
 an ``answer`` and, for code, ``tests``. trl's ``GRPOTrainer`` samples ``num_generations`` completions per prompt
 and the MARS router (:mod:`rewards.router`) scores each by its task: math by rule-based verification with the LLM
 judge behind it, code by running the tests, general questions by the judge (or a rule match where the reference
@@ -21,20 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+import yaml
+from datasets import Dataset
+from transformers.trainer_utils import get_last_checkpoint
+from trl import GRPOTrainer, ModelConfig, get_peft_config
 
-import yaml  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
-from trl import GRPOTrainer, ModelConfig, get_peft_config  # noqa: E402
-
-from rewards.router import MARSConfig, MARSRouter  # noqa: E402
-from train.cli import check_config_file, parse_args, setup_logging  # noqa: E402
-from train.configs import GRPOConfig  # noqa: E402
-from train.data import DataError, load_records, mix, to_messages  # noqa: E402
-from train.modes import apply_mode, detect_mode, think_delimiters  # noqa: E402
-from train.script_args import DataArguments  # noqa: E402
-from train.sft import load_for_training, save_trained  # noqa: E402
+from rewards.router import MARSConfig, MARSRouter
+from train.core.args import DataArguments
+from train.core.cli import check_config_file, parse_args, setup_logging
+from train.core.configs import GRPOConfig
+from train.core.data import DataError, load_records, mix, to_messages
+from train.core.modes import apply_mode, detect_mode, think_delimiters
+from train.sft import load_for_training, save_trained
 
 logger = logging.getLogger("recipes.grpo")
 

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
-
-from train.cli import parse_args, setup_logging  # noqa: E402
-from train.merging import MergeConfig, merge_from_config  # noqa: E402
+from train.core.cli import parse_args, setup_logging
+from train.merging import MergeConfig, merge_from_config
 
 logger = logging.getLogger("recipes.merge")
 

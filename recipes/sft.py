@@ -8,16 +8,13 @@ Every config key can be overridden on the command line, e.g. ``--learning_rate 1
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+from trl import ModelConfig
 
-from trl import ModelConfig  # noqa: E402
-
-from train.cli import parse_args, setup_logging  # noqa: E402
-from train.configs import SFTConfig  # noqa: E402
-from train.sft import (  # noqa: E402
+from train.core.cli import parse_args, setup_logging
+from train.core.configs import SFTConfig
+from train.sft import (
     SFTScriptArguments,
     build_sft_trainer,
     load_for_training,

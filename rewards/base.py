@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from train.modes import DEFAULT_THINK_END, DEFAULT_THINK_START, completion_text, parse_response
+from train.core.modes import DEFAULT_THINK_END, DEFAULT_THINK_START, completion_text, parse_response
 
 logger = logging.getLogger("rewards")
 

@@ -1,7 +1,7 @@
 """Format and mode rewards: is the reply shaped right, and does it think the way the prompt asked?
 
 ``format``: 1.0 for exactly one leading think block, closed, followed by a non-empty answer; else 0.0.
-``mode``: 1.0 when the reply obeys the mode the prompt asks for (``train.modes.detect_mode`` on the ``prompts``
+``mode``: 1.0 when the reply obeys the mode the prompt asks for (``train.core.modes.detect_mode`` on the ``prompts``
 column): ``/no_think`` wants an empty think block, ``/think`` (or no tag) a non-empty one, ``/auto_think`` either;
 in every mode a well-formed block and a non-empty answer must follow. 0.0 otherwise, None without a prompt.
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from rewards.base import Reward
 from rewards.registry import register
-from train.modes import Mode, ParsedResponse, completion_text, detect_mode, parse_response
+from train.core.modes import Mode, ParsedResponse, completion_text, detect_mode, parse_response
 
 
 def _prefilled_block(prompt: Any, think_start: str, think_end: str) -> str | None:

@@ -35,7 +35,7 @@ from typing import Any
 
 from rewards.base import Reward, column
 from rewards.registry import register
-from train.modes import _content_text, parse_response, strip_tags
+from train.core.modes import _content_text, parse_response, strip_tags
 
 logger = logging.getLogger("rewards.judge")
 
@@ -412,7 +412,7 @@ class TransformersBackend:
 
     def _load(self) -> None:
         if self.model is None:
-            from train.loading import load_model_and_tokenizer
+            from train.core.loading import load_model_and_tokenizer
 
             self.model, self.tokenizer = load_model_and_tokenizer(self.config.model)
             self.model.eval()

@@ -17,7 +17,7 @@ from rewards.base import Reward, logger
 from rewards.format import parse_reply
 from rewards.math import DEFAULT_TIMEOUT_S, MATH_TASKS, MathReward
 from rewards.registry import register
-from train.modes import completion_text
+from train.core.modes import completion_text
 
 UNITS = ("tokens", "chars")
 

@@ -14,7 +14,7 @@ speed bonus at all.
 Prompts asking for ``/think`` or ``/no_think`` get plain correctness, plus ``-1`` when the reply ignores the tag
 (``mode_penalty``), so a mixed batch keeps the explicit tags obeyed while auto learns to choose.
 
-Correctness uses :func:`train.verify.check` (MARS rule layer: math-verify, code tests, exact match otherwise).
+Correctness uses :func:`rewards.verify.check` (MARS rule layer: math-verify, code tests, exact match otherwise).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from typing import Any
 
 from rewards.base import Reward, column
 from rewards.registry import register
-from train.modes import Mode, completion_text, detect_mode, parse_response
+from train.core.modes import Mode, completion_text, detect_mode, parse_response
 
 
 def _default_check(answer: str | None, record: dict[str, Any]) -> bool:
-    from train.verify import check
+    from rewards.verify import check
 
     return bool(check(answer, record))
 

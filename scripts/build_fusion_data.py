@@ -6,24 +6,20 @@
 Writes ``labels.jsonl`` (one line per prompt: pass rates, label, targets), ``fusion.jsonl`` (``/no_think``,
 ``/think``, untagged and ``/auto_think`` records, the recipe's ``fusion_file``), ``stats.json`` and ``labels.png``
 (labels against difficulty). An interrupted build resumes from ``labels.jsonl``. Every option of the builder
-(``train.fusion.FusionBuildConfig``) is a flag; see ``--help``.
+(``train.dual_system.fusion.FusionBuildConfig``) is a flag; see ``--help``.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from transformers import HfArgumentParser
 
-from transformers import HfArgumentParser  # noqa: E402
-
-from train.cli import setup_logging  # noqa: E402
-from train.data import load_records  # noqa: E402
-from train.fusion import FusionBuildConfig, build_fusion, merge_prompts  # noqa: E402
-from train.loading import load_model_and_tokenizer  # noqa: E402
+from train.core.cli import setup_logging
+from train.core.data import load_records
+from train.core.loading import load_model_and_tokenizer
+from train.dual_system.fusion import FusionBuildConfig, build_fusion, merge_prompts
 
 
 @dataclass

@@ -35,11 +35,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from train.core.cli import setup_logging
+from train.core.data import read_records, write_jsonl
 
-from train.cli import setup_logging  # noqa: E402
-from train.data import read_records, write_jsonl  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 logger = logging.getLogger("demo")
 CPU = str(ROOT / "recipes" / "accelerate" / "cpu.yaml")
@@ -161,8 +160,8 @@ STAGES = [("base (warm-up SFT)", warm_up, "base"), ("1a distillation", distill, 
 
 def evaluate_stage(name: str, model_dir: Path, out: Path, test: list[dict[str, Any]]) -> dict[str, Any]:
     """Greedy fast/slow/auto results of one stage's model, cached in ``eval/<name>.json``."""
-    from train.evaluation import evaluate, write_results
-    from train.loading import load_model_and_tokenizer
+    from train.core.loading import load_model_and_tokenizer
+    from train.eval.evaluation import evaluate, write_results
 
     cached = out / "eval" / f"{name}.json"
     if cached.exists():

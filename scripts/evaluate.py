@@ -4,23 +4,21 @@
     python scripts/evaluate.py --model M --data math500.jsonl --format math500 --k 4 --max-new-tokens 4096
 
 Reports avg@k and pass@k, mean output tokens, tag compliance, the share of fast replies per difficulty bucket and
-auto mode's right-mode rate (see ``train/evaluation.py``). Writes ``<name>.json``, ``<name>.md`` (the table printed
+auto mode's right-mode rate (see ``train/eval/evaluation.py``). Writes ``<name>.json``, ``<name>.md`` (the table
+printed
 here) and ``<name>.png`` (accuracy against tokens per mode) under ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from train import benchmarks  # noqa: E402
-from train.cli import setup_logging  # noqa: E402
-from train.evaluation import evaluate, exact_match, markdown_table, write_results  # noqa: E402
-from train.loading import load_model_and_tokenizer  # noqa: E402
+from train.core.checks import exact_match
+from train.core.cli import setup_logging
+from train.core.loading import load_model_and_tokenizer
+from train.eval import benchmarks
+from train.eval.evaluation import evaluate, markdown_table, write_results
 
 CHECKS = {"benchmark": benchmarks.check, "exact": exact_match}
 

@@ -15,23 +15,19 @@ A rerun with the same --out skips the prompts already done. Options can also com
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from train.cli import parse_args, setup_logging  # noqa: E402
-from train.data import read_records  # noqa: E402
-from train.distill_loop import write_json  # noqa: E402
-from train.teacher import TeacherConfig, generate_teacher, make_backend  # noqa: E402
+from train.core.cli import parse_args, setup_logging
+from train.core.data import read_records
+from train.distill.loop import write_json
+from train.distill.teacher import TeacherConfig, generate_teacher, make_backend
 
 
 @dataclass
 class GenerateArguments:
     """Input, output and sampling budget of a teacher run (backend options are TeacherConfig's)."""
 
-    input: str = field(metadata={"help": "Records to answer (JSONL, JSON, CSV, Parquet; see train/data.py)."})
+    input: str = field(metadata={"help": "Records to answer (JSONL, JSON, CSV, Parquet; see train/core/data.py)."})
     out: str = field(metadata={"help": "Output JSONL; one line per prompt with its K samples. Resumed if it exists."})
     k: int = field(default=4, metadata={"help": "Samples per prompt."})
     chunk_size: int = field(default=64, metadata={"help": "Prompts per backend call; each chunk is flushed to disk."})

@@ -10,32 +10,11 @@ of them each, so the model obeys both); fast ones ``/no_think``.
 from __future__ import annotations
 
 import argparse
-import random
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from train.arithmetic import LEVELS, ArithmeticTeacher, make_problems  # noqa: E402
-from train.cli import setup_logging  # noqa: E402
-from train.data import write_jsonl  # noqa: E402
-from train.modes import Mode, apply_mode  # noqa: E402
-
-
-def build(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
-    test = make_problems(args.n_test, args.levels, seed=args.seed + 1)
-    train = make_problems(args.n_train, args.levels, seed=args.seed, exclude={p["id"] for p in test})
-    teacher = ArithmeticTeacher(verbosity=args.verbosity, error_rate=args.error_rate, seed=args.seed)
-    rows = []
-    rng = random.Random(args.seed)
-    for p in train:
-        for mode in map(Mode.parse, args.modes):
-            tag = mode
-            if mode == Mode.SLOW and (args.slow_tag == "none" or (args.slow_tag == "both" and rng.random() < 0.5)):
-                tag = None  # no tag means slow too: teach both spellings of the request
-            prompt = apply_mode(p["prompt"], tag)[0]["content"]
-            rows.append({**p, "prompt": prompt, "response": teacher.respond(p, mode)})
-    return rows, test
+from train.core.cli import setup_logging
+from train.core.data import write_jsonl
+from train.world.arithmetic import LEVELS, make_dataset
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     setup_logging()
-    train, test = build(args)
+    train, test = make_dataset(args.n_train, args.n_test, args.levels, args.modes, args.slow_tag,
+                               args.verbosity, args.error_rate, args.seed)  # fmt: skip
     out = Path(args.out)
     write_jsonl(out / "train.jsonl", train)
     write_jsonl(out / "test.jsonl", test)

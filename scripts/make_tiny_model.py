@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from train.cli import setup_logging  # noqa: E402
-from train.tiny import SIZES, make_tiny  # noqa: E402
+from train.core.cli import setup_logging
+from train.world.tiny import SIZES, make_tiny
 
 
 def read_corpus(paths: list[str]) -> list[str]:

@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from train.cli import setup_logging  # noqa: E402
-from train.complexity import WEIGHTINGS, SelectionConfig, measure_complexity, plot_histogram, select  # noqa: E402
-from train.complexity import statistics as selection_statistics  # noqa: E402
-from train.data import read_records, write_jsonl  # noqa: E402
-from train.distill_loop import write_json  # noqa: E402
-from train.teacher import read_teacher_file  # noqa: E402
-from train.verify import Verifier, rejection_sample  # noqa: E402
+from rewards.verify import Verifier, rejection_sample
+from train.core.cli import setup_logging
+from train.core.data import read_records, write_jsonl
+from train.distill.loop import write_json
+from train.distill.selection import WEIGHTINGS, SelectionConfig, measure_complexity, plot_histogram, select
+from train.distill.selection import statistics as selection_statistics
+from train.distill.teacher import read_teacher_file
 
 
 def run_verify(args: argparse.Namespace) -> dict:
@@ -49,7 +46,7 @@ def run_verify(args: argparse.Namespace) -> dict:
 
 
 def run_complexity(args: argparse.Namespace) -> dict:
-    from train.loading import load_model, load_tokenizer
+    from train.core.loading import load_model, load_tokenizer
 
     records = read_records(args.input, validate=False)
     tokenizer = load_tokenizer(args.model)

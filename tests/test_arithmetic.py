@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from train.arithmetic import (
+from train.core.modes import Mode, parse_response
+from train.world.arithmetic import (
     LEVELS,
     ArithmeticTeacher,
     addition_steps,
@@ -14,7 +15,6 @@ from train.arithmetic import (
     make_problems,
     multiplication_steps,
 )
-from train.modes import Mode, parse_response
 
 
 def test_addition_trace_exact():

@@ -6,8 +6,9 @@ import math
 import random
 
 import pytest
+from conftest import load_script
 
-from train.complexity import (
+from train.distill.selection import (
     SelectionConfig,
     band_weight,
     complexity,
@@ -77,14 +78,11 @@ def test_config_validation():
 
 def test_select_data_complexity_writes_the_selected_set(tiny_model_dir, tmp_path):
     import json
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from select_data import main
+    main = load_script("scripts/select_data.py").main
 
-    from train.arithmetic import make_problems
-    from train.data import write_jsonl
+    from train.core.data import write_jsonl
+    from train.world.arithmetic import make_problems
 
     write_jsonl(tmp_path / "in.jsonl", make_problems(6, levels=(5,), seed=0))  # 4-5 digit answers
     argv = ["complexity", "--model", str(tiny_model_dir), "--input", str(tmp_path / "in.jsonl"),

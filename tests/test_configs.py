@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from train.cli import ConfigError, check_config_file, parse_args
+from train.core.cli import ConfigError, check_config_file, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "recipes" / "configs").rglob("*.yaml"))
@@ -49,7 +49,7 @@ def test_config_loads_and_validates(config):
 def test_unknown_key_suggests_the_right_one(tmp_path):
     from trl import ModelConfig
 
-    from train.configs import SFTConfig
+    from train.core.configs import SFTConfig
     from train.sft import SFTScriptArguments
 
     bad = tmp_path / "x.yaml"

@@ -7,7 +7,7 @@ import json
 import pytest
 from datasets import Dataset
 
-from train.data import DataError, code_tests, load_records, mix, read_records, validate_record, write_jsonl
+from train.core.data import DataError, code_tests, load_records, mix, read_records, validate_record, write_jsonl
 
 GOOD = [
     {"id": "m1", "prompt": "1+1?", "task": "math", "answer": 2, "difficulty": 1},

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from safetensors.torch import load_file
 
-from train.arithmetic import make_problems
-from train.data import validate_record, write_jsonl
-from train.distill_loop import is_complete, iteration_dir, merge_models, resume_point, write_manifest
-from train.teacher import ArithmeticBackend
-from train.verify import Verifier, rejection_sample
+from rewards.verify import Verifier, rejection_sample
+from train.core.data import validate_record, write_jsonl
+from train.distill.loop import is_complete, iteration_dir, merge_models, resume_point, write_manifest
+from train.distill.teacher import ArithmeticBackend
+from train.world.arithmetic import make_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,7 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_merge_step_really_merges(tmp_path):
-    from train.tiny import make_tiny
+    from train.world.tiny import make_tiny
 
     a, b, c = (make_tiny(tmp_path / n, size="nano", seed=s) for n, s in (("a", 0), ("b", 1), ("c", 2)))
     wa, wb, wc = weights(a), weights(b), weights(c)
@@ -70,10 +71,9 @@ def test_resume_point_needs_manifest_and_weights(tmp_path):
 
 
 def test_unknown_config_key_is_named(tmp_path):
-    sys.path.insert(0, str(ROOT / "recipes"))
-    from distill import main
+    main = load_script("recipes/distill.py").main
 
-    from train.cli import ConfigError
+    from train.core.cli import ConfigError
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("itterations: 2\n")
@@ -99,8 +99,7 @@ def launch(model: Path, data: Path, out: Path) -> subprocess.CompletedProcess:
 
 def test_two_iterations_in_process_then_resume(tiny_model_dir, pool_dir, tmp_path):
     """The fast variant (one process, no launcher, minimal sizes) of the accelerate test below."""
-    sys.path.insert(0, str(ROOT / "recipes"))
-    from distill import main
+    main = load_script("recipes/distill.py").main
 
     out = tmp_path / "run"
     argv = [
@@ -167,10 +166,9 @@ def test_two_iterations_through_accelerate_then_resume(tiny_model_dir, pool_dir,
 def test_complexity_sampling_is_seeded(tiny_model_dir, pool_dir, tmp_path, monkeypatch):
     # A fresh process seeds torch at random; what the measurement samples must depend only on the run's seed. The
     # stand-in measurement draws from torch's global generator, as sampled generation does.
-    sys.path.insert(0, str(ROOT / "recipes"))
-    import distill
+    distill = load_script("recipes/distill.py")
 
-    from train.data import read_records
+    from train.core.data import read_records
 
     monkeypatch.setattr(distill, "measure_complexity", lambda model, tok, rows, **kw: torch.rand(len(rows)).tolist())
     pool = read_records(pool_dir / "pool.jsonl")

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from safetensors.torch import load_file
 
+from rewards.mode_choice import ModeChoiceReward
+from train.core.checks import exact_match
+from train.core.data import write_jsonl
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "recipes"))
-
-import dual_system  # noqa: E402
-
-from rewards.mode_choice import ModeChoiceReward  # noqa: E402
-from train.data import write_jsonl  # noqa: E402
-from train.evaluation import exact_match  # noqa: E402
+dual_system = load_script("recipes/dual_system.py")
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -168,7 +166,7 @@ def test_slow_replay_share(tmp_path):
 
 
 def test_prompts_of_fusion_recover_one_record_per_prompt():
-    from train.fusion import prompts_of_fusion
+    from train.dual_system.fusion import prompts_of_fusion
 
     recs = prompts_of_fusion(_fusion_rows())
     assert [r["id"] for r in recs] == ["0", "1", "2"]

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from train import benchmarks
-from train.evaluation import (
+from train.core.modes import Mode
+from train.eval import benchmarks
+from train.eval.evaluation import (
     markdown_table,
     pass_at_k,
     per_prompt_scores,
@@ -16,8 +17,7 @@ from train.evaluation import (
     score_generations,
     write_results,
 )
-from train.generation import Generation
-from train.modes import Mode
+from train.sampling.generation import Generation
 
 
 def F(answer, tokens=5):

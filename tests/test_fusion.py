@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-import train.fusion as fusion
-from train.evaluation import exact_match
-from train.fusion import Candidate, FusionBuildConfig, LabelRule, decide, fusion_records, label_from_rates
-from train.modes import Mode, detect_mode, parse_response
+import train.dual_system.fusion as fusion
+from train.core.checks import exact_match
+from train.core.modes import Mode, detect_mode, parse_response
+from train.dual_system.fusion import Candidate, FusionBuildConfig, decide, fusion_records
+from train.eval.labels import LabelRule, label_from_rates
 
 RULE = LabelRule(fast_threshold=0.75, margin=0.1)
 
@@ -87,7 +88,7 @@ def test_unverifiable_prompts_use_judge_then_difficulty_then_slow():
 
 
 def test_records_per_tag(tiny_model_dir):
-    from train.loading import load_tokenizer
+    from train.core.loading import load_tokenizer
     from train.sft import to_sft_example
 
     r = decide(REC, RULE, exact_match, [fast(5)] * 4, [slow(5)] * 4)
@@ -112,7 +113,7 @@ def test_records_per_tag(tiny_model_dir):
 
 
 def test_build_writes_files_and_resumes(tmp_path, monkeypatch, tiny_model_dir):
-    from train.loading import load_tokenizer
+    from train.core.loading import load_tokenizer
 
     tok = load_tokenizer(tiny_model_dir)
     records = [
@@ -179,7 +180,7 @@ def test_records_of_one_problem_merge_into_one_prompt(tmp_path, tiny_model_dir):
 
 
 def test_fast_samples_carry_the_prefilled_block(tiny_model_dir):
-    from train.loading import load_model_and_tokenizer
+    from train.core.loading import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(tiny_model_dir)
     recs = [{"id": "a", "prompt": "Compute 1+1.", "task": "math", "answer": "2"}]

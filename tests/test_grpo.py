@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from test_judge import ChatServer, reply
 
-from train.data import read_records, write_jsonl
+from train.core.data import read_records, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "recipes/configs/tiny/grpo.yaml"
 
 
 def load_recipe():
-    spec = importlib.util.spec_from_file_location("recipe_grpo", ROOT / "recipes/grpo.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["recipe_grpo"] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_script("recipes/grpo.py")
 
 
 def graded(body: dict, attempt: int):
@@ -80,7 +75,7 @@ def mars_config(server: ChatServer) -> dict:
 
 
 def test_grpo_trains_with_the_mars_router_and_logs_per_task_metrics(tiny_model_dir, mixed_data, tmp_path):
-    from train.loading import load_model
+    from train.core.loading import load_model
 
     grpo = load_recipe()
     before = {k: v.clone() for k, v in load_model(tiny_model_dir).state_dict().items()}

@@ -327,7 +327,7 @@ def test_judge_is_picklable_and_registered():
 
 
 def test_transformers_backend_batches_generation_on_a_tiny_model(tmp_path):
-    from train.tiny import build_model, build_tokenizer
+    from train.world.tiny import build_model, build_tokenizer
 
     tok = build_tokenizer()
     model = build_model(tok, size="nano", seed=0)

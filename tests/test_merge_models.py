@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from safetensors.torch import load_file, save_file
 
 from train.merging import (
@@ -33,13 +34,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tok():
-    from train.tiny import build_tokenizer
+    from train.world.tiny import build_tokenizer
 
     return build_tokenizer()
 
 
 def save_model(tok, path: Path, seed: int, size: str = "nano", **kw) -> Path:
-    from train.tiny import build_model
+    from train.world.tiny import build_model
 
     model = build_model(tok, size=size, seed=seed, **kw)
     model.save_pretrained(path, max_shard_size=kw.pop("max_shard_size", "50GB"))
@@ -326,7 +327,6 @@ def test_killed_merge_leaves_no_output_and_the_next_run_cleans_up(ckpts, tmp_pat
     script = textwrap.dedent(
         f"""
         import os, signal, sys
-        sys.path.insert(0, {str(ROOT)!r})
         from train.merging import api, io
         real = io.ShardedWriter.write
         n = {{"i": 0}}
@@ -405,8 +405,7 @@ def test_several_adapters_merge_with_any_method(ckpts, tmp_path):
 
 
 def test_recipe_runs_a_mergekit_config_unchanged(ckpts, tmp_path):
-    sys.path.insert(0, str(ROOT / "recipes"))
-    from merge import main
+    main = load_script("recipes/merge.py").main
 
     config = tmp_path / "mergekit.yaml"
     config.write_text(

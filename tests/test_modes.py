@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from train.modes import (
+from train.core.modes import (
     PANGU_THINK_END,
     PANGU_THINK_START,
     Mode,
@@ -16,7 +16,7 @@ from train.modes import (
     parse_response,
     strip_tags,
 )
-from train.tiny import build_tokenizer
+from train.world.tiny import build_tokenizer
 
 
 @pytest.mark.parametrize(

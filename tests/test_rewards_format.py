@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rewards.format import FormatReward, ModeReward
-from train.modes import PANGU_THINK_END, PANGU_THINK_START, format_response
+from train.core.modes import PANGU_THINK_END, PANGU_THINK_START, format_response
 
 SLOW = format_response("42", "6 times 7")  # "<think>\n6 times 7\n</think>\n\n42"
 FAST = format_response("42")  # "<think>\n\n</think>\n\n42"

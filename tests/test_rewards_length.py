@@ -7,8 +7,8 @@ import pytest
 from trl.rewards import get_soft_overlong_punishment
 
 from rewards.length import CosineLengthReward, ModeLengthReward, OverlongReward, count_tokens
-from train.modes import format_response
-from train.tiny import build_tokenizer
+from train.core.modes import format_response
+from train.world.tiny import build_tokenizer
 
 FAST = format_response("42")
 SLOW = format_response("42", "6 times 7")

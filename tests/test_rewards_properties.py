@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 import rewards
 from rewards.registry import registered
-from rewards.repetition import LoopInfo, detect_loop, repetition_ratio
+from rewards.repetition import repetition_ratio
+from train.sampling.loops import LoopInfo, detect_loop
 
 
 def _load_registry() -> dict[str, Any]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from trl.rewards import get_repetition_penalty_reward
 
-from rewards.repetition import LoopInfo, RepetitionReward, detect_loop, repetition_ratio, words
+from rewards.repetition import RepetitionReward, repetition_ratio, words
+from train.sampling.loops import LoopInfo, detect_loop
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import pickle
 import pytest
 
 from rewards.router import MARSConfig, MARSRouter, RunningStats
-from train.modes import completion_text
+from train.core.modes import completion_text
 
 
 class Fixed:
@@ -334,7 +334,6 @@ def test_general_falls_back_to_the_judge_only_when_the_rule_cannot_confirm():
 _RANK_SCRIPT = """
 import json, sys
 import torch.distributed as dist
-sys.path.insert(0, {root!r})
 from rewards.router import MARSRouter
 
 rank = int(sys.argv[1])

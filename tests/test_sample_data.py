@@ -136,7 +136,7 @@ def test_code_tests_shape():
 
 
 def test_records_pass_the_shared_loader():
-    data = pytest.importorskip("train.data")
+    data = pytest.importorskip("train.core.data")
     for task, path in FILES.items():
         for index, row in enumerate(RECORDS[task], 1):
             rec = data.validate_record(row, str(path), index)

@@ -7,10 +7,10 @@ import torch
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from train.generation import Generation, generate
-from train.modes import parse_response
-from train.self_repair import LoopStoppingCriteria, RepairConfig, RepairedGeneration, generate_with_repair
-from train.tiny import build_tokenizer
+from train.core.modes import parse_response
+from train.sampling.generation import Generation, generate
+from train.sampling.self_repair import LoopStoppingCriteria, RepairConfig, RepairedGeneration, generate_with_repair
+from train.world.tiny import build_tokenizer
 
 PHRASE = "\nWait, I am going in circles. Let me move on.\n"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,8 +75,7 @@ def test_two_process_accelerate_launch_changes_every_parameter(tiny_model_dir, a
 
 
 def test_lora_trains_adapter_and_saves_merged_model(tiny_model_dir, arithmetic_data_dir, tmp_path):
-    sys.path.insert(0, str(ROOT / "recipes"))
-    from sft import main
+    main = load_script("recipes/sft.py").main
 
     out = tmp_path / "lora"
     merged = main(
@@ -119,10 +119,9 @@ def test_bad_data_row_is_named(tmp_path, tiny_model_dir):
         + json.dumps({"prompt": "2+2", "task": "math"})
         + "\n"
     )
-    sys.path.insert(0, str(ROOT / "recipes"))
-    from sft import main
+    main = load_script("recipes/sft.py").main
 
-    from train.data import DataError
+    from train.core.data import DataError
 
     with pytest.raises(DataError, match=r"train.jsonl, row 2, key 'response'"):
         main(

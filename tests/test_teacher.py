@@ -10,9 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from train.arithmetic import make_problems
-from train.data import DataError, validate_record
-from train.teacher import (
+from train.core.data import DataError, validate_record
+from train.distill.teacher import (
     ArithmeticBackend,
     OpenAIBackend,
     RateLimiter,
@@ -22,6 +21,7 @@ from train.teacher import (
     make_backend,
     read_teacher_file,
 )
+from train.world.arithmetic import make_problems
 
 
 def records(n: int = 10) -> list[dict]:

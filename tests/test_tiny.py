@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from train.loading import load_model_and_tokenizer
-from train.tiny import build_model, build_tokenizer, make_tiny
+from train.core.loading import load_model_and_tokenizer
+from train.world.tiny import build_model, build_tokenizer, make_tiny
 
 
 def test_model_init_is_deterministic_and_isolated():
@@ -65,10 +65,10 @@ def test_save_reload_and_generate(tmp_path):
 def test_local_load_never_touches_network(tiny_model_dir):
     """With every hub call made to fail, a local folder still loads."""
     code = (
-        "import socket, sys; sys.path.insert(0, '.');"
+        "import socket;"
         "socket.socket.connect = lambda *a, **k: (_ for _ in ()).throw(OSError('network used'));"
         "socket.create_connection = socket.socket.connect;"
-        "from train.loading import load_model_and_tokenizer;"
+        "from train.core.loading import load_model_and_tokenizer;"
         f"m, t = load_model_and_tokenizer({str(tiny_model_dir)!r}); print(type(m).__name__)"
     )
     env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "PATH": "/usr/bin:/bin"}

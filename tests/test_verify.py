@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from train.pass_rate import pass_rates
-from train.verify import Verdict, Verifier, check, rejection_sample, reply_correct, shortest_correct
+from rewards.verify import Verdict, Verifier, check, rejection_sample, reply_correct, shortest_correct
+from train.sampling.pass_rate import pass_rates
 
 RECORD = {"id": "a", "prompt": "Compute 12+30.", "task": "math", "answer": "42"}
 
@@ -78,7 +78,7 @@ def test_check_is_a_pass_rate_checker(tiny_model_dir):
     general = {"task": "general", "answer": "red"}
     assert check("red", general) and not check("blue", general)  # no rule: exact match
     assert reply_correct(reply("42"), RECORD)
-    from train.loading import load_model, load_tokenizer
+    from train.core.loading import load_model, load_tokenizer
 
     tok = load_tokenizer(tiny_model_dir)
     model = load_model(tiny_model_dir, tokenizer=tok)

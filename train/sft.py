@@ -15,10 +15,10 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig, SFTTrainer, get_peft_config
 
-from train.configs import SFTConfig
-from train.data import DataError, load_records, mix, to_messages
-from train.loading import load_model, load_tokenizer
-from train.script_args import DataArguments
+from train.core.args import DataArguments
+from train.core.configs import SFTConfig
+from train.core.data import DataError, load_records, mix, to_messages
+from train.core.loading import load_model, load_tokenizer
 
 logger = logging.getLogger(__name__)
 

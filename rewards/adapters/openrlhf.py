@@ -31,9 +31,9 @@ from typing import Any
 if __package__ in (None, ""):  # loaded by file path: make `rewards` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import torch  # noqa: E402
+import torch
 
-from rewards.adapters import get_router  # noqa: E402
+from rewards.adapters import get_router
 
 logger = logging.getLogger("rewards.adapters.openrlhf")
 

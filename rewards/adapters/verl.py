@@ -28,7 +28,7 @@ from typing import Any
 if __package__ in (None, ""):  # loaded by file path (verl's importlib loader): make `rewards` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from rewards.adapters import get_router, task_of  # noqa: E402
+from rewards.adapters import get_router, task_of
 
 
 def _columns(data_sources, ground_truths, extra_infos, router) -> dict[str, list[Any]]:

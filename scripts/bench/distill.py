@@ -29,21 +29,18 @@ import logging
 import random
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "recipes"))
+from rewards.verify import Verifier, rejection_sample, reply_correct
+from train.core.cli import run_script, setup_logging
+from train.core.data import validate_record, write_jsonl
+from train.distill.loop import iteration_dir, write_json
+from train.distill.teacher import ArithmeticBackend
+from train.world.arithmetic import make_problems
+from train.world.tiny import make_tiny
 
-from train.arithmetic import make_problems  # noqa: E402
-from train.cli import setup_logging  # noqa: E402
-from train.data import validate_record, write_jsonl  # noqa: E402
-from train.distill_loop import iteration_dir, write_json  # noqa: E402
-from train.teacher import ArithmeticBackend  # noqa: E402
-from train.tiny import make_tiny  # noqa: E402
-from train.verify import Verifier, rejection_sample, reply_correct  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 logger = logging.getLogger("bench.distill")
 
@@ -89,12 +86,10 @@ def build_pool(args: argparse.Namespace, out: Path) -> dict:
 
 def warm_up(args: argparse.Namespace, out: Path) -> Path:
     """A small model trained briefly on a slice of the pool, so that its pass rates spread over [0, 1]."""
-    from sft import main as sft_main
-
     model_dir = make_tiny(out / "init", size=args.size, seed=args.seed)
     pool = [json.loads(x) for x in (out / "pool.jsonl").read_text().splitlines()]
     write_jsonl(out / "warmup.jsonl", random.Random(1).sample(pool, min(args.warmup_examples, len(pool))))
-    sft_main([
+    run_script(ROOT / "recipes/sft.py", *[
         "--model_name_or_path", str(model_dir), "--train_files", str(out / "warmup.jsonl"),
         "--output_dir", str(out / "warm"), "--max_steps", str(args.warmup_steps),
         "--per_device_train_batch_size", str(args.batch_size), "--learning_rate", "3e-3",
@@ -106,15 +101,13 @@ def warm_up(args: argparse.Namespace, out: Path) -> Path:
 
 
 def run_arm(name: str, args: argparse.Namespace, out: Path, model: Path) -> dict:
-    from distill import main as distill_main
-
     arm_dir = out / name.replace("+", "_")
     if name == "aware+none" and not iteration_dir(arm_dir, 0).exists():
         # Iteration 0 has nothing to merge with, so it is the same run as aware+ema's: resume from a copy.
         shutil.copytree(iteration_dir(out / "aware_ema", 0), iteration_dir(arm_dir, 0))
         shutil.copy2(out / "aware_ema" / "initial_metrics.json", arm_dir / "initial_metrics.json")
     start = time.perf_counter()
-    distill_main([
+    run_script(ROOT / "recipes/distill.py", *[
         "--config", str(ROOT / "recipes/configs/tiny/distill.yaml"),
         "--model_name_or_path", str(model), "--train_file", str(out / "pool.jsonl"),
         "--eval_file", str(out / "test.jsonl"), "--output_dir", str(arm_dir),
@@ -209,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--k", type=int, default=4, help="teacher replies per prompt")
     parser.add_argument("--error-rate", type=float, default=0.3, help="teacher's chance of a wrong result")
     parser.add_argument("--verbosity", type=float, default=0.5, help="teacher's chance of a padding line per step")
-    parser.add_argument("--size", default="tiny", help="student size (train.tiny.SIZES)")
+    parser.add_argument("--size", default="tiny", help="student size (train.world.tiny.SIZES)")
     parser.add_argument("--warmup-steps", type=int, default=400, help="SFT steps of the starting model")
     parser.add_argument("--warmup-examples", type=int, default=800, help="pool examples seen by the warm-up")
     parser.add_argument("--candidates", type=int, default=640, help="prompts scored per iteration")

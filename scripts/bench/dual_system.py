@@ -21,23 +21,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "recipes"))
-sys.path.insert(0, str(ROOT / "scripts"))
+from train.core.checks import exact_match
+from train.core.cli import run_script, setup_logging
+from train.core.data import read_records, write_jsonl
+from train.core.loading import load_model_and_tokenizer
+from train.core.modes import Mode, apply_mode
+from train.eval.evaluation import per_prompt_scores
+from train.sampling.generation import generate
+from train.world.arithmetic import ArithmeticTeacher, make_dataset, make_problems
+from train.world.tiny import make_tiny
 
-from train.arithmetic import ArithmeticTeacher, make_problems  # noqa: E402
-from train.cli import setup_logging  # noqa: E402
-from train.data import read_records, write_jsonl  # noqa: E402
-from train.evaluation import exact_match, per_prompt_scores  # noqa: E402
-from train.generation import generate  # noqa: E402
-from train.loading import load_model_and_tokenizer  # noqa: E402
-from train.modes import Mode, apply_mode  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,22 +77,23 @@ def build_start(work: Path, args: argparse.Namespace) -> tuple[Path, float, bool
     out = work / "start"
     if (out / "model.safetensors").exists():
         return out, 0.0, False
-    from make_arithmetic_data import main as make_data
-    from sft import main as sft_main
-
-    from train.tiny import make_tiny
-
     t = time.perf_counter()
-    make_data(["--out", str(work / "data"), "--n-train", str(args.n_train), "--n-test", "10",
-               "--levels", "1", "2", "3", "--modes", "slow"])  # fmt: skip
+    write_world(work / "data", args.n_train)
     texts = [r["prompt"] + r["response"] for r in read_records(work / "data" / "train.jsonl")]
     make_tiny(work / "init", corpus=texts[:200] + ["carry check add"], size="small", seed=0)
-    sft_main([
+    run_script(ROOT / "recipes/sft.py", *[
         "--config", str(ROOT / "recipes/configs/tiny/sft.yaml"), "--model_name_or_path", str(work / "init"),
         "--train_files", str(work / "data" / "train.jsonl"), "--output_dir", str(out),
         "--max_steps", str(args.start_steps), "--logging_steps", "100", "--disable_tqdm", "true",
     ])  # fmt: skip
     return out, time.perf_counter() - t, True
+
+
+def write_world(folder: Path, n_train: int) -> None:
+    """The arithmetic world's slow-mode training records (levels 1-3) and a token test set."""
+    train, test = make_dataset(n_train, 10, [1, 2, 3], ["slow"])
+    write_jsonl(folder / "train.jsonl", train)
+    write_jsonl(folder / "test.jsonl", test)
 
 
 def held_out(work: Path, args: argparse.Namespace, train_ids: set[str]) -> tuple[list[dict], list[dict]]:
@@ -153,10 +152,7 @@ def fusion_prompts(work: Path, args: argparse.Namespace) -> Path:
     """The training problems (with their slow teacher traces as the pool), the recipe's ``train_files``."""
     path = work / "data" / "train.jsonl"
     if not path.exists():
-        from make_arithmetic_data import main as make_data
-
-        make_data(["--out", str(work / "data"), "--n-train", str(args.n_train), "--n-test", "10",
-                   "--levels", "1", "2", "3", "--modes", "slow"])  # fmt: skip
+        write_world(work / "data", args.n_train)
     return path
 
 
@@ -168,17 +164,17 @@ def run_recipe(
     phase2_file: Path | None,
     args: argparse.Namespace,
 ) -> Path:
-    from dual_system import main as dual_main
-
-    return dual_main([
+    out = work / "dual"
+    run_script(ROOT / "recipes/dual_system.py", *[
         "--config", args.config, "--model_name_or_path", str(start), "--train_files", str(train_file),
-        "--output_dir", str(work / "dual"), "--max_prompts", str(args.max_prompts),
+        "--output_dir", str(out), "--max_prompts", str(args.max_prompts),
         "--phase1_steps", str(args.phase1_steps), "--phase2_steps", str(args.phase2_steps),
         *(["--fast_files", str(fast_file)] if fast_file else []),
         *(["--phase2_files", str(phase2_file)] if phase2_file else []),
         *(["--replay_files", str(train_file)] if args.replay else []),
         "--disable_tqdm", "true", *(["--fusion_file", args.fusion_file] if args.fusion_file else []), *args.extra,
     ])  # fmt: skip
+    return out
 
 
 def evaluate_model(
@@ -240,7 +236,7 @@ EASY, HARD = ("1", "2"), ("3",)
 
 def mix_figures(scores: dict[str, list]) -> dict[str, float]:
     """Auto against slow on one test mix, with the two reference mode choices."""
-    from train.evaluation import results_from_scores
+    from train.eval.evaluation import results_from_scores
 
     res = results_from_scores(scores, k=1)["modes"]
     slow_acc, auto_acc = res["slow"]["avg@1"], res["auto"]["avg@1"]
@@ -336,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     final_path = run_recipe(work, start, train_file, fast_file, phase2_file, args)
     recipe_s = time.perf_counter() - t
     final_scores, eval_s = evaluate_model(final_path, everything)
-    from train.evaluation import markdown_table, results_from_scores
+    from train.eval.evaluation import markdown_table, results_from_scores
 
     start_results = results_from_scores(first(start_scores, len(test)), k=1)
     final = results_from_scores(first(final_scores, len(test)), k=1)

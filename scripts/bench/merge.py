@@ -31,7 +31,6 @@ import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 # hidden, layers, heads, kv heads, intermediate, vocab: 100.1M parameters with an untied lm_head
 ARCH = dict(hidden=768, layers=12, heads=12, kv=4, inter=2048, vocab=16000)
@@ -47,7 +46,7 @@ def make_checkpoints(workdir: Path, n: int = 3, seed: int = 0) -> list[Path]:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from train.merging.io import OutputTensor, ShardedWriter
-    from train.tiny import build_tokenizer
+    from train.world.tiny import build_tokenizer
 
     a = ARCH
     config = Qwen3Config(

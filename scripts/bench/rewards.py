@@ -29,13 +29,10 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, ahead of this file's own folder
-
-from rewards.base import extract_answer  # noqa: E402
-from rewards.code import CodeReward, extract_code  # noqa: E402
-from rewards.sandbox import SandboxLimits, compare_output, normalize_tests  # noqa: E402
+from rewards.base import extract_answer
+from rewards.code import CodeReward, extract_code
+from rewards.sandbox import SandboxLimits, compare_output, normalize_tests
 
 # ------------------------------------------------------------------------------------------------------ math
 

@@ -13,47 +13,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from train.core.cli import run_script
+from train.core.data import read_records, write_jsonl
+from train.core.loading import load_model_and_tokenizer
+from train.eval.evaluation import evaluate_modes
+from train.world.arithmetic import make_dataset
+from train.world.tiny import make_tiny
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "recipes"))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from make_arithmetic_data import main as make_data  # noqa: E402
-from sft import main as sft  # noqa: E402
-
-from train.data import read_records  # noqa: E402
-from train.evaluation import evaluate_modes  # noqa: E402
-from train.loading import load_model_and_tokenizer  # noqa: E402
-from train.tiny import make_tiny  # noqa: E402
 
 
 def train_arm(work: Path, mode: str, args: argparse.Namespace) -> tuple[float, dict]:
     data = work / f"data-{mode}"
-    make_data(
-        [
-            "--out",
-            str(data),
-            "--n-train",
-            str(args.n_train),
-            "--n-test",
-            str(args.n_test),
-            "--levels",
-            "3",
-            "--modes",
-            mode,
-            "--seed",
-            "0",
-        ]
-    )
+    train, test = make_dataset(args.n_train, args.n_test, [3], [mode], seed=0)
+    write_jsonl(data / "train.jsonl", train)
+    write_jsonl(data / "test.jsonl", test)
     out = work / f"sft-{mode}"
     start = time.perf_counter()
-    sft(
-        [
+    run_script(
+        ROOT / "recipes/sft.py",
+        *[
             "--config",
             str(ROOT / "recipes/configs/tiny/sft.yaml"),
             "--model_name_or_path",
@@ -70,7 +53,7 @@ def train_arm(work: Path, mode: str, args: argparse.Namespace) -> tuple[float, d
             "100",
             "--learning_rate",
             str(args.lr),
-        ]
+        ],
     )
     wall = time.perf_counter() - start
     model, tok = load_model_and_tokenizer(out)

@@ -204,9 +204,9 @@ def measure_complexity(
 
     ``backend="vllm"`` samples with vLLM's offline engine from the model's folder (``model`` is then a path);
     ``"auto"`` uses vLLM when it is installed and a GPU is visible. Replies are checked with the MARS rule layer
-    (:func:`train.verify.check`) unless another ``check`` is given.
+    (:func:`rewards.verify.check`) unless another ``check`` is given.
     """
-    from train.verify import check as mars_check
+    from rewards.verify import check as mars_check
 
     check = check or mars_check
     if backend == "auto":
@@ -215,7 +215,7 @@ def measure_complexity(
         return _vllm_complexity(
             model, records, num_samples, mode, temperature, max_new_tokens, check, gpu_memory_utilization
         )
-    from train.pass_rate import pass_rates
+    from train.sampling.pass_rate import pass_rates
 
     rates = pass_rates(
         model,
@@ -252,8 +252,8 @@ def _vllm_complexity(
     check: Any,
     gpu_memory_utilization: float = 0.9,
 ) -> list[float]:
-    from train.modes import parse_response
-    from train.teacher import TeacherConfig, VLLMBackend
+    from train.core.modes import parse_response
+    from train.distill.teacher import TeacherConfig, VLLMBackend
 
     if not isinstance(model_path, (str, Path)):
         raise TypeError("the vllm complexity backend needs the student's folder, not a loaded model")

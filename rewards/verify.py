@@ -10,8 +10,8 @@ Two layers, as in the Pangu Embedded recipe:
 A reply the rules call wrong is never sent to the judge. A reply neither layer can decide is not kept. Of the
 verified replies of a prompt the shortest (in tokens) is kept; ties go to the earliest sample.
 
-:func:`check` is the same rule layer shaped as a :data:`train.evaluation.Checker`, for
-:func:`train.pass_rate.pass_rates` (model-aware complexity).
+:func:`check` is the same rule layer shaped as a :data:`train.eval.evaluation.Checker`, for
+:func:`train.sampling.pass_rate.pass_rates` (model-aware complexity).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from train.evaluation import exact_match
-from train.modes import parse_response
+from train.core.checks import exact_match
+from train.core.modes import parse_response
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +196,8 @@ _CHECK_VERIFIER = Verifier()
 
 
 def check(answer: str | None, record: dict[str, Any]) -> bool:
-    """MARS rule-layer checker for :func:`train.pass_rate.pass_rates`: is this *answer* (after the think block) right?
+    """MARS rule-layer checker for :func:`train.sampling.pass_rate.pass_rates`: is this *answer* (after the think
+    block) right?
 
     Math uses math-verify, code runs the record's tests; a task no rule covers falls back to exact match.
     """

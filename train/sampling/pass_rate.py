@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from train.evaluation import Checker, exact_match
-from train.generation import Generation, generate
-from train.modes import Mode, parse_response, think_delimiters
+from train.core.checks import Checker, exact_match
+from train.core.modes import Mode, parse_response, think_delimiters
+from train.sampling.generation import Generation, generate
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ class DataArguments:
     train_files: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "Record files (JSONL, JSON, CSV, Parquet) or hub names in fastslow's schema (train/data.py): "
+            "help": "Record files (JSONL, JSON, CSV, Parquet) or hub names in fastslow's schema (train/core/data.py): "
             "SFT needs a `response`; GRPO reads prompt/task/answer/tests."
         },
     )

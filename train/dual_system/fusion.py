@@ -36,13 +36,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from train.data import record_id, write_jsonl
-from train.evaluation import exact_match
-from train.modes import DEFAULT_THINK_END, DEFAULT_THINK_START, Mode, apply_mode, format_response, parse_response
+from train.core.checks import exact_match
+from train.core.data import record_id, write_jsonl
+from train.core.modes import DEFAULT_THINK_END, DEFAULT_THINK_START, Mode, apply_mode, format_response, parse_response
+from train.eval.labels import FAST, SLOW, LabelRule, label_from_rates
 
 logger = logging.getLogger(__name__)
 
-FAST, SLOW = "fast", "slow"
 #: Check a reply's answer against its record: True/False, or None when the record cannot be verified.
 Check = Callable[[str | None, dict[str, Any]], "bool | None"]
 Judge = Callable[[dict[str, Any]], "str | None"]
@@ -52,35 +52,11 @@ Judge = Callable[[dict[str, Any]], "str | None"]
 
 
 @dataclass(frozen=True)
-class LabelRule:
-    """How pass rates become a fast/slow label (see the module docstring)."""
-
-    fast_threshold: float = 0.75
-    margin: float = 0.1
-    fallback_max_easy_difficulty: float | None = None
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.fast_threshold <= 1.0:
-            raise ValueError(f"fast_threshold={self.fast_threshold} must be in [0, 1]")
-        if not 0.0 <= self.margin <= 1.0:
-            raise ValueError(f"margin={self.margin} must be in [0, 1]")
-
-
-@dataclass(frozen=True)
 class Label:
     """A label and where it came from: ``pass_rate``, ``judge``, ``difficulty`` or ``default``."""
 
     label: str
     source: str
-
-
-def label_from_rates(fast_rate: float, slow_rate: float, rule: LabelRule) -> str:
-    """``fast`` when the fast pass rate reaches the threshold and is not clearly below the slow one."""
-    # A small epsilon so that 0.75 computed as 3/4 never misses a 0.75 threshold by a rounding error.
-    eps = 1e-9
-    if fast_rate + eps >= rule.fast_threshold and fast_rate + eps >= slow_rate - rule.margin:
-        return FAST
-    return SLOW
 
 
 def fallback_label(record: dict[str, Any], rule: LabelRule, judge: Judge | None = None) -> Label:
@@ -121,8 +97,8 @@ def math_check(answer: str | None, record: dict[str, Any]) -> bool | None:
 
 
 def mars_check(answer: str | None, record: dict[str, Any]) -> bool | None:
-    """The MARS rule layer (:func:`train.verify.check`): math-verify for math, sandboxed tests for code."""
-    from train.verify import check
+    """The MARS rule layer (:func:`rewards.verify.check`): math-verify for math, sandboxed tests for code."""
+    from rewards.verify import check
 
     return check(answer, record)
 
@@ -469,7 +445,7 @@ def sample_candidates(
     With ``fast_prefill`` the fast prompts end with the empty think block and the block is put back in front of
     each reply (its tokens counted), so candidates always carry their own think block.
     """
-    from train.modes import think_delimiters
+    from train.core.modes import think_delimiters
 
     prefill = config.fast_prefill and mode == Mode.FAST
     kwargs = dict(
@@ -483,11 +459,11 @@ def sample_candidates(
         enable_thinking=False if prefill else None,
     )
     if config.self_repair:
-        from train.self_repair import generate_with_repair
+        from train.sampling.self_repair import generate_with_repair
 
         gens = generate_with_repair(model, tokenizer, [r["prompt"] for r in records], **kwargs)
     else:
-        from train.generation import generate
+        from train.sampling.generation import generate
 
         gens = generate(model, tokenizer, [r["prompt"] for r in records], **kwargs)
     prefix = ""
@@ -557,7 +533,7 @@ def build_fusion(
     out.mkdir(parents=True, exist_ok=True)
     check = check or get_check(config.check)
     rule = config.rule()
-    from train.modes import think_delimiters
+    from train.core.modes import think_delimiters
 
     ts, te = think_delimiters(tokenizer)
     records = merge_prompts(records)

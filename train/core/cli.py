@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
@@ -66,3 +67,12 @@ def setup_logging(level: str | int | Any = "INFO") -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True
     )
+
+
+def run_script(path: str | Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a recipe or script file in a fresh Python process (the way benchmarks and the demo chain stages).
+
+    Recipes and scripts are programs, never imported: running one in its own process keeps the library free of
+    them and gives each stage a clean interpreter, as ``accelerate launch`` would.
+    """
+    return subprocess.run([sys.executable, str(path), *map(str, args)], check=check)

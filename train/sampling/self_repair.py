@@ -11,9 +11,10 @@ stopped rows and resumes them:
 3. after ``max_repairs`` repairs, a further loop closes the think block instead (``close_phrase`` + think end),
    so the model must answer.
 
-Replies that never loop are exactly what :func:`train.generation.generate` returns for the same arguments under
+Replies that never loop are exactly what :func:`train.sampling.generation.generate` returns for the same arguments
+under
 greedy decoding (the criterion never fires). The return type is the same: a list per prompt of
-:class:`~train.generation.Generation` (here :class:`RepairedGeneration`, which adds the number of repairs).
+:class:`~train.sampling.generation.Generation` (here :class:`RepairedGeneration`, which adds the number of repairs).
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from rewards.repetition import LoopInfo, detect_loop
-from train.generation import Generation, build_prompts
-from train.modes import Mode, think_delimiters
+from train.core.modes import Mode, think_delimiters
+from train.sampling.generation import Generation, build_prompts
+from train.sampling.loops import LoopInfo, detect_loop
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +168,8 @@ def generate_with_repair(
     repair: RepairConfig | None = None,
     **generate_kwargs: Any,
 ) -> list[list[Generation]]:
-    """Like :func:`train.generation.generate`, with loops in the think block cut and repaired (see the module doc).
+    """Like :func:`train.sampling.generation.generate`, with loops in the think block cut and repaired (see the
+    module doc).
 
     ``max_new_tokens`` bounds each reply's final length (injected phrases included).
     """

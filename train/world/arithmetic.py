@@ -25,8 +25,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from train.data import record_id
-from train.modes import DEFAULT_THINK_END, DEFAULT_THINK_START, Mode, format_response
+from train.core.data import record_id
+from train.core.modes import DEFAULT_THINK_END, DEFAULT_THINK_START, Mode, apply_mode, format_response
 
 LEVELS: dict[int, tuple[str, int, int]] = {
     1: ("+", 1, 1),
@@ -202,3 +202,35 @@ def corpus(problems: list[dict]) -> list[str]:
     """Texts covering every character the world uses, for training a tokenizer."""
     teacher = ArithmeticTeacher()
     return [p["prompt"] + teacher.respond(p) for p in problems[:200]] + ["carry check add"]
+
+
+def make_dataset(
+    n_train: int,
+    n_test: int,
+    levels: list[int],
+    modes: list[str] = ("slow",),
+    slow_tag: str = "both",
+    verbosity: float = 0.0,
+    error_rate: float = 0.0,
+    seed: int = 0,
+) -> tuple[list[dict], list[dict]]:
+    """(training records with a teacher ``response``, one per problem and mode; held-out problems, disjoint).
+
+    Slow prompts carry ``/think`` (``slow_tag="think"``), no tag (``"none"``) or either at random (``"both"``),
+    so the model obeys both spellings of the request; fast ones carry ``/no_think``.
+    """
+    if slow_tag not in ("both", "think", "none"):
+        raise ValueError(f"slow_tag={slow_tag!r}; expected both, think or none")
+    test = make_problems(n_test, levels, seed=seed + 1)
+    train = make_problems(n_train, levels, seed=seed, exclude={p["id"] for p in test})
+    teacher = ArithmeticTeacher(verbosity=verbosity, error_rate=error_rate, seed=seed)
+    rows = []
+    rng = random.Random(seed)
+    for p in train:
+        for mode in map(Mode.parse, modes):
+            tag = mode
+            if mode == Mode.SLOW and (slow_tag == "none" or (slow_tag == "both" and rng.random() < 0.5)):
+                tag = None  # no tag means slow too
+            prompt = apply_mode(p["prompt"], tag)[0]["content"]
+            rows.append({**p, "prompt": prompt, "response": teacher.respond(p, mode)})
+    return rows, test

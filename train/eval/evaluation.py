@@ -20,23 +20,16 @@ import json
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from train.generation import Generation, generate
-from train.modes import DEFAULT_THINK_END, DEFAULT_THINK_START, Mode, parse_response, think_delimiters
+from train.core.checks import Checker, exact_match
+from train.core.modes import DEFAULT_THINK_END, DEFAULT_THINK_START, Mode, parse_response, think_delimiters
+from train.eval.labels import LabelRule, label_from_rates
+from train.sampling.generation import Generation, generate
 
 logger = logging.getLogger(__name__)
-
-Checker = Callable[[str | None, dict[str, Any]], bool]
-
-
-def exact_match(answer: str | None, record: dict[str, Any]) -> bool:
-    """The answer equals the reference after stripping whitespace (enough for the arithmetic world)."""
-    if answer is None or record.get("answer") is None:
-        return False
-    return "".join(answer.split()) == "".join(str(record["answer"]).split())
 
 
 def complies(mode: Mode, parsed_mode: str) -> bool:
@@ -183,10 +176,8 @@ def _summary(prompts: Sequence[dict[str, Any]], k: int) -> dict[str, Any]:
 def right_modes(fast: Sequence[dict[str, Any]], slow: Sequence[dict[str, Any]], threshold: float = 0.5) -> list[str]:
     """The mode that was right for each prompt: fast when fast accuracy reaches ``threshold`` and is not below slow's.
 
-    The fusion label rule with ``margin = 0`` (:func:`train.fusion.label_from_rates`).
+    The fusion label rule with ``margin = 0`` (:func:`train.eval.labels.label_from_rates`).
     """
-    from train.fusion import LabelRule, label_from_rates
-
     rule = LabelRule(fast_threshold=threshold, margin=0.0)
     out = []
     for f, s in zip(fast, slow, strict=True):
@@ -226,7 +217,7 @@ def evaluate(
     ts, te = think_delimiters(tokenizer)
     gen_fn = generate
     if self_repair:
-        from train.self_repair import generate_with_repair as gen_fn
+        from train.sampling.self_repair import generate_with_repair as gen_fn
     prompts = {}
     for mode in map(Mode.parse, modes):
         gens = gen_fn(

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from train.data import to_messages
-from train.modes import Mode, apply_mode
+from train.core.data import to_messages
+from train.core.modes import Mode, apply_mode
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Formats (``--format auto`` guesses from the first row's keys):
 ==========  ==========================================================================================
 format      row keys
 ==========  ==========================================================================================
-records     fastslow records: ``prompt``, ``task``, ``answer`` or ``tests`` (see :mod:`train.data`)
+records     fastslow records: ``prompt``, ``task``, ``answer`` or ``tests`` (see :mod:`train.core.data`)
 aime        ``problem`` (or ``question``) and an integer ``answer``; task ``math``
 math500     ``problem``, ``answer`` (``solution`` optional), ``level`` (difficulty), ``subject``; task ``math``
 gpqa        ``Question``, ``Correct Answer``, ``Incorrect Answer 1..3`` (the GPQA CSV); or ``question``,
@@ -27,8 +27,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from train.data import DataError, read_records, record_id, validate_record
-from train.evaluation import exact_match
+from train.core.checks import exact_match
+from train.core.data import DataError, read_records, record_id, validate_record
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def check(answer: str | None, record: dict[str, Any]) -> bool:
     if exact_match(answer, record):
         return True
     if task == "code" or record.get("answer") not in (None, ""):
-        from train.verify import check as mars
+        from rewards.verify import check as mars
 
         return bool(mars(answer, record))
     return False

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from train.modes import DEFAULT_THINK_END, DEFAULT_THINK_START, install_chat_template, think_delimiters
+from train.core.modes import DEFAULT_THINK_END, DEFAULT_THINK_START, install_chat_template, think_delimiters
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
-from train.modes import DEFAULT_THINK_END, DEFAULT_THINK_START, install_chat_template
+from train.core.modes import DEFAULT_THINK_END, DEFAULT_THINK_START, install_chat_template
 
 logger = logging.getLogger(__name__)
 

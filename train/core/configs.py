@@ -1,4 +1,4 @@
-"""trl configs that choose precision and gradient checkpointing from the device (see :mod:`train.device`).
+"""trl configs that choose precision and gradient checkpointing from the device (see :mod:`train.core.device`).
 
 Use these instead of trl's own so the same YAML runs on a CPU laptop and on a GPU or NPU cluster.
 """
@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 
 import trl
 
-from train.device import resolve_precision
+from train.core.device import resolve_precision
 
 _BF16_HELP = (
     "bf16 mixed precision. Left unset, fastslow decides from the device: on for CUDA with bf16 support and "
-    "Ascend NPU, off on CPU and MPS (train.device.resolve_precision)."
+    "Ascend NPU, off on CPU and MPS (train.core.device.resolve_precision)."
 )
 _GC_HELP = (
     "Gradient checkpointing. Left unset, fastslow decides from the device: on for accelerators, off on CPU, "

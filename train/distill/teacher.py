@@ -2,10 +2,10 @@
 
 Backends (all with ``generate(records, k) -> list[list[Sample]]``, one list of ``k`` samples per record):
 
-* ``arithmetic``: the programmatic arithmetic teacher (:class:`train.arithmetic.ArithmeticTeacher`), with its
+* ``arithmetic``: the programmatic arithmetic teacher (:class:`train.world.arithmetic.ArithmeticTeacher`), with its
   mistakes (``error_rate``) and padded traces (``verbosity``);
 * ``transformers``: a local model, batched generation on whatever device it sits on
-  (:func:`train.generation.generate`);
+  (:func:`train.sampling.generation.generate`);
 * ``vllm``: vLLM's offline engine (optional extra, GPU), imported only when this backend is built;
 * ``openai``: an OpenAI-compatible chat-completions endpoint (a vLLM or SGLang server, a hosted API): concurrent
   requests from a thread pool, a request-rate limit, retries with exponential back-off on transport errors, HTTP 429
@@ -35,9 +35,9 @@ from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
-from train.arithmetic import ArithmeticTeacher
-from train.data import DataError, to_messages
-from train.modes import Mode, apply_mode
+from train.core.data import DataError, to_messages
+from train.core.modes import Mode, apply_mode
+from train.world.arithmetic import ArithmeticTeacher
 
 logger = logging.getLogger(__name__)
 
@@ -181,14 +181,14 @@ class TransformersBackend:
     def __init__(self, config: TeacherConfig, model: Any = None, tokenizer: Any = None) -> None:
         self.config = config
         if model is None or tokenizer is None:
-            from train.loading import load_model, load_tokenizer
+            from train.core.loading import load_model, load_tokenizer
 
             tokenizer = load_tokenizer(config.model)
             model = load_model(config.model, tokenizer=tokenizer)
         self.model, self.tokenizer = model, tokenizer
 
     def generate(self, records: Sequence[dict[str, Any]], k: int) -> list[list[Sample]]:
-        from train.generation import generate
+        from train.sampling.generation import generate
 
         gens = generate(
             self.model,
@@ -391,7 +391,7 @@ def generate_teacher(
 ) -> GenerationReport:
     """Ask ``backend`` for ``k`` replies per record and append them to ``out_path`` (JSONL), chunk by chunk.
 
-    Records need a unique ``id`` (:func:`train.data.validate_record` derives one from the prompt). Prompts whose
+    Records need a unique ``id`` (:func:`train.core.data.validate_record` derives one from the prompt). Prompts whose
     id is already in ``out_path`` are skipped, so a rerun after an interruption finishes the job without duplicates.
     """
     if k < 1:

@@ -1,0 +1,1 @@
+"""Stage 1a, iterative distillation: teacher data, model-aware selection, the iteration loop and its merges."""

@@ -1,0 +1,1 @@
+"""Evaluation: per-mode accuracy, tokens and compliance; benchmark loaders."""
