@@ -253,3 +253,22 @@ def mix(datasets: Sequence[Dataset], weights: Sequence[float], size: int | None 
         idx = rng.sample(range(len(ds)), n) if n <= len(ds) else [rng.randrange(len(ds)) for _ in range(n)]
         parts.append(ds.select(idx))
     return concatenate_datasets(parts).shuffle(seed=seed)
+
+
+def difficulty_bucket(difficulty: Any) -> str:
+    """The bucket name of an annotated difficulty: ``1``, ``1.0`` and ``"1"`` are ``"1"``, ``2.5`` is ``"2.5"``.
+
+    A value that is not a number (a named bucket such as ``"c0"``) is returned as given. Every stage names buckets
+    with this one rule, so a bucket chosen in a config matches the one a report prints.
+    """
+    try:
+        d = float(difficulty)
+    except (TypeError, ValueError):
+        return str(difficulty)
+    return str(int(d)) if d.is_integer() else f"{d:g}"
+
+
+def base_id(row: dict[str, Any]) -> str:
+    """The prompt id of a record derived per mode tag (fusion records ``<id>-<fusion_tag>``): the id without it."""
+    tag, rid = row.get("fusion_tag"), str(row["id"])
+    return rid[: -len(tag) - 1] if tag and rid.endswith(f"-{tag}") else rid

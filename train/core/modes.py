@@ -31,6 +31,58 @@ PANGU_THINK_START = "[unused16]"
 PANGU_THINK_END = "[unused17]"
 
 
+@dataclass(frozen=True)
+class ThinkFormat:
+    """The think-block delimiters of one model: ``<think>``/``</think>`` (Qwen3) or ``[unused16]``/``[unused17]``.
+
+    There is one per run. It is resolved once from the tokenizer (:meth:`from_tokenizer`; a config may override it,
+    and :func:`train.core.loading.load_tokenizer` writes the override into the tokenizer) and passed to everything
+    that writes or reads a reply. No function defaults it: a reply parsed with another model's tags is silently
+    wrong, so a missing format is an error, never a guess.
+    """
+
+    start: str
+    end: str
+
+    def __post_init__(self) -> None:
+        for name, value in (("start", self.start), ("end", self.end)):
+            if not isinstance(value, str) or not value or '"' in value or "\\" in value:
+                raise ValueError(f"think {name}={value!r} must be a non-empty string without quotes or backslashes")
+        if self.start == self.end:
+            raise ValueError(f"think start and end must differ, both are {self.start!r}")
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any) -> ThinkFormat:
+        """The format recorded on a tokenizer by :func:`install_chat_template`; an error when it has none."""
+        kw = getattr(tokenizer, "init_kwargs", None) or {}
+        if not kw.get("think_start") or not kw.get("think_end"):
+            raise ValueError(
+                "this tokenizer records no think delimiters: load it with train.core.loading.load_tokenizer (or call "
+                "install_chat_template) so that the run has one think format"
+            )
+        return cls(kw["think_start"], kw["think_end"])
+
+    def parse(self, text: Any) -> ParsedResponse:
+        """:func:`parse_response` with these delimiters."""
+        return parse_response(text, self)
+
+    def format(self, answer: str, thinking: str = "") -> str:
+        """:func:`format_response` with these delimiters."""
+        return format_response(answer, thinking, self)
+
+    def rewrite(self, text: str, source: ThinkFormat) -> str:
+        """``text`` written with ``source``'s delimiters, rewritten into these (a teacher's reply for this student)."""
+        if source == self:
+            return text
+        return text.replace(source.start, self.start).replace(source.end, self.end)
+
+
+#: Qwen3's delimiters (and DeepSeek-R1's): the format of a tokenizer that has ``<think>`` in its vocabulary.
+QWEN3_THINK = ThinkFormat(DEFAULT_THINK_START, DEFAULT_THINK_END)
+#: openPangu-Embedded's delimiters.
+PANGU_THINK = ThinkFormat(PANGU_THINK_START, PANGU_THINK_END)
+
+
 class Mode(str, enum.Enum):
     """A thinking mode, with the tag that asks for it."""
 
@@ -122,6 +174,17 @@ def apply_mode(messages: list[dict[str, Any]] | str, mode: Mode | str | None) ->
         last = out[user_idx[-1]]
         last["content"] = f"{last['content']} {Mode.parse(mode).tag}".strip()
     return out
+
+
+def tagged(prompt: Any, mode: Mode | str | None) -> Any:
+    """``prompt`` asking for ``mode`` (None: no tag), in the prompt's own shape: a string stays a string."""
+    messages = apply_mode(prompt, mode)
+    return messages[-1]["content"] if isinstance(prompt, str) else messages
+
+
+def untagged(prompt: Any) -> Any:
+    """``prompt`` without its mode tag, in its own shape: the same problem asked in any mode gives the same value."""
+    return tagged(prompt, None)
 
 
 # --------------------------------------------------------------------------------------------------- template
@@ -218,6 +281,8 @@ def format_response(
     think_end: str = DEFAULT_THINK_END,
 ) -> str:
     """An assistant reply: ``<think>\\nthinking\\n</think>\\n\\nanswer``; empty ``thinking`` gives a fast reply."""
+    if isinstance(think_start, ThinkFormat):  # transitional, as in parse_response
+        think_start, think_end = think_start.start, think_start.end
     body = f"\n{thinking.strip(chr(10))}\n" if thinking.strip() else "\n\n"
     return f"{think_start}{body}{think_end}\n\n{answer.strip()}"
 
@@ -254,6 +319,8 @@ def parse_response(
     answer; it is never silently taken for an answer. A closing tag with no opening one (the opening tag was in
     the prompt) closes a block that began at the start of the text.
     """
+    if isinstance(think_start, ThinkFormat):  # transitional: the (start, end) pair is being replaced by ThinkFormat
+        think_start, think_end = think_start.start, think_start.end
     if not isinstance(text, str):
         text = _content_text(text)
     start = text.find(think_start)
