@@ -1,4 +1,9 @@
-"""Data options every training recipe shares (SFT, GRPO): one definition, so their keys and help stay in step."""
+"""Options every training recipe shares, declared once so that their keys and help stay in step.
+
+* :class:`ModelFormatArguments`: the think-delimiter override and how a LoRA run is saved (SFT, GRPO, distillation,
+  the dual system);
+* :class:`DataArguments`: training and held-out record files (SFT, GRPO), plus the above.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,30 @@ from dataclasses import dataclass, field
 
 
 @dataclass
-class DataArguments:
+class ModelFormatArguments:
+    """How the run's model writes its replies and how a LoRA run is saved.
+
+    ``think_start``/``think_end`` are the user's override of the think delimiters: the tokenizer loader
+    (:func:`train.core.loading.load_tokenizer`) resolves them once against the tokenizer's own, and the run then
+    reads its one :class:`train.core.modes.ThinkFormat` from the tokenizer (``ThinkFormat.from_tokenizer``).
+    Recipe configs inherit this class instead of declaring the three keys again.
+    """
+
+    think_start: str | None = field(
+        default=None,
+        metadata={
+            "help": "Think-block opening tag (default: the tokenizer's, else `<think>`; openPangu: [unused16])."
+        },
+    )
+    think_end: str | None = field(default=None, metadata={"help": "Think-block closing tag (openPangu: [unused17])."})
+    merge_lora: bool = field(
+        default=True,
+        metadata={"help": "With LoRA, also save the adapter merged into its base under `merged/` (what loads next)."},
+    )
+
+
+@dataclass
+class DataArguments(ModelFormatArguments):
     """Training records, held-out records, the think delimiters, and how a LoRA run is saved."""
 
     train_files: list[str] = field(
@@ -24,14 +52,3 @@ class DataArguments:
         metadata={"help": "Held-out records: the eval loss for SFT, the same rewards for GRPO."},
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
-    think_start: str | None = field(
-        default=None,
-        metadata={
-            "help": "Think-block opening tag (default: the tokenizer's, else `<think>`; openPangu: [unused16])."
-        },
-    )
-    think_end: str | None = field(default=None, metadata={"help": "Think-block closing tag (openPangu: [unused17])."})
-    merge_lora: bool = field(
-        default=True,
-        metadata={"help": "With LoRA, also save the adapter merged into its base under `<output_dir>/merged`."},
-    )
