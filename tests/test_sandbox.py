@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from rewards import sandbox
+from rewards.sandbox import runner
 from rewards.sandbox import SandboxLimits, check_syntax, compare_output, normalize_tests, run_many, run_tests
 
 ROOT = os.geteuid() == 0
@@ -119,7 +119,7 @@ def test_syntax_error_scores_zero_without_running(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a process was started for code that does not compile")
 
-    monkeypatch.setattr(sandbox.subprocess, "Popen", refuse)
+    monkeypatch.setattr(runner.subprocess, "Popen", refuse)
     result = run_tests("def f(:\n    pass", STDIO, FAST)
     assert result.statuses == ["syntax_error"] * 3
     assert result.fraction == 0.0
@@ -324,7 +324,7 @@ print(sorted(os.environ))
     assert case.status == "wrong_answer"
     assert secret not in case.stdout
     assert case.stdout.splitlines()[0] == "nothing"
-    assert eval(case.stdout.splitlines()[1]) == sorted(sandbox._clean_env("/tmp"))
+    assert eval(case.stdout.splitlines()[1]) == sorted(runner._clean_env("/tmp"))
 
 
 @needs_root
@@ -459,7 +459,7 @@ def test_backstop_kills_a_harness_that_overruns(fork_server, isolation, no_lefto
 @needs_root
 def test_fork_server_is_restarted_when_it_dies(no_leftovers):
     assert run_tests(DOUBLE, STDIO, FAST).fraction == 1.0
-    server = sandbox._ForkServer.get(FAST)
+    server = runner._ForkServer.get(FAST)
     server.proc.kill()
     server.proc.wait()
     assert run_tests(DOUBLE, STDIO, FAST).fraction == 1.0
@@ -480,11 +480,14 @@ def test_stop_after_the_first_failure_skips_the_rest(isolation, no_leftovers):
 
 
 @needs_root
-def test_falls_back_to_rlimits_when_namespaces_cannot_be_made(monkeypatch, caplog, no_leftovers):
+def test_falls_back_to_rlimits_when_namespaces_cannot_be_made(monkeypatch, caplog, no_leftovers, tmp_path):
     call = "if unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS) != 0:"
-    assert call in sandbox._HARNESS
-    monkeypatch.setattr(sandbox, "_HARNESS", sandbox._HARNESS.replace(call, "if unshare(-1) != 0:"))  # EINVAL
-    monkeypatch.setattr(sandbox, "_NAMESPACES_BROKEN", False)  # restored afterwards
+    harness = runner.HARNESS_PATH.read_text()
+    assert call in harness
+    broken = tmp_path / "harness.py"
+    broken.write_text(harness.replace(call, "if unshare(-1) != 0:"))  # EINVAL
+    monkeypatch.setattr(runner, "HARNESS_PATH", broken)
+    monkeypatch.setattr(runner, "_NAMESPACES_BROKEN", False)  # restored afterwards
     limits = SandboxLimits(**{**FAST.__dict__, "fork_server": False})  # the cached server has the real harness
     with caplog.at_level("WARNING", logger="rewards.sandbox"):
         result = run_tests(DOUBLE, STDIO, limits)
@@ -494,3 +497,19 @@ def test_falls_back_to_rlimits_when_namespaces_cannot_be_made(monkeypatch, caplo
     failed = run_tests(DOUBLE, STDIO, explicit)  # namespaces asked for explicitly: no silent downgrade
     assert failed.statuses == ["error"] * 3
     assert failed.cases[0].detail == "the sandbox could not start: unshare: Invalid argument"
+
+
+def test_the_harness_is_a_standard_library_module_that_starts_nothing_when_imported():
+    # It runs isolated (python -I -S, by path): no project imports, and importing it must not start a server.
+    import ast
+    import importlib.util
+    import sys
+
+    tree = ast.parse(runner.HARNESS_PATH.read_text())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert imported and imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
+    spec = importlib.util.spec_from_file_location("sandbox_harness", runner.HARNESS_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert callable(module.main) and module.spec is None  # defined, nothing run
