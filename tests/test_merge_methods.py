@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from train.merging import kernels as K
 from train.merging import methods as M
 from train.merging.config import MergeConfig, MergeConfigError, evaluate_setting, resolve_parameters, tensor_t
 
@@ -361,7 +362,7 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("quantized", [False, True])
 def test_blocked_kernel_is_bitwise_the_whole_tensor_reference(dtype, quantized, monkeypatch):
     # small blocks so that every case spans many blocks, with a partial last one
-    monkeypatch.setattr(M, "_BLOCK", 1000)
+    monkeypatch.setattr(K, "_BLOCK", 1000)
     g = gen(21)
     shape = (97, 53)
     base = torch.randn(shape, generator=g)
@@ -385,8 +386,8 @@ def test_blocked_kernel_is_bitwise_the_whole_tensor_reference(dtype, quantized, 
                 for n in (1, 2, 3):
                     args = (base, xs[:n], weights[:n], densities[:n])
                     full = kw | {"lambda_": kw.get("lambda_", 1.0), "rescale": kw.get("rescale", False)}
-                    opts = M.GTAOptions(weights[:n], densities[:n], generators=[gen(5 + i) for i in range(n)], **full)
-                    ref = M._gta_whole(base.to(M._compute_dtype([base, *xs])), list(xs[:n]), opts, False)
+                    opts = K.GTAOptions(weights[:n], densities[:n], generators=[gen(5 + i) for i in range(n)], **full)
+                    ref = M.gta_reference(base.to(M._compute_dtype([base, *xs])), list(xs[:n]), opts, False)
                     got = M.generalized_task_arithmetic(*args, generators=[gen(5 + i) for i in range(n)], **kw)
                     assert got.dtype == ref.dtype and got.shape == ref.shape
                     assert torch.equal(_bits(got), _bits(ref)), (kw, densities[:n], weights[:n])
@@ -394,8 +395,8 @@ def test_blocked_kernel_is_bitwise_the_whole_tensor_reference(dtype, quantized, 
 
 def test_magnitude_mask_when_the_sample_misses_the_threshold(monkeypatch):
     # the strided sample only sees the small entries (or only the large ones), so the bracket must be widened
-    monkeypatch.setattr(M, "_BLOCK", 4096)
-    n = M._SAMPLE * 4
+    monkeypatch.setattr(K, "_BLOCK", 4096)
+    n = K._SAMPLE * 4
     for small_sampled in (True, False):
         v = torch.arange(n, dtype=torch.float32) % 977 + 1.0  # many ties
         sampled = torch.arange(n) % 4 == 0
