@@ -19,7 +19,6 @@ is not a math task, has no reference, or the reference cannot be parsed, and ``N
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import functools
 import heapq
@@ -322,59 +321,3 @@ class MathReward(Reward):
     def score(self, completion: Any, answer: Any = None, task: Any = None, **_: Any) -> float | None:
         ok = self.correct(completion, answer, task)
         return None if ok is None else float(ok)
-
-
-# ------------------------------------------------------------------------------------------------ measurement
-
-
-def measure_cost(pairs: list[tuple[str, str]], repeats: int = 20) -> dict[str, float]:
-    """Mean milliseconds per ``verify_answer`` call, by what is already parsed.
-
-    ``fresh_ms``: nothing cached (every cache emptied first). ``cached_reference_ms``: the reference cached, the
-    answer parsed afresh (the common case in GRPO: one reference, many different completions).
-    ``cached_both_ms``: the answer text seen before too.
-    """
-    totals = {"fresh_ms": 0.0, "cached_reference_ms": 0.0, "cached_both_ms": 0.0}
-    for _ in range(repeats):
-        for gold, answer in pairs:
-            for key in totals:
-                if key == "fresh_ms":
-                    clear_cache(math_verify_caches=True)
-                elif key == "cached_reference_ms":
-                    _parse_answer_cached.cache_clear()
-                    _clear_math_verify_caches()
-                start = time.perf_counter()
-                verify_answer(gold, answer)
-                totals[key] += time.perf_counter() - start
-    n = repeats * len(pairs)
-    return {**{k: 1e3 * v / n for k, v in totals.items()}, "calls": n}
-
-
-_SAMPLE_PAIRS = [
-    ("42", "So the answer is $\\boxed{42}$."),
-    ("\\frac{1}{2}", "so the answer is $\\boxed{0.5}$"),
-    ("1<x<2", "The solution set is $(1,2)$."),
-    ("2\\sqrt{3}", "Therefore $\\boxed{\\sqrt{12}}$"),
-    ("x^2+1", "We get $1 + x^2$"),
-    ("1,000", "The answer is 1000."),
-]
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description="Time verify_answer per call: nothing cached, the reference cached (answer parsed afresh), and "
-        "both cached. Prints one line per sample pair and the mean over all."
-    )
-    parser.add_argument("--repeats", type=int, default=20, help="timed calls per pair and setting")
-    args = parser.parse_args(argv)
-    verify_answer("1", "1")  # import-time and first-call costs are not what is measured
-    rows = [((gold, answer), measure_cost([(gold, answer)], args.repeats)) for gold, answer in _SAMPLE_PAIRS]
-    rows.append((("all pairs", ""), measure_cost(_SAMPLE_PAIRS, args.repeats)))
-    print(f"{'reference':>14} {'answer':<38} {'fresh':>9} {'ref cached':>11} {'both cached':>12}  (ms/call)")
-    for (gold, answer), c in rows:
-        fresh, ref, both = c["fresh_ms"], c["cached_reference_ms"], c["cached_both_ms"]
-        print(f"{gold:>14} {answer:<38} {fresh:9.3f} {ref:11.3f} {both:12.3f}")
-
-
-if __name__ == "__main__":
-    main()

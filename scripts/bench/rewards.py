@@ -14,6 +14,9 @@ a fork per case) against a bare ``subprocess.run`` of the same interpreter with 
 case, no limits, compared the same way. Both run on a thread pool of ``--workers``. Overhead = sandbox time /
 bare time; target <= 1.5x. Both arms must give the same scores (checked).
 
+(c) verify: the cost of one ``verify_answer`` call by what is already parsed (nothing, the reference, both), per
+sample pair; no target, it shows where (a)'s speed-up comes from.
+
 Arms are interleaved over ``--repeats`` rounds and the median time per arm is reported, which damps the noise of a
 shared machine.
 """
@@ -30,6 +33,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from math_verify import verify
+
+import rewards.math as rmath
 from rewards.base import extract_answer
 from rewards.code import CodeReward, extract_code
 from rewards.sandbox import SandboxLimits, compare_output, normalize_tests
@@ -62,27 +68,23 @@ def math_workload(generations: int) -> tuple[list[str], list[str]]:
 
 
 def bench_math(generations: int, repeats: int) -> dict[str, float]:
-    from math_verify import verify
-
-    from rewards.math import MathReward, _clear_math_verify_caches, _parse, clear_cache, parse_reference
-
     completions, golds = math_workload(generations)
-    reward = MathReward()
+    reward = rmath.MathReward()
 
     def naive_score(completion: str, gold: str) -> float | None:
         # open-r1 style: both sides parsed on every call, with the same extraction settings as MathReward.
-        reference = parse_reference.__wrapped__(gold)  # the uncached function under the cache
+        reference = rmath.parse_reference.__wrapped__(gold)  # the uncached function under the cache
         if not reference:
             return None
         answer = extract_answer(completion)
-        parsed = _parse(answer) if answer and answer.strip() else []
+        parsed = rmath._parse(answer) if answer and answer.strip() else []
         return float(bool(parsed) and verify(list(reference), parsed, strict=True, timeout_seconds=None))
 
     def run(score: Callable[[str, str], float | None]) -> tuple[float, list[float | None]]:
-        clear_cache(math_verify_caches=True)  # every round starts cold: first parses count
+        rmath.clear_cache(math_verify_caches=True)  # every round starts cold: first parses count
         total, out = 0.0, []
         for completion, gold in zip(completions, golds):
-            _clear_math_verify_caches()  # math-verify's own LaTeX caches never help either arm
+            rmath._clear_math_verify_caches()  # math-verify's own LaTeX caches never help either arm
             start = time.perf_counter()
             out.append(score(completion, gold))
             total += time.perf_counter() - start
@@ -103,6 +105,52 @@ def bench_math(generations: int, repeats: int) -> dict[str, float]:
         "cached_per_s": n / statistics.median(cached_t),
         "correct": sum(x == 1.0 for x in a),
     }
+
+
+# ---------------------------------------------------------------------------------------------- verify cost
+
+VERIFY_PAIRS = [
+    ("42", "So the answer is $\\boxed{42}$."),
+    ("\\frac{1}{2}", "so the answer is $\\boxed{0.5}$"),
+    ("1<x<2", "The solution set is $(1,2)$."),
+    ("2\\sqrt{3}", "Therefore $\\boxed{\\sqrt{12}}$"),
+    ("x^2+1", "We get $1 + x^2$"),
+    ("1,000", "The answer is 1000."),
+]
+
+
+def measure_cost(pairs: list[tuple[str, str]], repeats: int = 20) -> dict[str, float]:
+    """Mean milliseconds per ``verify_answer`` call, by what is already parsed.
+
+    ``fresh_ms``: nothing cached (every cache emptied first). ``cached_reference_ms``: the reference cached, the
+    answer parsed afresh (the common case in GRPO: one reference, many different completions).
+    ``cached_both_ms``: the answer text seen before too.
+    """
+    totals = {"fresh_ms": 0.0, "cached_reference_ms": 0.0, "cached_both_ms": 0.0}
+    for _ in range(repeats):
+        for gold, answer in pairs:
+            for key in totals:
+                if key == "fresh_ms":
+                    rmath.clear_cache(math_verify_caches=True)
+                elif key == "cached_reference_ms":
+                    rmath._parse_answer_cached.cache_clear()
+                    rmath._clear_math_verify_caches()
+                start = time.perf_counter()
+                rmath.verify_answer(gold, answer)
+                totals[key] += time.perf_counter() - start
+    n = repeats * len(pairs)
+    return {**{k: 1e3 * v / n for k, v in totals.items()}, "calls": n}
+
+
+def print_verify_cost(repeats: int) -> None:
+    rmath.verify_answer("1", "1")  # import-time and first-call costs are not what is measured
+    rows = [((gold, answer), measure_cost([(gold, answer)], repeats)) for gold, answer in VERIFY_PAIRS]
+    rows.append((("all pairs", ""), measure_cost(VERIFY_PAIRS, repeats)))
+    print(f"\n(c) verify_answer per call, {repeats} calls per pair and setting (ms/call)")
+    print("| reference | answer | fresh | reference cached | both cached |\n|---|---|---|---|---|")
+    for (gold, answer), c in rows:
+        fresh, ref, both = c["fresh_ms"], c["cached_reference_ms"], c["cached_both_ms"]
+        print(f"| `{gold}` | {answer} | {fresh:.3f} | {ref:.3f} | {both:.3f} |")
 
 
 # ------------------------------------------------------------------------------------------------------ code
@@ -222,12 +270,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[2], formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--part", choices=("math", "code", "all"), default="all", help="which benchmark to run")
+    parser.add_argument(
+        "--part", choices=("math", "code", "verify", "all"), default="all", help="which benchmark to run"
+    )
     parser.add_argument("--generations", type=int, default=8, help="math: completions per reference (GRPO group)")
     parser.add_argument("--solutions", type=int, default=32, help="code: solutions per batch")
     parser.add_argument("--cases", type=int, nargs="+", default=[1, 5, 10], help="code: test cases per solution")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="code: solutions run at once")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per arm (median reported)")
+    parser.add_argument("--verify-repeats", type=int, default=20, help="verify: timed calls per pair and setting")
     args = parser.parse_args(argv)
 
     print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, euid {os.geteuid()}")
@@ -255,6 +306,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"| {cases} | {args.solutions / c['bare_s']:.1f} | {args.solutions / c['sandbox_s']:.1f} | "
                 f"{c['isolation']} | {c['sandbox_s'] / c['bare_s']:.2f}x |"
             )
+
+    if args.part in ("verify", "all"):
+        print_verify_cost(args.verify_repeats)
 
 
 if __name__ == "__main__":
