@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
-# Loaded by path under its own name: recipes/dual_system.py is imported as `dual_system` by other tests.
-_spec = importlib.util.spec_from_file_location(
-    "bench_dual_system", Path(__file__).resolve().parents[1] / "scripts" / "bench" / "dual_system.py"
-)
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+bench = load_script("scripts/bench/dual_system.py")
 
 
 def _p(level: str, correct: bool, tokens: int, fast: bool) -> dict:

@@ -30,7 +30,7 @@ from train.core.cli import run_script, setup_logging
 from train.core.data import read_records, write_jsonl
 from train.core.loading import load_model_and_tokenizer
 from train.core.modes import Mode, apply_mode
-from train.eval.evaluation import per_prompt_scores
+from train.eval.evaluation import markdown_table, per_prompt_scores, results_from_scores
 from train.sampling.generation import generate
 from train.world.arithmetic import ArithmeticTeacher, make_dataset, make_problems
 from train.world.tiny import make_tiny
@@ -236,8 +236,6 @@ EASY, HARD = ("1", "2"), ("3",)
 
 def mix_figures(scores: dict[str, list]) -> dict[str, float]:
     """Auto against slow on one test mix, with the two reference mode choices."""
-    from train.eval.evaluation import results_from_scores
-
     res = results_from_scores(scores, k=1)["modes"]
     slow_acc, auto_acc = res["slow"]["avg@1"], res["auto"]["avg@1"]
     slow_tok, auto_tok = res["slow"]["mean_tokens"], res["auto"]["mean_tokens"]
@@ -332,8 +330,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     final_path = run_recipe(work, start, train_file, fast_file, phase2_file, args)
     recipe_s = time.perf_counter() - t
     final_scores, eval_s = evaluate_model(final_path, everything)
-    from train.eval.evaluation import markdown_table, results_from_scores
-
     start_results = results_from_scores(first(start_scores, len(test)), k=1)
     final = results_from_scores(first(final_scores, len(test)), k=1)
     final_rich = results_from_scores(final_scores, k=1)
