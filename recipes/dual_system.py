@@ -4,25 +4,27 @@
         --config recipes/configs/tiny/dual_system.yaml
 
 1. **Fusion data** (:mod:`train.dual_system.fusion`): the starting model's pass rates in fast and slow mode label
-   every prompt
-   fast or slow; targets are the shortest correct replies; each prompt gives ``/no_think``, ``/think``, untagged
-   and ``/auto_think`` records. Built once on the main process (the others wait), resumable, or read from
-   ``fusion_file``.
+   every prompt fast or slow; targets are the shortest correct replies; each prompt gives ``/no_think``,
+   ``/think``, untagged and ``/auto_think`` records. Built once on the main process (the others wait), resumable,
+   or read from ``fusion_file``.
 2. **Phase 1, explicit tags**: ``/no_think``, ``/think`` and untagged records, with a ``phase1_slow_replay`` share of
-   slow-mode replay rows (``replay_files``, e.g. the Stage-1 SFT data) so slow reasoning is not forgotten.
+   slow-mode replay rows (``replay_files``, e.g. the Stage-1 SFT data) so slow reasoning is not forgotten, and a
+   ``phase1_fast_share`` of fast-pool rows (``fast_files``). Prompts held out for phase-2 labelling
+   (``phase2_holdout``, ``phase2_files``) are kept out of it (:mod:`train.dual_system.data`).
 3. **Phase 2, auto mode**: with ``relabel_before_phase2`` the phase-1 model, which now knows the tags, labels the
    prompts again (its own fast answers become fast targets where correct); ``/auto_think`` records make up
-   ``phase2_auto_share`` of the rows, the rest are explicit tags; the ``/auto_think`` rows are mixed across
-   difficulty buckets with weights from the measured pass rates (:func:`train.dual_system.fusion.difficulty_mix`:
-   buckets the
-   model still gets wrong in their labelled mode get more rows).
-4. **Optional RL for the mode choice** (``rl_steps > 0``): GRPO on ``/auto_think`` prompts, half fast-labelled and
-   half slow-labelled, with the AdaptThink-style ``mode_choice`` reward (:mod:`rewards.mode_choice`).
+   ``phase2_auto_share`` of the rows, the rest are explicit tags and fast-pool rows; the ``/auto_think`` rows are
+   mixed across difficulty buckets with weights from the measured pass rates
+   (:func:`train.dual_system.fusion.difficulty_mix`: buckets the model still gets wrong in their labelled mode get
+   more rows).
+4. **Optional RL for the mode choice** (``rl_steps > 0``, :mod:`train.dual_system.rl`): GRPO on ``/auto_think``
+   prompts, half fast-labelled and half slow-labelled, with the AdaptThink-style ``mode_choice`` reward
+   (:mod:`rewards.mode_choice`).
 
 Assistant-only loss, full fine-tuning or LoRA (``use_peft``). Each phase saves its model under
 ``<output_dir>/phase1``, ``phase2`` (and ``rl``); a re-run skips the phases already saved and resumes an
-interrupted phase from its last checkpoint (with ``save_strategy: steps``). The final model is saved
-to ``output_dir`` (merged, for LoRA, under ``output_dir/merged``).
+interrupted phase from its last checkpoint (with ``save_strategy: steps``; :mod:`train.dual_system.phases`). The
+final model is saved to ``output_dir`` (merged, for LoRA, under ``output_dir/merged``).
 """
 
 from __future__ import annotations
