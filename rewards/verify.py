@@ -25,8 +25,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from rewards.registry import registered
 from train.core.checks import exact_match
-from train.core.modes import parse_response
+from train.core.modes import QWEN3_THINK, ThinkFormat
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,6 @@ def _reward(name: str, **params: Any) -> Any:
     """A MARS reward by name, importing only its own module (the others may be missing on a slim install)."""
     module = {"math": "math", "code": "code", "judge": "judge", "judge_equivalence": "judge"}.get(name, name)
     importlib.import_module(f"rewards.{module}")
-    from rewards.registry import registered
-
     table = registered()
     if name not in table:
         raise KeyError(f"reward {name!r} is not registered by rewards.{module}")
@@ -63,10 +62,12 @@ def _score(reward: Any, text: str, record: dict[str, Any]) -> float | None:
 class Verifier:
     """The rule layer and (optionally) the model layer.
 
+    ``think`` is the think format the replies are written in (the rule rewards read the answer after it);
     ``judge`` is a :class:`rewards.judge.Judge` (or any reward with the trl call contract), None to skip the model
     layer; ``judge_threshold`` is the lowest judge score that counts as correct.
     """
 
+    think: ThinkFormat = field(kw_only=True)
     judge: Any = None
     judge_threshold: float = 0.5
     code_threshold: float = 1.0
@@ -77,7 +78,9 @@ class Verifier:
         if task not in ("math", "code"):
             return None
         if task not in self._rewards:
-            params = {"timeout_s": self.timeout_s} if task == "math" else {}
+            params: dict[str, Any] = {"think": self.think}
+            if task == "math":
+                params["timeout_s"] = self.timeout_s
             try:
                 self._rewards[task] = _reward(task, **params)
             except (ImportError, KeyError) as exc:
@@ -192,7 +195,10 @@ def rejection_sample(
 
 # --------------------------------------------------------------------------------------- checker for pass rates
 
-_CHECK_VERIFIER = Verifier()
+# check() is given an answer, already outside any think block. The rule rewards read replies, so the answer goes
+# to them as the fast reply that carries it: an empty think block in this format, then the answer.
+_ANSWER_FORMAT = QWEN3_THINK
+_CHECK_VERIFIER = Verifier(think=_ANSWER_FORMAT)
 
 
 def check(answer: str | None, record: dict[str, Any]) -> bool:
@@ -203,10 +209,10 @@ def check(answer: str | None, record: dict[str, Any]) -> bool:
     """
     if answer is None:
         return False
-    ok = _CHECK_VERIFIER.rule(answer, record)
+    ok = _CHECK_VERIFIER.rule(_ANSWER_FORMAT.format(answer), record)
     return exact_match(answer, record) if ok is None else ok
 
 
-def reply_correct(text: str, record: dict[str, Any]) -> bool:
-    """:func:`check` on a whole reply (the answer is read after its think block)."""
-    return check(parse_response(text).answer, record)
+def reply_correct(text: str, record: dict[str, Any], think: ThinkFormat) -> bool:
+    """:func:`check` on a whole reply: the answer is read after its think block, written in ``think``'s tags."""
+    return check(think.parse(text).answer, record)

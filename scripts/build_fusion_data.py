@@ -18,6 +18,7 @@ from transformers import HfArgumentParser
 
 from train.core.cli import setup_logging
 from train.core.data import load_records
+from train.core.device import detect_device, model_dtype
 from train.core.loading import load_model_and_tokenizer
 from train.dual_system.fusion import FusionBuildConfig, build_fusion, merge_prompts
 
@@ -30,7 +31,16 @@ class BuildArgs:
     data: list[str] = field(metadata={"help": "Prompt record files (prompt, task, answer/tests; response/pool)."})
     out: str = field(default="outputs/fusion", metadata={"help": "Output folder."})
     max_prompts: int | None = field(default=None, metadata={"help": "Label at most this many prompts."})
-    dtype: str = field(default="float32", metadata={"help": "Model dtype: float32, bfloat16 or auto."})
+    dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "Model dtype: float32, bfloat16, float16 or auto (the checkpoint's); default: the device's (bf16 "
+            "on CUDA and NPU, fp32 on CPU)."
+        },
+    )
+    device: str = field(
+        default="auto", metadata={"help": "Device to sample on: cuda, npu, mps, cpu or auto (the best present)."}
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -38,7 +48,9 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging()
     records = merge_prompts([r for f in args.data for r in load_records(f).to_list()])
     records = records[: args.max_prompts] if args.max_prompts else records
-    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
+    device = detect_device() if args.device == "auto" else args.device
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype or model_dtype(device))
+    model.to(device)
     stats = build_fusion(model, tokenizer, records, config, args.out)
     print(json.dumps({k: stats[k] for k in ("prompts", "usable", "records", "labels", "label_sources")}, indent=2))
     return stats

@@ -5,8 +5,8 @@
 
 Reports avg@k and pass@k, mean output tokens, tag compliance, the share of fast replies per difficulty bucket and
 auto mode's right-mode rate (see ``train/eval/evaluation.py``). Writes ``<name>.json``, ``<name>.md`` (the table
-printed
-here) and ``<name>.png`` (accuracy against tokens per mode) under ``--out``.
+printed here) and ``<name>.png`` (accuracy against tokens per mode) under ``--out``. The model samples on the best
+device present (``--device``) in that device's precision (``--dtype``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 
 from train.core.checks import exact_match
 from train.core.cli import setup_logging
+from train.core.device import detect_device, model_dtype
 from train.core.loading import load_model_and_tokenizer
 from train.eval import benchmarks
 from train.eval.evaluation import evaluate, markdown_table, write_results
@@ -39,7 +40,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-hint", action="store_true", help="do not add the answer-format hint to converted rows")
     p.add_argument("--self-repair", action="store_true", help="generate with repetition self-repair")
     p.add_argument("--right-mode-threshold", type=float, default=0.5, help="fast accuracy that makes fast right")
-    p.add_argument("--dtype", default="float32", help="model dtype (float32, bfloat16, auto)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="model dtype: float32, bfloat16, float16, auto (the checkpoint's); default: the device's (bf16 on CUDA "
+        "and NPU, fp32 on CPU)",
+    )
+    p.add_argument(
+        "--device", default="auto", help="device to sample on: cuda, npu, mps, cpu or auto (the best present)"
+    )
     p.add_argument("--out", default="outputs/eval", help="output folder")
     p.add_argument("--name", default="eval", help="file name stem of the results")
     return p.parse_args(argv)
@@ -49,7 +58,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     setup_logging()
     records = benchmarks.load_benchmark(args.data, args.format, args.limit, hint=not args.no_hint)
-    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
+    device = detect_device() if args.device == "auto" else args.device
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype or model_dtype(device))
+    model.to(device)
     start = time.perf_counter()
     results = evaluate(
         model,

@@ -8,16 +8,21 @@ import random
 import pytest
 from conftest import load_script
 
+import train.sampling.base as base
+from train.core.modes import PANGU_THINK
 from train.distill.selection import (
     SelectionConfig,
     band_weight,
     complexity,
     gaussian_weight,
     histogram,
+    measure_complexity,
     plot_histogram,
     select,
     statistics,
 )
+from train.sampling.reply import Reply
+from train.world.tiny import build_tokenizer
 
 
 def test_complexity_and_weights_are_exact():
@@ -95,3 +100,35 @@ def test_select_data_complexity_writes_the_selected_set(tiny_model_dir, tmp_path
     assert [r["complexity"] for r in rows] == [1.0] * 6
     assert len((tmp_path / "sel" / "selected.jsonl").read_text().splitlines()) == 3
     assert (tmp_path / "sel" / "complexity.png").exists()
+
+
+def test_vllm_complexity_gets_the_memory_share_and_the_students_think_format(tmp_path, monkeypatch):
+    student = tmp_path / "student"
+    build_tokenizer(think=PANGU_THINK).save_pretrained(student)  # an openPangu-style student: [unused16]/[unused17]
+    seen = {}
+
+    class FakeVLLM:
+        def __init__(self, config, think, tokenizer=None, seed=None):
+            seen.update(config=config, think=think, tokenizer=tokenizer)
+            self.think = think
+
+        def sample(self, prompts, params, mode=None):
+            seen.update(n=params.n, mode=mode, seed=params.seed)
+            right = PANGU_THINK.format("42", "a first guess, \\boxed{41}, then 12+30=42")
+            wrong = PANGU_THINK.format("41", "12+30=42")
+            return [
+                [Reply(right, 9), Reply(wrong, 9)] if p.startswith("A") else [Reply(right, 9)] * 2 for p in prompts
+            ]
+
+        def close(self):
+            seen["closed"] = True
+
+    monkeypatch.setattr(base, "VLLMSampler", FakeVLLM)
+    records = [{"prompt": p, "task": "math", "answer": "42"} for p in ("A: 12+30?", "B: 12+30?")]
+    out = measure_complexity(student, None, records, num_samples=2, backend="vllm", gpu_memory_utilization=0.6, seed=3)
+    # Read with <think>, the boxed guess in the trace would be the answer and every reply would fail.
+    assert out == [0.5, 0.0]
+    assert seen["config"].backend == "vllm" and seen["config"].model == str(student)
+    assert seen["config"].gpu_memory_utilization == 0.6
+    assert seen["think"] == PANGU_THINK and seen["closed"]
+    assert (seen["n"], seen["mode"], seen["seed"]) == (2, "slow", 3)

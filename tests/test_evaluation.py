@@ -6,9 +6,11 @@ import json
 
 import pytest
 
-from train.core.modes import Mode
+from train.core.modes import PANGU_THINK, QWEN3_THINK, Mode
 from train.eval import benchmarks
 from train.eval.evaluation import (
+    evaluate,
+    evaluate_modes,
     markdown_table,
     pass_at_k,
     per_prompt_scores,
@@ -17,15 +19,15 @@ from train.eval.evaluation import (
     score_generations,
     write_results,
 )
-from train.sampling.generation import Generation
+from train.sampling.reply import Reply
 
 
 def F(answer, tokens=5):
-    return Generation(f"<think>\n\n</think>\n\n{answer}", tokens, False)
+    return Reply(f"<think>\n\n</think>\n\n{answer}", tokens)
 
 
 def S(answer, tokens=10):
-    return Generation(f"<think>\nsteps\n</think>\n\n{answer}", tokens, False)
+    return Reply(f"<think>\nsteps\n</think>\n\n{answer}", tokens)
 
 
 RECORDS = [
@@ -35,7 +37,7 @@ RECORDS = [
 ]
 GENS = {
     "fast": [[F(2), F(2)], [F(5), F(4)], [F(578, 7), F(578, 7)]],
-    "slow": [[S(2), S(2)], [S(5), S(5)], [S(579, 20), Generation("<think>\nsteps", 30, True)]],
+    "slow": [[S(2), S(2)], [S(5), S(5)], [S(579, 20), Reply("<think>\nsteps", 30, "length")]],
     "auto": [[F(2), F(2)], [S(5), S(5)], [S(579, 20), F(578, 7)]],
 }
 
@@ -46,7 +48,7 @@ def exact(answer, record):
 
 @pytest.fixture
 def results():
-    scores = {m: per_prompt_scores(RECORDS, GENS[m], m, exact) for m in GENS}
+    scores = {m: per_prompt_scores(RECORDS, GENS[m], m, exact, think=QWEN3_THINK) for m in GENS}
     return results_from_scores(scores, k=2)
 
 
@@ -80,14 +82,14 @@ def test_fast_share_and_right_mode_per_difficulty(results):
 
 
 def test_right_modes_follow_the_label_rule():
-    scores = {m: per_prompt_scores(RECORDS, GENS[m], m, exact) for m in ("fast", "slow")}
+    scores = {m: per_prompt_scores(RECORDS, GENS[m], m, exact, think=QWEN3_THINK) for m in ("fast", "slow")}
     assert right_modes(scores["fast"], scores["slow"]) == ["fast", "slow", "slow"]
     with pytest.raises(ValueError, match="aligned"):
         right_modes(scores["fast"], scores["slow"][::-1])
 
 
 def test_score_generations_keeps_its_contract():
-    out = score_generations(RECORDS, GENS["slow"], Mode.SLOW, exact)
+    out = score_generations(RECORDS, GENS["slow"], Mode.SLOW, exact, think=QWEN3_THINK)
     assert out == {"accuracy": 5 / 6, "mean_tokens": 15.0, "compliance": 5 / 6, "fast_rate": 0.0}
 
 
@@ -99,6 +101,57 @@ def test_outputs_written(results, tmp_path):
     assert json.loads(paths["json"].read_text())["modes"]["slow"]["mean_tokens"] == 15.0
     assert paths["md"].read_text() == table
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+class ScriptedSampler:
+    """A sampler that answers each prompt with fixed replies per mode, written in ``think``'s tags."""
+
+    def __init__(self, think, replies):
+        self.think, self.replies, self.calls = think, replies, []
+
+    def sample(self, prompts, params, mode=None):
+        self.calls.append((Mode.parse(mode).value, params.n, params.temperature))
+        return [list(self.replies[Mode.parse(mode).value][i])[: params.n] for i in range(len(prompts))]
+
+
+def _in(think, replies):
+    """The replies rewritten from Qwen3's tags into ``think``'s."""
+    return {m: [[Reply(think.rewrite(r.text, QWEN3_THINK), r.num_tokens, r.finish_reason) for r in row]
+                for row in rows] for m, rows in replies.items()}  # fmt: skip
+
+
+def test_evaluate_reads_replies_in_the_samplers_think_format(results):
+    records = [{**r, "prompt": f"p{r['id']}"} for r in RECORDS]
+    sampler = ScriptedSampler(PANGU_THINK, _in(PANGU_THINK, GENS))
+    pangu = evaluate(None, None, records, check=exact, k=2, sampler=sampler)
+    assert pangu["modes"] == results["modes"]  # the same numbers as the <think> replies give
+    assert sampler.calls == [("fast", 2, 0.6), ("slow", 2, 0.6), ("auto", 2, 0.6)]
+    # Read with the other model's tags, no reply has a think block: nothing complies and nothing is fast.
+    misread = per_prompt_scores(records, _in(PANGU_THINK, GENS)["fast"], "fast", exact, think=QWEN3_THINK)
+    assert not any(c for p in misread for c in p["compliant"]) and {m for p in misread for m in p["modes"]} == {"none"}
+    greedy = evaluate_modes(None, None, records, modes=["slow"], check=exact, sampler=sampler)
+    assert greedy["slow"]["compliance"] == 1.0 and sampler.calls[-1] == ("slow", 1, 0.0)
+
+
+@pytest.fixture(scope="module")
+def pangu_model(tmp_path_factory):
+    from train.core.loading import load_model_and_tokenizer
+    from train.world.tiny import make_tiny
+
+    return load_model_and_tokenizer(make_tiny(tmp_path_factory.mktemp("pangu"), size="nano", think=PANGU_THINK))
+
+
+def test_evaluate_a_pangu_model_reads_its_own_tags(pangu_model, monkeypatch):
+    from train.eval import evaluation
+
+    model, tok = pangu_model
+    assert evaluation.default_sampler(model, tok).think == PANGU_THINK
+    seen = []
+    monkeypatch.setattr(evaluation, "per_prompt_scores", lambda *a, think: seen.append(think) or
+                        per_prompt_scores(*a, think=think))  # fmt: skip
+    records = [{"id": "a", "prompt": "Compute 1+1.", "answer": "2"}]
+    out = evaluate(model, tok, records, modes=["fast"], max_new_tokens=2)
+    assert seen == [PANGU_THINK] and out["modes"]["fast"]["samples"] == 1
 
 
 # --------------------------------------------------------------------------------------------------- benchmarks

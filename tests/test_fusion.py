@@ -8,21 +8,23 @@ import pytest
 
 import train.dual_system.fusion as fusion
 from train.core.checks import exact_match
-from train.core.modes import Mode, detect_mode, parse_response
-from train.dual_system.fusion import Candidate, FusionBuildConfig, decide, fusion_records
+from train.core.modes import PANGU_THINK, QWEN3_THINK, Mode, detect_mode, parse_response
+from train.dual_system.fusion import FusionBuildConfig, decide, fusion_records
 from train.eval.labels import LabelRule, label_from_rates
+from train.sampling.reply import Reply
+from train.sampling.transformers import TransformersSampler
 
 RULE = LabelRule(fast_threshold=0.75, margin=0.1)
 
 
 def fast(answer, tokens=None):
     text = f"<think>\n\n</think>\n\n{answer}"
-    return Candidate(text, tokens or len(text), "model")
+    return Reply(text, tokens or len(text))
 
 
-def slow(answer, steps="s", tokens=None, source="model"):
+def slow(answer, steps="s", tokens=None):
     text = f"<think>\n{steps}\n</think>\n\n{answer}"
-    return Candidate(text, tokens or len(text), source)
+    return Reply(text, tokens or len(text))
 
 
 @pytest.mark.parametrize(
@@ -54,44 +56,45 @@ REC = {"id": "p1", "prompt": "Compute 2+3.", "task": "math", "answer": "5", "dif
 def test_decide_counts_only_replies_in_the_asked_mode_and_keeps_the_shortest():
     fast_samples = [fast(5, 9), fast(5, 7), fast(4, 3), slow(5, tokens=2)]  # a thinking reply is not a fast answer
     slow_samples = [slow(5, "long steps", 30), slow(5, "st", 20), slow(6, "x", 5), fast(5, 1)]
-    r = decide(REC, RULE, exact_match, fast_samples, slow_samples)
+    r = decide(REC, RULE, exact_match, fast_samples, slow_samples, think=QWEN3_THINK)
     assert (r.fast_rate, r.slow_rate, r.label, r.label_source) == (0.5, 0.5, "slow", "pass_rate")
     assert r.fast_target == fast_samples[1].text and r.slow_target == slow_samples[1].text
     assert r.fast_tokens == pytest.approx(21 / 4) and r.slow_tokens == pytest.approx(56 / 4)
 
 
 def test_teacher_pool_wins_when_shorter_and_fast_falls_back_to_the_slow_answer():
-    pool = [slow(5, "t", 4, source="teacher"), slow(7, "", 1, source="teacher")]
-    r = decide(REC, RULE, exact_match, [fast(4)] * 4, [slow(5, "long", 30)] * 4, pool)
+    pool = [slow(5, "t", 4), slow(7, "", 1)]
+    r = decide(REC, RULE, exact_match, [fast(4)] * 4, [slow(5, "long", 30)] * 4, pool, think=QWEN3_THINK)
     assert r.label == "slow" and r.slow_target_source == "teacher" and r.slow_target == pool[0].text
-    assert r.fast_target_source == "slow" and parse_response(r.fast_target).mode == "fast"
-    assert parse_response(r.fast_target).answer == "5"
+    assert r.fast_target_source == "slow" and parse_response(r.fast_target, QWEN3_THINK).mode == "fast"
+    assert parse_response(r.fast_target, QWEN3_THINK).answer == "5"
 
 
 def test_no_correct_reply_means_no_records():
-    r = decide(REC, RULE, exact_match, [fast(4)] * 2, [slow(6)] * 2)
+    r = decide(REC, RULE, exact_match, [fast(4)] * 2, [slow(6)] * 2, think=QWEN3_THINK)
     assert not r.usable and fusion_records(REC, r) == []
 
 
 def test_unverifiable_prompts_use_judge_then_difficulty_then_slow():
     rec = {"id": "g", "prompt": "Write a poem.", "task": "general", "difficulty": 1}
-    pool = [slow("poem", tokens=9, source="teacher"), fast("short poem", tokens=3)]
+    pool = [slow("poem", tokens=9), fast("short poem", tokens=3)]
     rule = LabelRule(fallback_max_easy_difficulty=2)
-    r = decide(rec, rule, exact_match, pool=pool)
+    r = decide(rec, rule, exact_match, pool=pool, think=QWEN3_THINK)
     assert (r.label, r.label_source, r.fast_rate) == ("fast", "difficulty", None)
     assert r.fast_target == pool[1].text and r.slow_target == pool[0].text
-    assert decide({**rec, "difficulty": 5}, rule, exact_match, pool=pool).label == "slow"
-    assert decide(rec, rule, exact_match, pool=pool, judge=lambda _: "slow").label_source == "judge"
-    assert decide(rec, RULE, exact_match, pool=pool).label_source == "default"
+    assert r.fast_target_source == r.slow_target_source == "teacher"
+    assert decide({**rec, "difficulty": 5}, rule, exact_match, pool=pool, think=QWEN3_THINK).label == "slow"
+    assert decide(rec, rule, exact_match, pool=pool, judge=lambda _: "slow", think=QWEN3_THINK).label_source == "judge"
+    assert decide(rec, RULE, exact_match, pool=pool, think=QWEN3_THINK).label_source == "default"
     with pytest.raises(ValueError, match="judge said"):
-        decide(rec, rule, exact_match, pool=pool, judge=lambda _: "maybe")
+        decide(rec, rule, exact_match, pool=pool, judge=lambda _: "maybe", think=QWEN3_THINK)
 
 
 def test_records_per_tag(tiny_model_dir):
     from train.core.loading import load_tokenizer
     from train.sft import to_sft_example
 
-    r = decide(REC, RULE, exact_match, [fast(5)] * 4, [slow(5)] * 4)
+    r = decide(REC, RULE, exact_match, [fast(5)] * 4, [slow(5)] * 4, think=QWEN3_THINK)
     assert r.label == "fast"
     rows = {row["fusion_tag"]: row for row in fusion_records(REC, r)}
     assert set(rows) == {"no_think", "think", "none", "auto_think"}
@@ -135,13 +138,14 @@ def test_build_writes_files_and_resumes(tmp_path, monkeypatch, tiny_model_dir):
     }
     calls = []
 
-    def fake(model, tokenizer, recs, mode, config):
+    def fake(sampler, recs, mode, config, tokenizer=None):
         calls.append(mode)
         return [scripted[(r["id"], mode)] for r in recs]
 
-    monkeypatch.setattr(fusion, "sample_candidates", fake)
+    monkeypatch.setattr(fusion, "sample_replies", fake)
     config = FusionBuildConfig(check="exact", fallback_max_easy_difficulty=2, chunk_size=1)
-    stats = fusion.build_fusion(None, tok, records, config, tmp_path)
+    sampler = TransformersSampler(None, tok)
+    stats = fusion.build_fusion(None, tok, records, config, tmp_path, sampler=sampler)
     assert stats["labels"] == {"fast": 2, "slow": 1} and stats["label_sources"] == {"pass_rate": 2, "difficulty": 1}
     assert stats["per_difficulty"]["1"]["fast"] == 2 and stats["per_difficulty"]["3"]["slow"] == 1
     assert stats["per_difficulty"]["3"]["mean_fast_rate"] == 0.25
@@ -149,15 +153,15 @@ def test_build_writes_files_and_resumes(tmp_path, monkeypatch, tiny_model_dir):
     assert stats["records"] == 12 and stats["fast_target_sources"] == {"model": 2, "slow": 1}
     rows = [json.loads(x) for x in (tmp_path / "fusion.jsonl").read_text().splitlines()]
     auto = {r["id"]: r for r in rows if r["fusion_tag"] == "auto_think"}
-    assert parse_response(auto["h-auto_think"]["response"]).mode == "slow"
-    assert parse_response(auto["e-auto_think"]["response"]).mode == "fast"
+    assert parse_response(auto["h-auto_think"]["response"], QWEN3_THINK).mode == "slow"
+    assert parse_response(auto["e-auto_think"]["response"], QWEN3_THINK).mode == "fast"
     assert (tmp_path / "labels.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "stats.json").read_text())["labels"] == stats["labels"]
     # Resume: everything is labelled already, so nothing is sampled again, even after a torn line.
     calls.clear()
     with (tmp_path / "labels.jsonl").open("a") as f:
         f.write('{"id": "torn')
-    assert fusion.build_fusion(None, tok, records, config, tmp_path)["labels"] == stats["labels"]
+    assert fusion.build_fusion(None, tok, records, config, tmp_path, sampler=sampler)["labels"] == stats["labels"]
     assert calls == []
     assert len((tmp_path / "labels.jsonl").read_text().splitlines()) == 3
 
@@ -185,8 +189,77 @@ def test_fast_samples_carry_the_prefilled_block(tiny_model_dir):
     model, tok = load_model_and_tokenizer(tiny_model_dir)
     recs = [{"id": "a", "prompt": "Compute 1+1.", "task": "math", "answer": "2"}]
     config = FusionBuildConfig(num_samples=2, max_new_tokens=3, check="exact")
-    fast_c = fusion.sample_candidates(model, tok, recs, Mode.FAST, config)[0]
+    sampler = TransformersSampler(model, tok)
+    fast_c = fusion.sample_replies(sampler, recs, Mode.FAST, config)[0]
     assert len(fast_c) == 2 and all(c.text.startswith("<think>\n\n</think>\n\n") for c in fast_c)
     assert all(c.num_tokens == 6 + min(3, c.num_tokens - 6) for c in fast_c)
-    slow_c = fusion.sample_candidates(model, tok, recs, Mode.SLOW, config)[0]
+    slow_c = fusion.sample_replies(sampler, recs, Mode.SLOW, config)[0]
     assert all(c.num_tokens <= 3 for c in slow_c)
+
+
+class ScriptedSampler:
+    """A sampler with fixed replies per prompt and mode, in ``think``'s tags; it records what it was asked."""
+
+    def __init__(self, think, replies):
+        self.think, self.replies, self.calls = think, replies, []
+        self.chat_template_kwargs = {}
+
+    def sample(self, prompts, params, mode=None):
+        prefill = self.chat_template_kwargs.get("enable_thinking") is False
+        self.calls.append((prefill, params.n))
+        return [self.replies[(p, prefill)][: params.n] for p in prompts]
+
+
+def test_labels_of_a_pangu_model_and_a_qwen3_teacher(tmp_path):
+    """Replies are read in the student's tags; the teacher's pool is rewritten into them before it is a target."""
+    p = PANGU_THINK
+    pangu_fast = Reply("5", 2)  # a prefilled fast reply: the empty block is in the prompt
+    replies = {
+        ("Compute 2+3.", True): [pangu_fast] * 4,
+        ("Compute 2+3.", False): [Reply(p.format("5", "a long trace of steps"), 40)] * 4,
+        ("Compute 9+9.", True): [Reply("17", 3)] * 4,
+        ("Compute 9+9.", False): [Reply(p.format("18", "9+9=18"), 30)] * 4,
+    }
+    sampler = ScriptedSampler(p, replies)
+    records = [
+        {"id": "e", "prompt": "Compute 2+3.", "task": "math", "answer": "5", "difficulty": 1},
+        {"id": "h", "prompt": "Compute 9+9.", "task": "math", "answer": "18", "difficulty": 2,
+         "response": "<think>\n9+9\n</think>\n\n18", "think_start": "<think>", "think_end": "</think>"},
+    ]  # fmt: skip
+    config = FusionBuildConfig(check="exact")
+    stats = fusion.build_fusion(None, None, records, config, tmp_path, sampler=sampler)
+    assert sampler.calls == [(True, 4), (False, 4)]
+    assert stats["labels"] == {"fast": 1, "slow": 1} and stats["label_sources"] == {"pass_rate": 2}
+    labels = {r["id"]: r for r in map(json.loads, (tmp_path / "labels.jsonl").read_text().splitlines())}
+    assert (labels["e"]["fast_rate"], labels["e"]["slow_rate"]) == (1.0, 1.0)
+    assert (labels["h"]["fast_rate"], labels["h"]["slow_rate"]) == (0.0, 1.0)
+    # The prefilled block is put back in the student's tags; the teacher's shorter trace wins, in the student's tags.
+    assert labels["e"]["fast_target"] == "[unused16]\n\n[unused17]\n\n5"
+    assert labels["h"]["slow_target"] == "[unused16]\n9+9\n[unused17]\n\n18"
+    assert labels["h"]["slow_target_source"] == "teacher"
+    assert labels["h"]["fast_target"] == p.format("18") and labels["h"]["fast_target_source"] == "slow"
+    rows = [json.loads(x) for x in (tmp_path / "fusion.jsonl").read_text().splitlines()]
+    assert all("<think>" not in r["response"] and "think_start" not in r for r in rows)
+
+
+def test_pool_format_and_merge():
+    qwen_reply = "<think>\nt\n</think>\n\n5"
+    teacher = {"response": qwen_reply, "think_start": "<think>", "think_end": "</think>"}
+    assert fusion.pool_of(teacher, PANGU_THINK) == [Reply("[unused16]\nt\n[unused17]\n\n5", 26)]
+    assert fusion.pool_of({"response": qwen_reply}, QWEN3_THINK) == [Reply(qwen_reply, len(qwen_reply))]
+    pangu_reply = "[unused16]\ns\n[unused17]\n\n2"
+    recs = [{"id": "x", "prompt": "Compute 1+1.", "task": "math", **teacher},
+            {"id": "x", "prompt": "Compute 1+1. /think", "task": "math", "response": pangu_reply}]  # fmt: skip
+    with pytest.raises(ValueError, match="two think formats"):
+        fusion.merge_prompts(recs)
+
+
+def test_a_pangu_model_samples_fast_replies_in_its_own_tags(tmp_path):
+    from train.core.loading import load_model_and_tokenizer
+    from train.world.tiny import make_tiny
+
+    model, tok = load_model_and_tokenizer(make_tiny(tmp_path / "pangu", size="nano", think=PANGU_THINK))
+    config = FusionBuildConfig(num_samples=2, max_new_tokens=3, check="exact")
+    recs = [{"id": "a", "prompt": "Compute 1+1.", "task": "math", "answer": "2"}]
+    replies = fusion.sample_replies(TransformersSampler(model, tok), recs, Mode.FAST, config)[0]
+    assert all(r.text.startswith("[unused16]\n\n[unused17]\n\n") for r in replies)

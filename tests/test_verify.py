@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from rewards.verify import Verdict, Verifier, check, rejection_sample, reply_correct, shortest_correct
+from train.core.modes import PANGU_THINK, QWEN3_THINK
 from train.sampling.pass_rate import pass_rates
+from train.sampling.transformers import TransformersSampler
 
 RECORD = {"id": "a", "prompt": "Compute 12+30.", "task": "math", "answer": "42"}
 
@@ -23,7 +25,7 @@ def test_shortest_correct_on_a_fixed_set():
 
 
 def test_rule_layer_math():
-    v = Verifier()
+    v = Verifier(think=QWEN3_THINK)
     assert v.rule(reply("42"), RECORD) is True
     assert v.rule(reply("43"), RECORD) is False
     assert v.rule("<think>\nno end", RECORD) is False  # an unclosed think block gives no answer
@@ -42,13 +44,14 @@ class FakeJudge:
 def test_model_layer_only_judges_what_rules_cannot_decide():
     general = {"id": "g", "prompt": "Name a colour.", "task": "general", "answer": "red"}
     judge = FakeJudge(0.8)
-    verifier = Verifier(judge=judge, judge_threshold=0.5)
+    verifier = Verifier(think=QWEN3_THINK, judge=judge, judge_threshold=0.5)
     verdicts = verifier.verify([RECORD, general], [[reply("42"), reply("1")], ["blue"]])
     assert verdicts == [[Verdict(True, "rule"), Verdict(False, "rule")], [Verdict(True, "model")]]
     assert judge.seen == ["blue"]
-    strict = Verifier(judge=FakeJudge(0.4), judge_threshold=0.5).verify([general], [["blue"]])
+    strict = Verifier(think=QWEN3_THINK, judge=FakeJudge(0.4), judge_threshold=0.5).verify([general], [["blue"]])
     assert strict == [[Verdict(False, "model")]]
-    assert Verifier().verify([general], [["blue"]]) == [[Verdict(None, "none")]]  # no judge: undecided
+    no_judge = Verifier(think=QWEN3_THINK)
+    assert no_judge.verify([general], [["blue"]]) == [[Verdict(None, "none")]]  # no judge: undecided
 
 
 def test_rejection_sampling_keeps_the_shortest_verified_reply():
@@ -62,7 +65,7 @@ def test_rejection_sampling_keeps_the_shortest_verified_reply():
         {"id": "b", "prompt": "Compute 1+1.", "task": "math", "answer": "2",
          "samples": [{"text": reply("3"), "num_tokens": 9}]},
     ]  # fmt: skip
-    kept, report = rejection_sample(rows, Verifier(), progress=False)
+    kept, report = rejection_sample(rows, Verifier(think=QWEN3_THINK), progress=False)
     assert len(kept) == 1 and kept[0]["id"] == "a"
     assert kept[0]["response"] == reply("42") and kept[0]["num_tokens"] == 25
     assert (kept[0]["num_correct"], kept[0]["num_samples"]) == (3, 4)
@@ -77,12 +80,12 @@ def test_check_is_a_pass_rate_checker(tiny_model_dir):
     assert check("\\boxed{42}", RECORD)  # math-verify, not string equality
     general = {"task": "general", "answer": "red"}
     assert check("red", general) and not check("blue", general)  # no rule: exact match
-    assert reply_correct(reply("42"), RECORD)
+    assert reply_correct(reply("42"), RECORD, QWEN3_THINK)
     from train.core.loading import load_model, load_tokenizer
 
     tok = load_tokenizer(tiny_model_dir)
     model = load_model(tiny_model_dir, tokenizer=tok)
-    rates = pass_rates(model, tok, [RECORD], num_samples=2, check=check, max_new_tokens=1)
+    rates = pass_rates(TransformersSampler(model, tok), [RECORD], 2, check, max_new_tokens=1)
     assert rates[0].rate == 0.0 and rates[0].complexity == 1.0  # one token cannot say "42"
 
 
@@ -100,7 +103,23 @@ def test_rule_layer_code_runs_the_tests():
         "tests": [{"input": "1 2\n", "output": "3"}],
     }
     program = "```python\na, b = map(int, input().split())\nprint(a {} b)\n```"
-    v = Verifier()
+    v = Verifier(think=QWEN3_THINK)
     assert v.rule(reply(program.format("+")), rec) is True
     assert v.rule(reply(program.format("-")), rec) is False
     assert check(program.format("+"), rec)
+
+
+def test_reply_correct_reads_the_given_think_format():
+    pangu = PANGU_THINK.format("42", "first guess \\boxed{41}, then 12+30=42")
+    assert reply_correct(pangu, RECORD, PANGU_THINK)
+    assert not reply_correct(PANGU_THINK.format("41", "4+2=42"), RECORD, PANGU_THINK)  # "42" in the trace only
+    # With the other model's tags the trace is read as part of the answer, and its boxed guess fails the check.
+    assert not reply_correct(pangu, RECORD, QWEN3_THINK)
+    assert not reply_correct("[unused16]\n12+30=42", RECORD, PANGU_THINK)  # unclosed: no answer
+
+
+def test_rule_layer_reads_the_verifiers_think_format():
+    v = Verifier(think=PANGU_THINK)
+    assert v.rule(PANGU_THINK.format("42", "steps"), RECORD) is True
+    assert v.rule(PANGU_THINK.format("43", "steps 42"), RECORD) is False
+    assert v.rule("[unused16]\n42", RECORD) is False  # an unclosed block has no answer

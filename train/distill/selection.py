@@ -15,6 +15,7 @@ A target number of examples is drawn by weighted sampling without replacement (E
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import random
@@ -23,6 +24,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from rewards.verify import check as rule_check
+from train.core.modes import ThinkFormat
+from train.core.plots import pyplot, save_figure
+from train.sampling.base import Sampler, SamplerConfig, make_sampler
+from train.sampling.pass_rate import pass_rates
 
 logger = logging.getLogger(__name__)
 
@@ -165,14 +174,7 @@ def statistics(
 
 def plot_histogram(before: Sequence[float], after: Sequence[float], path: str | Path, bins: int = 10) -> Path:
     """A PNG with the complexity histogram of the candidates and of the selected set."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on training nodes
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = pyplot().subplots(figsize=(6, 3.5))
     edges = [i / bins for i in range(bins + 1)]
     ax.hist(list(before), bins=edges, alpha=0.5, label=f"candidates ({len(before)})")
     ax.hist(list(after), bins=edges, alpha=0.7, label=f"selected ({len(after)})")
@@ -180,11 +182,7 @@ def plot_histogram(before: Sequence[float], after: Sequence[float], path: str | 
     ax.set_ylabel("prompts")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def measure_complexity(
@@ -199,73 +197,49 @@ def measure_complexity(
     backend: str = "transformers",
     check: Any = None,
     gpu_memory_utilization: float = 0.9,
+    *,
+    seed: int | None = None,
+    sampler: Sampler | None = None,
+    think: ThinkFormat | None = None,
 ) -> list[float]:
-    """Complexity of every record for ``model``: ``1 - pass rate`` over ``num_samples`` sampled replies.
+    """Complexity of every record for the student: ``1 - pass rate`` over ``num_samples`` sampled replies.
 
-    ``backend="vllm"`` samples with vLLM's offline engine from the model's folder (``model`` is then a path);
-    ``"auto"`` uses vLLM when it is installed and a GPU is visible. Replies are checked with the MARS rule layer
-    (:func:`rewards.verify.check`) unless another ``check`` is given.
+    Samples with ``sampler`` when given (``model`` and ``tokenizer`` may then be None). Else ``backend`` says how:
+    ``transformers`` over the loaded ``model``; ``vllm`` with vLLM's offline engine on the student's folder
+    (``model`` is then a path; the engine takes ``gpu_memory_utilization`` of the GPU and is closed afterwards);
+    ``auto`` uses vLLM when it is installed and a GPU is visible. Replies are read in the sampler's think format:
+    ``think`` (the run's) when given, else the student tokenizer's (read from its folder when no tokenizer is
+    given), and checked with the MARS rule layer (:func:`rewards.verify.check`) unless another ``check`` is given.
     """
-    from rewards.verify import check as mars_check
-
-    check = check or mars_check
     if backend == "auto":
         backend = "vllm" if _vllm_usable() else "transformers"
-    if backend == "vllm":
-        return _vllm_complexity(
-            model, records, num_samples, mode, temperature, max_new_tokens, check, gpu_memory_utilization
+    own = sampler is None
+    if own:
+        if backend == "vllm" and not isinstance(model, (str, Path)):
+            raise TypeError("the vllm complexity backend needs the student's folder, not a loaded model")
+        config = SamplerConfig(
+            backend=backend,
+            model=str(model) if backend == "vllm" else None,
+            batch_size=batch_size,
+            gpu_memory_utilization=gpu_memory_utilization,
         )
-    from train.sampling.pass_rate import pass_rates
-
-    rates = pass_rates(
-        model,
-        tokenizer,
-        records,
-        num_samples=num_samples,
-        mode=mode,
-        check=check,
-        temperature=temperature,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-    )
+        sampler = make_sampler(config, think, model=None if backend == "vllm" else model, tokenizer=tokenizer)
+    try:
+        rates = pass_rates(
+            sampler,
+            records,
+            num_samples,
+            check or rule_check,
+            mode=mode,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+        )
+    finally:
+        if own and hasattr(sampler, "close"):
+            sampler.close()  # give the GPU back to training
     return [complexity(p.rate) for p in rates]
 
 
 def _vllm_usable() -> bool:
-    try:
-        import importlib.util
-
-        import torch
-
-        return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
-def _vllm_complexity(
-    model_path: Any,
-    records: Sequence[dict[str, Any]],
-    num_samples: int,
-    mode: str | None,
-    temperature: float,
-    max_new_tokens: int,
-    check: Any,
-    gpu_memory_utilization: float = 0.9,
-) -> list[float]:
-    from train.core.modes import parse_response
-    from train.distill.teacher import TeacherConfig, VLLMBackend
-
-    if not isinstance(model_path, (str, Path)):
-        raise TypeError("the vllm complexity backend needs the student's folder, not a loaded model")
-    backend = VLLMBackend(
-        TeacherConfig(
-            backend="vllm", model=str(model_path), mode=mode, temperature=temperature, max_new_tokens=max_new_tokens
-        )  # fmt: skip
-    )
-    samples = backend.generate(records, num_samples)
-    out = []
-    for r, ss in zip(records, samples):
-        rate = sum(bool(check(parse_response(s.text).answer, r)) for s in ss) / max(len(ss), 1)
-        out.append(complexity(rate))
-    del backend  # free the GPU for training
-    return out
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()

@@ -25,6 +25,7 @@ difficulty bucket and :func:`plot_labels` draws them.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -36,10 +37,16 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from rewards.math import verify_answer
+from rewards.verify import check as rule_check
 from train.core.checks import exact_match
-from train.core.data import record_id, write_jsonl
-from train.core.modes import DEFAULT_THINK_END, DEFAULT_THINK_START, Mode, apply_mode, format_response, parse_response
+from train.core.data import base_id, difficulty_bucket, record_id, write_jsonl
+from train.core.modes import Mode, ThinkFormat, tagged, untagged
+from train.core.plots import pyplot, save_figure
+from train.eval.evaluation import bucket_sort_key
 from train.eval.labels import FAST, SLOW, LabelRule, label_from_rates
+from train.sampling.base import Sampler, SamplerConfig, SamplingParams, make_sampler
+from train.sampling.reply import Reply
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +94,6 @@ def verifiable(record: dict[str, Any]) -> bool:
 
 def math_check(answer: str | None, record: dict[str, Any]) -> bool | None:
     """math-verify through the MARS math reward's ``verify_answer`` (exact match as a fast path)."""
-    from rewards.math import verify_answer
-
     if record.get("answer") in (None, ""):
         return None
     if exact_match(answer, record):
@@ -98,9 +103,7 @@ def math_check(answer: str | None, record: dict[str, Any]) -> bool | None:
 
 def mars_check(answer: str | None, record: dict[str, Any]) -> bool | None:
     """The MARS rule layer (:func:`rewards.verify.check`): math-verify for math, sandboxed tests for code."""
-    from rewards.verify import check
-
-    return check(answer, record)
+    return rule_check(answer, record)
 
 
 CHECKS: dict[str, Check] = {"exact": exact_match, "math": math_check, "mars": mars_check}
@@ -115,47 +118,32 @@ def get_check(name: str) -> Check:
 # ---------------------------------------------------------------------------------------------------- targets
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A reply that could become a target: its text, length in tokens, and whether it came from the teacher."""
-
-    text: str
-    num_tokens: int
-    source: str  # "model" or "teacher"
-
-
-def reply_mode(text: str, think_start: str = DEFAULT_THINK_START, think_end: str = DEFAULT_THINK_END) -> str | None:
+def reply_mode(text: str, think: ThinkFormat) -> str | None:
     """``fast`` or ``slow`` for a well-formed reply with an answer, else None."""
-    parsed = parse_response(text, think_start, think_end)
+    parsed = think.parse(text)
     if not parsed.well_formed or not parsed.answer or parsed.mode not in (FAST, SLOW):
         return None
     return parsed.mode
 
 
 def shortest_correct(
-    candidates: Sequence[Candidate],
-    record: dict[str, Any],
-    mode: str,
-    check: Check,
-    think_start: str = DEFAULT_THINK_START,
-    think_end: str = DEFAULT_THINK_END,
-) -> Candidate | None:
+    replies: Sequence[Reply], record: dict[str, Any], mode: str, check: Check, think: ThinkFormat
+) -> Reply | None:
     """The shortest well-formed reply in ``mode`` whose answer passes ``check`` (ties: the first one)."""
     best = None
-    for c in candidates:
-        if reply_mode(c.text, think_start, think_end) != mode:
+    for r in replies:
+        if reply_mode(r.text, think) != mode:
             continue
-        if best is not None and c.num_tokens >= best.num_tokens:
+        if best is not None and r.num_tokens >= best.num_tokens:
             continue
-        if check(parse_response(c.text, think_start, think_end).answer, record):
-            best = c
+        if check(think.parse(r.text).answer, record):
+            best = r
     return best
 
 
-def fast_from_slow(slow: str, think_start: str = DEFAULT_THINK_START, think_end: str = DEFAULT_THINK_END) -> str:
+def fast_from_slow(slow: str, think: ThinkFormat) -> str:
     """A fast reply with the (verified) answer of a slow one."""
-    answer = parse_response(slow, think_start, think_end).answer or ""
-    return format_response(answer, "", think_start, think_end)
+    return think.format(think.parse(slow).answer or "", "")
 
 
 # ------------------------------------------------------------------------------------------------ per prompt
@@ -187,41 +175,44 @@ def decide(
     record: dict[str, Any],
     rule: LabelRule,
     check: Check,
-    fast_samples: Sequence[Candidate] = (),
-    slow_samples: Sequence[Candidate] = (),
-    pool: Sequence[Candidate] = (),
+    fast_samples: Sequence[Reply] = (),
+    slow_samples: Sequence[Reply] = (),
+    pool: Sequence[Reply] = (),
     judge: Judge | None = None,
-    think_start: str = DEFAULT_THINK_START,
-    think_end: str = DEFAULT_THINK_END,
+    *,
+    think: ThinkFormat,
 ) -> PromptResult:
     """Label one prompt and choose its targets from the model's samples and the teacher pool.
 
     Pass rates count a sample as correct only when it is in the asked-for mode (a "fast" sample that thinks is
     not a correct fast answer). Without samples, or when the record cannot be verified, the fallback labels it.
+    Every reply (samples and pool) is read with ``think``, the student's format: rewrite the pool into it first
+    (:func:`pool_of`). A target's source is ``model`` (a sample) or ``teacher`` (the pool); on equal length the
+    model's own reply wins.
     """
     rid = str(record.get("id") or record_id(record["prompt"]))
     difficulty = record.get("difficulty")
     can_verify = verifiable(record)
 
-    def ok(c: Candidate, mode: str) -> bool:
-        return reply_mode(c.text, think_start, think_end) == mode and bool(
-            check(parse_response(c.text, think_start, think_end).answer, record)
-        )
+    def ok(r: Reply, mode: str) -> bool:
+        return reply_mode(r.text, think) == mode and bool(check(think.parse(r.text).answer, record))
 
     fast_rate = slow_rate = None
     if can_verify and fast_samples and slow_samples:
-        fast_rate = sum(ok(c, FAST) for c in fast_samples) / len(fast_samples)
-        slow_rate = sum(ok(c, SLOW) for c in slow_samples) / len(slow_samples)
+        fast_rate = sum(ok(r, FAST) for r in fast_samples) / len(fast_samples)
+        slow_rate = sum(ok(r, SLOW) for r in slow_samples) / len(slow_samples)
         label = Label(label_from_rates(fast_rate, slow_rate, rule), "pass_rate")
     else:
         label = fallback_label(record, rule, judge)
 
-    if can_verify:
-        fast = shortest_correct(list(fast_samples) + list(pool), record, FAST, check, think_start, think_end)
-        slow = shortest_correct(list(slow_samples) + list(pool), record, SLOW, check, think_start, think_end)
-    else:  # nothing to verify against: trust the teacher pool, shortest first
-        fast = _shortest_in_mode(pool, FAST, think_start, think_end)
-        slow = _shortest_in_mode(pool, SLOW, think_start, think_end)
+    targets: dict[str, tuple[Reply, str] | None] = {}
+    for mode, samples in ((FAST, fast_samples), (SLOW, slow_samples)):
+        if can_verify:
+            own = shortest_correct(samples, record, mode, check, think)
+            teacher = shortest_correct(pool, record, mode, check, think)
+        else:  # nothing to verify against: trust the teacher pool, shortest first
+            own, teacher = None, _shortest_in_mode(pool, mode, think)
+        targets[mode] = _shorter((own, "model"), (teacher, "teacher"))
     result = PromptResult(
         id=rid,
         difficulty=None if difficulty is None else float(difficulty),
@@ -229,21 +220,28 @@ def decide(
         slow_rate=slow_rate,
         label=label.label,
         label_source=label.source,
-        fast_tokens=_mean([c.num_tokens for c in fast_samples]),
-        slow_tokens=_mean([c.num_tokens for c in slow_samples]),
+        fast_tokens=_mean([r.num_tokens for r in fast_samples]),
+        slow_tokens=_mean([r.num_tokens for r in slow_samples]),
     )
+    fast, slow = targets[FAST], targets[SLOW]
     if slow is not None:
-        result.slow_target, result.slow_target_source = slow.text, slow.source
+        result.slow_target, result.slow_target_source = slow[0].text, slow[1]
     if fast is not None:
-        result.fast_target, result.fast_target_source = fast.text, fast.source
+        result.fast_target, result.fast_target_source = fast[0].text, fast[1]
     elif slow is not None:
-        result.fast_target, result.fast_target_source = fast_from_slow(slow.text, think_start, think_end), "slow"
+        result.fast_target, result.fast_target_source = fast_from_slow(slow[0].text, think), "slow"
     return result
 
 
-def _shortest_in_mode(pool: Sequence[Candidate], mode: str, think_start: str, think_end: str) -> Candidate | None:
-    fits = [c for c in pool if reply_mode(c.text, think_start, think_end) == mode]
-    return min(fits, key=lambda c: c.num_tokens) if fits else None
+def _shorter(*options: tuple[Reply | None, str]) -> tuple[Reply, str] | None:
+    """The shortest present reply with its source; the first one on a tie."""
+    present = [(r, source) for r, source in options if r is not None]
+    return min(present, key=lambda x: x[0].num_tokens) if present else None
+
+
+def _shortest_in_mode(pool: Sequence[Reply], mode: str, think: ThinkFormat) -> Reply | None:
+    fits = [r for r in pool if reply_mode(r.text, think) == mode]
+    return min(fits, key=lambda r: r.num_tokens) if fits else None
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -252,17 +250,21 @@ def _mean(values: Sequence[float]) -> float | None:
 
 # ----------------------------------------------------------------------------------------------------- records
 
+#: Record keys naming the think format of the record's ``response`` and ``pool`` (the teacher's), when it is not
+#: the student's.
+POOL_FORMAT_KEYS = ("think_start", "think_end")
+
 
 def fusion_records(record: dict[str, Any], result: PromptResult) -> list[dict[str, Any]]:
     """Training records for one labelled prompt: ``/no_think``, ``/think``, no tag, and ``/auto_think``.
 
-    Each copies the source record's fields (minus ``response`` and ``pool``) and adds ``response``, ``fusion_tag``
-    (``no_think``, ``think``, ``none``, ``auto_think``), ``label`` and the pass rates. Empty when the prompt has
-    no usable targets.
+    Each copies the source record's fields (minus ``response``, ``pool`` and the pool's think format: the targets
+    are in the student's) and adds ``response``, ``fusion_tag`` (``no_think``, ``think``, ``none``,
+    ``auto_think``), ``label`` and the pass rates. Empty when the prompt has no usable targets.
     """
     if not result.usable:
         return []
-    base = {k: v for k, v in record.items() if k not in ("response", "pool", "prompt")}
+    base = {k: v for k, v in record.items() if k not in ("response", "pool", "prompt", *POOL_FORMAT_KEYS)}
     base.update(
         id=result.id,
         label=result.label,
@@ -278,20 +280,12 @@ def fusion_records(record: dict[str, Any], result: PromptResult) -> list[dict[st
         ("none", None, result.slow_target),
         ("auto_think", Mode.AUTO, labelled),
     ):
-        prompt = apply_mode(record["prompt"], mode)
-        if isinstance(record["prompt"], str):
-            prompt = prompt[-1]["content"]
+        prompt = tagged(record["prompt"], mode)
         out.append({**base, "id": f"{result.id}-{tag}", "prompt": prompt, "response": target, "fusion_tag": tag})
     return out
 
 
 # ------------------------------------------------------------------------------------------------- statistics
-
-
-def difficulty_bucket(difficulty: float) -> str:
-    """The bucket name of an annotated difficulty: ``1`` and ``1.0`` are ``"1"``, ``2.5`` is ``"2.5"``."""
-    d = float(difficulty)
-    return str(int(d)) if d.is_integer() else f"{d:g}"
 
 
 def bucket_of(result: PromptResult, num_buckets: int = 4) -> str:
@@ -310,7 +304,7 @@ def statistics(results: Sequence[PromptResult]) -> dict[str, Any]:
     groups: dict[str, list[PromptResult]] = defaultdict(list)
     for r in results:
         groups[bucket_of(r)].append(r)
-    for bucket in sorted(groups, key=_bucket_sort_key):
+    for bucket in sorted(groups, key=bucket_sort_key):
         rs = groups[bucket]
         labelled = [r for r in rs if r.label is not None]
         per_bucket[bucket] = {
@@ -340,24 +334,12 @@ def _share(k: int, n: int) -> float | None:
     return k / n if n else None
 
 
-def _bucket_sort_key(bucket: str) -> tuple[int, float, str]:
-    try:
-        return (0, float(bucket), bucket)
-    except ValueError:
-        return (1, 0.0, bucket)
-
-
 def plot_labels(stats: dict[str, Any], path: str | Path) -> Path:
     """A PNG of label counts per difficulty bucket (stacked bars) with the mean pass rates per mode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     buckets = list(stats["per_difficulty"])
     rows = [stats["per_difficulty"][b] for b in buckets]
     x = range(len(buckets))
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     fast = [r["fast"] for r in rows]
     slow = [r["slow"] for r in rows]
     ax.bar(x, fast, label="fast label", color="tab:orange")
@@ -375,13 +357,7 @@ def plot_labels(stats: dict[str, Any], path: str | Path) -> Path:
     ax.legend(handles, [h.get_label() for h in handles], loc="upper right", fontsize=8)
     ax.set_title("Fusion labels against difficulty")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------------- builder
@@ -424,11 +400,27 @@ class FusionBuildConfig:
     def rule(self) -> LabelRule:
         return LabelRule(self.fast_threshold, self.margin, self.fallback_max_easy_difficulty)
 
+    def sampler_config(self) -> SamplerConfig:
+        """The transformers sampler these options ask for (when the builder is given a model, not a sampler)."""
+        return SamplerConfig(backend="transformers", batch_size=self.batch_size, self_repair=self.self_repair)
 
-def pool_of(record: dict[str, Any], tokenizer: Any = None) -> list[Candidate]:
-    """The teacher pool of a record: its ``response`` and the replies in its ``pool`` list."""
+
+def pool_format(record: dict[str, Any], think: ThinkFormat) -> ThinkFormat:
+    """The think format of a record's teacher replies: its ``think_start``/``think_end``, else the student's."""
+    start, end = (record.get(k) for k in POOL_FORMAT_KEYS)
+    return ThinkFormat(start, end) if start and end else think
+
+
+def pool_of(record: dict[str, Any], think: ThinkFormat, tokenizer: Any = None) -> list[Reply]:
+    """The teacher pool of a record, its ``response`` and the replies in its ``pool`` list, in ``think``'s tags.
+
+    A teacher that writes other tags (:func:`pool_format`) has its replies rewritten into the student's, so they are
+    read, and trained on, in the student's format. Lengths are counted with ``tokenizer`` (characters without one).
+    """
+    source = pool_format(record, think)
     texts = ([record["response"]] if record.get("response") else []) + list(record.get("pool") or [])
-    return [Candidate(t, _count(tokenizer, t), "teacher") for t in texts if isinstance(t, str) and t]
+    texts = [think.rewrite(t, source) for t in texts if isinstance(t, str) and t]
+    return [Reply(t, _count(tokenizer, t)) for t in texts]
 
 
 def _count(tokenizer: Any, text: str) -> int:
@@ -437,71 +429,70 @@ def _count(tokenizer: Any, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def sample_candidates(
-    model: Any, tokenizer: Any, records: Sequence[dict[str, Any]], mode: Mode, config: FusionBuildConfig
-) -> list[list[Candidate]]:
-    """``num_samples`` replies per record in ``mode`` (with self-repair when configured).
+def sample_replies(
+    sampler: Sampler, records: Sequence[dict[str, Any]], mode: Mode, config: FusionBuildConfig, tokenizer: Any = None
+) -> list[list[Reply]]:
+    """``num_samples`` replies per record in ``mode`` (greedy for one sample).
 
     With ``fast_prefill`` the fast prompts end with the empty think block and the block is put back in front of
-    each reply (its tokens counted), so candidates always carry their own think block.
+    each reply (its tokens counted with ``tokenizer``, the sampler's when not given), so every reply carries its
+    own think block.
     """
-    from train.core.modes import think_delimiters
-
     prefill = config.fast_prefill and mode == Mode.FAST
-    kwargs = dict(
-        mode=mode if config.sample_tags else None,
-        num_samples=config.num_samples,
-        do_sample=config.num_samples > 1,
-        temperature=config.temperature,
+    params = SamplingParams(
+        n=config.num_samples,
+        temperature=config.temperature if config.num_samples > 1 else 0.0,
         max_new_tokens=config.max_new_tokens,
-        batch_size=config.batch_size,
-        progress=False,
-        enable_thinking=False if prefill else None,
     )
-    if config.self_repair:
-        from train.sampling.self_repair import generate_with_repair
+    prompts = [r["prompt"] for r in records]
+    asked = mode if config.sample_tags else None
+    if not prefill:
+        return sampler.sample(prompts, params, asked)
+    replies = prefilled(sampler).sample(prompts, params, asked)
+    prefix = sampler.think.format("")
+    extra = _count(tokenizer if tokenizer is not None else getattr(sampler, "tokenizer", None), prefix)
+    # The token ids and log-probs of the reply no longer cover its text: drop them rather than leave them wrong.
+    return [
+        [Reply(prefix + r.text, r.num_tokens + extra, r.finish_reason, repairs=r.repairs) for r in row]
+        for row in replies
+    ]
 
-        gens = generate_with_repair(model, tokenizer, [r["prompt"] for r in records], **kwargs)
-    else:
-        from train.sampling.generation import generate
 
-        gens = generate(model, tokenizer, [r["prompt"] for r in records], **kwargs)
-    prefix = ""
-    if prefill:
-        ts, te = think_delimiters(tokenizer)
-        prefix = f"{ts}\n\n{te}\n\n"
-    extra = _count(tokenizer, prefix) if prefix else 0
-    return [[Candidate(prefix + g.text, g.num_tokens + extra, "model") for g in row] for row in gens]
+def prefilled(sampler: Sampler) -> Sampler:
+    """A copy of ``sampler`` whose prompts end with an empty think block (Qwen3's ``enable_thinking=False``)."""
+    if not isinstance(getattr(sampler, "chat_template_kwargs", None), dict):
+        raise ValueError(
+            f"{type(sampler).__name__} cannot prefill the empty think block; use the transformers sampler or "
+            "fast_prefill=False"
+        )
+    fast = copy.copy(sampler)
+    fast.chat_template_kwargs = {**sampler.chat_template_kwargs, "enable_thinking": False}
+    return fast
 
 
 def prompts_of_fusion(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The prompt records behind fusion records (to label them again): untagged prompt, targets as the pool."""
     records: dict[str, dict[str, Any]] = {}
     for row in rows:
-        tag = row.get("fusion_tag")
-        base = str(row["id"])[: -len(f"-{tag}")] if tag and str(row["id"]).endswith(f"-{tag}") else str(row["id"])
+        base = base_id(row)
         keep = {k: v for k, v in row.items() if k not in ("response", "fusion_tag", "label", "label_source",
                                                           "fast_rate", "slow_rate", "prompt")}  # fmt: skip
-        rec = records.setdefault(base, {**keep, "id": base, "prompt": _untagged(row["prompt"]), "pool": []})
+        rec = records.setdefault(base, {**keep, "id": base, "prompt": untagged(row["prompt"]), "pool": []})
         if row.get("response") and row["response"] not in rec["pool"]:
             rec["pool"].append(row["response"])
     return list(records.values())
-
-
-def _untagged(prompt: Any) -> Any:
-    messages = apply_mode(prompt, None)
-    return messages[-1]["content"] if isinstance(prompt, str) else messages
 
 
 def merge_prompts(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One record per prompt: records with the same ``id`` (or the same prompt once mode tags are removed) merge.
 
     Their prompt loses its mode tag, and every ``response`` and ``pool`` reply joins one teacher pool, so SFT data
-    with a slow and a fast response per problem gives one prompt with both as candidate targets.
+    with a slow and a fast response per problem gives one prompt with both as candidate targets. Records of one
+    prompt must name the same think format for their replies (:func:`pool_format`).
     """
     merged: dict[str, dict[str, Any]] = {}
     for r in records:
-        prompt = _untagged(r["prompt"])
+        prompt = untagged(r["prompt"])
         rid = str(r.get("id") or record_id(prompt))
         replies = ([r["response"]] if r.get("response") else []) + list(r.get("pool") or [])
         if rid not in merged:
@@ -510,6 +501,8 @@ def merge_prompts(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             raise ValueError(
                 f"record id {rid!r} is used by two different prompts: {merged[rid]['prompt']!r:.60} and {prompt!r:.60}"
             )
+        elif any(merged[rid].get(k) != r.get(k) for k in POOL_FORMAT_KEYS):
+            raise ValueError(f"record id {rid!r}: its replies are written in two think formats")
         merged[rid]["pool"] += [x for x in replies if x not in merged[rid]["pool"]]
     return list(merged.values())
 
@@ -522,8 +515,14 @@ def build_fusion(
     out_dir: str | Path,
     judge: Judge | None = None,
     check: Check | None = None,
+    *,
+    sampler: Sampler | None = None,
 ) -> dict[str, Any]:
     """Label ``records`` with the model's pass rates and write the fusion data set to ``out_dir``.
+
+    Samples with ``sampler`` when given (``model`` may then be None; ``tokenizer`` still counts the pool's tokens),
+    else with a transformers sampler over ``model`` (:meth:`FusionBuildConfig.sampler_config`). Replies are read,
+    and teacher replies rewritten, in the sampler's think format.
 
     Writes ``labels.jsonl`` (one :class:`PromptResult` per prompt, appended chunk by chunk so an interrupted
     build resumes where it stopped), ``fusion.jsonl`` (the tagged training records), ``stats.json`` and
@@ -533,9 +532,7 @@ def build_fusion(
     out.mkdir(parents=True, exist_ok=True)
     check = check or get_check(config.check)
     rule = config.rule()
-    from train.core.modes import think_delimiters
-
-    ts, te = think_delimiters(tokenizer)
+    sampler = sampler or make_sampler(config.sampler_config(), model=model, tokenizer=tokenizer)
     records = merge_prompts(records)
     ids = [r["id"] for r in records]
     done = _read_done(out / "labels.jsonl")
@@ -547,7 +544,7 @@ def build_fusion(
     with (out / "labels.jsonl").open("a", encoding="utf-8") as f:
         for start in tqdm(range(0, len(todo), config.chunk_size), desc="fusion labels", leave=False):
             chunk = [{**r, "id": i} for i, r in todo[start : start + config.chunk_size]]
-            for result in _label_chunk(model, tokenizer, chunk, config, rule, check, judge, ts, te):
+            for result in _label_chunk(sampler, tokenizer, chunk, config, rule, check, judge):
                 f.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
                 done[result.id] = result
             f.flush()
@@ -564,21 +561,30 @@ def build_fusion(
 
 
 def _label_chunk(
-    model: Any,
+    sampler: Sampler,
     tokenizer: Any,
     chunk: list[dict[str, Any]],
     config: FusionBuildConfig,
     rule: LabelRule,
     check: Check,
     judge: Judge | None,
-    ts: str,
-    te: str,
 ) -> list[PromptResult]:
+    think = sampler.think
     sampled = [r for r in chunk if verifiable(r)]
-    fast = dict(zip([r["id"] for r in sampled], sample_candidates(model, tokenizer, sampled, Mode.FAST, config)))
-    slow = dict(zip([r["id"] for r in sampled], sample_candidates(model, tokenizer, sampled, Mode.SLOW, config)))
+    ids = [r["id"] for r in sampled]
+    fast = dict(zip(ids, sample_replies(sampler, sampled, Mode.FAST, config, tokenizer)))
+    slow = dict(zip(ids, sample_replies(sampler, sampled, Mode.SLOW, config, tokenizer)))
     return [
-        decide(r, rule, check, fast.get(r["id"], ()), slow.get(r["id"], ()), pool_of(r, tokenizer), judge, ts, te)
+        decide(
+            r,
+            rule,
+            check,
+            fast.get(r["id"], ()),
+            slow.get(r["id"], ()),
+            pool_of(r, think, tokenizer),
+            judge,
+            think=think,
+        )
         for r in chunk
     ]
 
@@ -597,11 +603,6 @@ def _read_done(path: Path) -> dict[str, PromptResult]:
                 continue
             done[row["id"]] = PromptResult(**row)
     return done
-
-
-def read_results(path: str | Path) -> list[PromptResult]:
-    """The per-prompt results of a build (``labels.jsonl``)."""
-    return list(_read_done(Path(path)).values())
 
 
 # ------------------------------------------------------------------------------------------- phase-2 data mix
@@ -639,5 +640,5 @@ def difficulty_mix(rows: Sequence[dict[str, Any]], floor: float = 0.2) -> dict[s
     raw = {b: floor + 1.0 - sum(v) / len(v) for b, v in rates.items()}
     total = sum(raw.values())
     if total <= 0:  # every bucket perfect and floor 0: mix evenly
-        return {b: 1.0 / len(raw) for b in sorted(raw, key=_bucket_sort_key)}
-    return {b: raw[b] / total for b in sorted(raw, key=_bucket_sort_key)}
+        return {b: 1.0 / len(raw) for b in sorted(raw, key=bucket_sort_key)}
+    return {b: raw[b] / total for b in sorted(raw, key=bucket_sort_key)}

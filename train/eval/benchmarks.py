@@ -27,6 +27,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from rewards.verify import check as rule_check
 from train.core.checks import exact_match
 from train.core.data import DataError, read_records, record_id, validate_record
 
@@ -157,7 +158,5 @@ def check(answer: str | None, record: dict[str, Any]) -> bool:
     if exact_match(answer, record):
         return True
     if task == "code" or record.get("answer") not in (None, ""):
-        from rewards.verify import check as mars
-
-        return bool(mars(answer, record))
+        return bool(rule_check(answer, record))
     return False

@@ -25,9 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from train.core.checks import Checker, exact_match
-from train.core.modes import DEFAULT_THINK_END, DEFAULT_THINK_START, Mode, parse_response, think_delimiters
+from train.core.data import difficulty_bucket
+from train.core.modes import Mode, ThinkFormat
+from train.core.plots import pyplot, save_figure
 from train.eval.labels import LabelRule, label_from_rates
-from train.sampling.generation import Generation, generate
+from train.sampling.base import Sampler, SamplerConfig, SamplingParams, make_sampler
+from train.sampling.reply import Reply
 
 logger = logging.getLogger(__name__)
 
@@ -41,24 +44,33 @@ def complies(mode: Mode, parsed_mode: str) -> bool:
 
 def score_generations(
     records: Sequence[dict[str, Any]],
-    generations: Sequence[Sequence[Generation]],
+    generations: Sequence[Sequence[Reply]],
     mode: Mode,
     check: Checker,
-    think_start: str = DEFAULT_THINK_START,
-    think_end: str = DEFAULT_THINK_END,
+    *,
+    think: ThinkFormat,
 ) -> dict[str, float]:
-    """Accuracy, mean tokens, compliance and fast-choice rate of sampled replies (one list per record)."""
+    """Accuracy, mean tokens, compliance and fast-choice rate of sampled replies (one list per record).
+
+    Replies are read with ``think``, the format of the model that wrote them (``sampler.think``).
+    """
     n = correct = tokens = compliant = fast = 0
-    for record, gens in zip(records, generations):
-        for g in gens:
-            parsed = parse_response(g.text, think_start, think_end)
+    for record, replies in zip(records, generations):
+        for r in replies:
+            parsed = think.parse(r.text)
             n += 1
             correct += check(parsed.answer, record)
-            tokens += g.num_tokens
+            tokens += r.num_tokens
             compliant += complies(mode, parsed.mode)
             fast += parsed.mode == "fast"
     n = max(n, 1)
     return {"accuracy": correct / n, "mean_tokens": tokens / n, "compliance": compliant / n, "fast_rate": fast / n}
+
+
+def default_sampler(model: Any, tokenizer: Any, batch_size: int = 64, self_repair: bool = False) -> Sampler:
+    """A transformers sampler over a loaded ``model``; replies are read in its ``tokenizer``'s think format."""
+    config = SamplerConfig(backend="transformers", batch_size=batch_size, self_repair=self_repair)
+    return make_sampler(config, model=model, tokenizer=tokenizer)
 
 
 def evaluate_modes(
@@ -69,19 +81,21 @@ def evaluate_modes(
     check: Checker = exact_match,
     max_new_tokens: int = 256,
     batch_size: int = 64,
+    *,
+    sampler: Sampler | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Greedy accuracy per mode on ``records`` (prompts get the mode's tag)."""
+    """Greedy accuracy per mode on ``records`` (prompts get the mode's tag).
+
+    Samples with ``sampler`` when given (``model`` and ``tokenizer`` may then be None), else with a transformers
+    sampler over ``model``.
+    """
+    sampler = sampler or default_sampler(model, tokenizer, batch_size)
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
+    prompts = [r["prompt"] for r in records]
     results = {}
     for mode in map(Mode.parse, modes):
-        gens = generate(
-            model,
-            tokenizer,
-            [r["prompt"] for r in records],
-            mode=mode,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-        )
-        results[mode.value] = score_generations(records, gens, mode, check, *think_delimiters(tokenizer))
+        replies = sampler.sample(prompts, params, mode=mode)
+        results[mode.value] = score_generations(records, replies, mode, check, think=sampler.think)
         logger.info("%s: %s", mode.value, results[mode.value])
     return results
 
@@ -99,15 +113,13 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def bucket(record: dict[str, Any]) -> str:
-    """The difficulty bucket of a record: its ``difficulty`` (``3``, ``2.5``), or ``all`` without one."""
+    """The difficulty bucket of a record (:func:`train.core.data.difficulty_bucket`), or ``all`` without one."""
     d = record.get("difficulty")
-    if d is None or d == "":
-        return "all"
-    d = float(d)
-    return str(int(d)) if d.is_integer() else f"{d:g}"
+    return "all" if d is None or d == "" else difficulty_bucket(d)
 
 
-def _sort_key(name: str) -> tuple[int, float, str]:
+def bucket_sort_key(name: str) -> tuple[int, float, str]:
+    """Sort buckets by number (``1 < 2.5 < 10``), named ones (``all``, ``c0``) after them by name."""
     try:
         return (0, float(name), name)
     except ValueError:
@@ -116,27 +128,30 @@ def _sort_key(name: str) -> tuple[int, float, str]:
 
 def per_prompt_scores(
     records: Sequence[dict[str, Any]],
-    generations: Sequence[Sequence[Generation]],
+    generations: Sequence[Sequence[Reply]],
     mode: Mode | str,
     check: Checker,
-    think_start: str = DEFAULT_THINK_START,
-    think_end: str = DEFAULT_THINK_END,
+    *,
+    think: ThinkFormat,
 ) -> list[dict[str, Any]]:
-    """For each prompt: its replies' correctness, tokens, think-block modes and compliance."""
+    """For each prompt: its replies' correctness, tokens, think-block modes and compliance.
+
+    Replies are read with ``think``, the format of the model that wrote them (``sampler.think``).
+    """
     mode = Mode.parse(mode)
     if len(records) != len(generations):
         raise ValueError(f"{len(records)} records but {len(generations)} lists of generations")
     out = []
-    for record, gens in zip(records, generations):
-        if not gens:
+    for record, replies in zip(records, generations):
+        if not replies:
             raise ValueError(f"record {record.get('id')!r} has no generations")
-        parsed = [parse_response(g.text, think_start, think_end) for g in gens]
+        parsed = [think.parse(r.text) for r in replies]
         out.append(
             {
                 "id": record.get("id"),
                 "bucket": bucket(record),
                 "correct": [bool(check(p.answer, record)) for p in parsed],
-                "tokens": [g.num_tokens for g in gens],
+                "tokens": [r.num_tokens for r in replies],
                 "modes": [p.mode for p in parsed],
                 "compliant": [complies(mode, p.mode) for p in parsed],
             }
@@ -151,7 +166,7 @@ def summarize(prompts: Sequence[dict[str, Any]], k: int | None = None) -> dict[s
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for p in prompts:
         groups[p["bucket"]].append(p)
-    summary["per_difficulty"] = {b: _summary(groups[b], k) for b in sorted(groups, key=_sort_key)}
+    summary["per_difficulty"] = {b: _summary(groups[b], k) for b in sorted(groups, key=bucket_sort_key)}
     return summary
 
 
@@ -211,28 +226,25 @@ def evaluate(
     batch_size: int = 64,
     self_repair: bool = False,
     right_mode_threshold: float = 0.5,
+    *,
+    sampler: Sampler | None = None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
-    """Generate in every mode and score (see the module docstring). ``k == 1`` decodes greedily."""
+    """Generate in every mode and score (see the module docstring). ``k == 1`` decodes greedily.
 
-    ts, te = think_delimiters(tokenizer)
-    gen_fn = generate
-    if self_repair:
-        from train.sampling.self_repair import generate_with_repair as gen_fn
+    Samples with ``sampler`` when given (``model`` and ``tokenizer`` may then be None; ``batch_size`` and
+    ``self_repair`` are the sampler's business), else with a transformers sampler over ``model``. Replies are read
+    in the sampler's think format.
+    """
+    sampler = sampler or default_sampler(model, tokenizer, batch_size, self_repair)
+    params = SamplingParams(
+        n=k, temperature=temperature if k > 1 else 0.0, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
+    )
+    texts = [r["prompt"] for r in records]
     prompts = {}
     for mode in map(Mode.parse, modes):
-        gens = gen_fn(
-            model,
-            tokenizer,
-            [r["prompt"] for r in records],
-            mode=mode,
-            num_samples=k,
-            do_sample=k > 1,
-            temperature=temperature,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-        )
-        prompts[mode.value] = per_prompt_scores(records, gens, mode, check, ts, te)
+        replies = sampler.sample(texts, params, mode=mode)
+        prompts[mode.value] = per_prompt_scores(records, replies, mode, check, think=sampler.think)
     return results_from_scores(prompts, k, right_mode_threshold)
 
 
@@ -282,16 +294,12 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 def _buckets(results: dict[str, Any]) -> list[str]:
     names = {b for s in results["modes"].values() for b in s["per_difficulty"]}
-    return sorted(names, key=_sort_key)
+    return sorted(names, key=bucket_sort_key)
 
 
 def plot_accuracy_tokens(results: dict[str, Any], path: str | Path) -> Path:
     """A PNG of accuracy (avg@k) against mean output tokens, one point per mode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     k = results["k"]
     fig, ax = plt.subplots(figsize=(5, 4))
     for mode, s in results["modes"].items():
@@ -305,13 +313,7 @@ def plot_accuracy_tokens(results: dict[str, Any], path: str | Path) -> Path:
     ax.legend()
     ax.set_title("Accuracy against tokens per mode")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def write_results(results: dict[str, Any], out_dir: str | Path, name: str = "eval") -> dict[str, Path]:
