@@ -1,11 +1,16 @@
 """The lightweight LLM evaluator of MARS: answer equivalence and rubric scoring by a judge model.
 
-Two backends produce the judge's replies:
+Two backends produce the judge's replies, both from :mod:`train.sampling`:
 
-* ``http``: any OpenAI-compatible chat-completions endpoint (a vLLM or SGLang server, a hosted API), called with
-  the standard library, many requests at once from a thread pool, each with a timeout and retried with
-  exponential back-off on transport errors, HTTP 429 and 5xx;
-* ``transformers``: a local causal LM, batched greedy generation on whatever device the model sits on.
+* ``http``: any OpenAI-compatible chat-completions endpoint (a vLLM or SGLang server, a hosted API) through
+  :class:`~train.sampling.endpoint.EndpointClient` (the teacher's client: many requests at once, each with a timeout
+  and retried with exponential back-off on transport errors, HTTP 429 and 5xx);
+* ``transformers``: a local causal LM, batched greedy generation on whatever device the model sits on
+  (:class:`~train.sampling.transformers.TransformersSampler`).
+
+The judge's own replies are parsed with its own think format: ``reply_think_start``/``reply_think_end`` when set,
+else a local judge's tokenizer's; an endpoint judge without them reads its reply's content whole (a reasoning
+server's separate ``reasoning_content`` is then dropped).
 
 Every request is keyed by a hash of (model, messages, generation parameters) and its reply stored in an on-disk
 cache (one JSON file per request, written atomically), so a repeated request — the same completion sampled twice
@@ -19,23 +24,22 @@ the fence nor forge a new instruction block. The system prompt tells the judge t
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import logging
 import os
 import re
 import tempfile
-import time
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from rewards.base import Reward, column
+from rewards.base import Reward, ThinkFormatNotSet, column
 from rewards.registry import register
-from train.core.modes import _content_text, parse_response, strip_tags
+from train.core.loading import load_model_and_tokenizer, resolve_think_format
+from train.core.modes import ThinkFormat, _content_text, strip_tags
+from train.sampling.endpoint import EndpointClient
+from train.sampling.params import SamplerConfig, SamplingParams
+from train.sampling.transformers import TransformersSampler
 
 logger = logging.getLogger("rewards.judge")
 
@@ -78,10 +82,16 @@ class JudgeConfig:
         default=6000,
         metadata={"help": "Judged texts longer than this keep their first and last halves (keeps prompts bounded)."},
     )
-    reply_think_start: str = field(
-        default="<think>", metadata={"help": "Think-block opening tag of the judge's own replies (skipped)."}
+    reply_think_start: str | None = field(
+        default=None,
+        metadata={
+            "help": "Think-block opening tag of the judge's own replies (skipped). None: the local judge's "
+            "tokenizer's; an endpoint judge's reply content is then read whole."
+        },
     )
-    reply_think_end: str = field(default="</think>", metadata={"help": "Think-block closing tag of judge replies."})
+    reply_think_end: str | None = field(
+        default=None, metadata={"help": "Think-block closing tag of the judge's own replies (see reply_think_start)."}
+    )
     chat_template_kwargs: dict[str, Any] = field(
         default_factory=dict,
         metadata={"help": "Extra chat-template arguments (transformers backend), e.g. {enable_thinking: false}."},
@@ -94,6 +104,8 @@ class JudgeConfig:
         for name in ("timeout", "scale"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"JudgeConfig.{name} must be > 0, got {getattr(self, name)}")
+        if (self.reply_think_start is None) != (self.reply_think_end is None):
+            raise ValueError("JudgeConfig: set both reply_think_start and reply_think_end, or neither")
         if self.max_retries < 0 or self.concurrency < 1 or self.batch_size < 1:
             raise ValueError("JudgeConfig: max_retries >= 0, concurrency >= 1 and batch_size >= 1 are required")
 
@@ -316,85 +328,52 @@ class ReplyCache:
 
 
 class HTTPBackend:
-    """Chat completions from an OpenAI-compatible endpoint, concurrent, with timeouts and retries."""
+    """Chat completions from an OpenAI-compatible endpoint, through the project's one :class:`EndpointClient`."""
 
     def __init__(self, config: JudgeConfig):
         self.config = config
-        self.url = config.base_url.rstrip("/") + "/chat/completions"
+        self.reply_think = _configured_think(config)
+        self.client = EndpointClient(
+            SamplerConfig(
+                backend="endpoint",
+                model=config.model,
+                base_url=config.base_url,
+                api_key_env=config.api_key_env,
+                timeout=config.timeout,
+                max_retries=config.max_retries,
+                backoff=config.backoff,
+                max_backoff=config.max_backoff,
+                concurrency=config.concurrency,
+            ),
+            self.reply_think,
+        )
 
     @property
     def model_id(self) -> str:
         return f"http:{self.config.model}"
 
     def generate(self, requests: list[list[dict]]) -> list[str | None]:
-        if not requests:
-            return []
-        workers = min(self.config.concurrency, len(requests))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="judge") as pool:
-            return list(pool.map(self.complete, requests))
-
-    def complete(self, messages: list[dict]) -> str | None:
-        """One chat completion; None after ``max_retries`` failed retries or on a non-retryable error."""
+        """One reply text per request; None after the retries or on a non-retryable error."""
         cfg = self.config
-        payload = {"model": cfg.model, "messages": messages, **cfg.generation_params}
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        data = json.dumps(payload).encode()
-        for attempt in range(cfg.max_retries + 1):
-            wait = min(cfg.backoff * 2**attempt, cfg.max_backoff)
-            try:
-                request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-                with urllib.request.urlopen(request, timeout=cfg.timeout) as response:
-                    body = json.loads(response.read().decode())
-                return _reply_text(body)
-            except urllib.error.HTTPError as exc:
-                if exc.code != 429 and exc.code < 500:  # a bad request won't get better by asking again
-                    logger.warning("judge request rejected (HTTP %d): %s", exc.code, _error_body(exc))
-                    return None
-                retry_after = exc.headers.get("Retry-After") if exc.headers else None
-                if retry_after and retry_after.isdigit():
-                    wait = min(float(retry_after), cfg.max_backoff)
-                reason = f"HTTP {exc.code}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
-                reason = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
-            except (ValueError, KeyError, IndexError, TypeError) as exc:
-                logger.warning("judge reply malformed: %s: %s", type(exc).__name__, exc)
-                return None
-            if attempt < cfg.max_retries:
-                msg = "judge request failed (%s); retry %d/%d in %.2fs"
-                logger.info(msg, reason, attempt + 1, cfg.max_retries, wait)
-                time.sleep(wait)
-        logger.warning("judge request failed after %d attempts (%s); scoring None", cfg.max_retries + 1, reason)
-        return None
-
-
-def _reply_text(body: dict) -> str:
-    content = body["choices"][0]["message"]["content"]
-    if not isinstance(content, (str, list)):
-        raise TypeError(f"message content is {type(content).__name__}")
-    return _content_text(content)
-
-
-def _error_body(exc: urllib.error.HTTPError) -> str:
-    try:
-        return exc.read().decode(errors="replace")[:300]
-    except Exception:  # the body is only for the log line
-        return ""
+        replies = self.client.chat_many(requests, temperature=cfg.temperature, max_tokens=cfg.max_new_tokens)
+        return [None if r is None else r.text for r in replies]
 
 
 class TransformersBackend:
     """Greedy (or sampled) batched generation from a local causal LM on any device.
 
     Give either ``model`` and ``tokenizer`` objects or ``config.model`` as a path (loaded on first use, so a reward
-    holding this backend pickles cheaply until it is used).
+    holding this backend pickles cheaply until it is used). A batch that fails scores None; the others go on.
     """
 
     def __init__(self, config: JudgeConfig, model: Any = None, tokenizer: Any = None):
         self.config = config
         self.model = model
         self.tokenizer = tokenizer
+        self.reply_think = _configured_think(config)
+        if self.reply_think is None and tokenizer is not None:
+            self.reply_think = resolve_think_format(tokenizer)
+        self.sampler: TransformersSampler | None = None
         self._owns_model = model is None
 
     @property
@@ -407,15 +386,23 @@ class TransformersBackend:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         if self._owns_model:  # reload from the path in the other process rather than pickling the weights
-            state["model"] = state["tokenizer"] = None
+            state["model"] = state["tokenizer"] = state["sampler"] = None
         return state
 
-    def _load(self) -> None:
+    def _load(self) -> TransformersSampler:
         if self.model is None:
-            from train.core.loading import load_model_and_tokenizer
-
             self.model, self.tokenizer = load_model_and_tokenizer(self.config.model)
             self.model.eval()
+            self.reply_think = _configured_think(self.config) or ThinkFormat.from_tokenizer(self.tokenizer)
+        if self.sampler is None:
+            self.sampler = TransformersSampler(
+                self.model,
+                self.tokenizer,
+                self.config.batch_size,
+                think=self.reply_think,
+                chat_template_kwargs=self.config.chat_template_kwargs,
+            )
+        return self.sampler
 
     def generate(self, requests: list[list[dict]]) -> list[str | None]:
         if not requests:
@@ -433,29 +420,21 @@ class TransformersBackend:
         return out
 
     def _generate_batch(self, batch: list[list[dict]]) -> list[str]:
-        import torch
-
-        tok, model = self.tokenizer, self.model
-        extra = self.config.chat_template_kwargs
-        texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True, **extra) for m in batch]
-        side, tok.padding_side = tok.padding_side, "left"  # decoder-only generation pads on the left
-        try:
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        finally:
-            tok.padding_side = side
-        sampling = self.config.temperature > 0
-        kwargs = {"do_sample": sampling, "temperature": self.config.temperature} if sampling else {"do_sample": False}
-        with torch.inference_mode():
-            ids = model.generate(
-                **enc, max_new_tokens=self.config.max_new_tokens, pad_token_id=tok.pad_token_id, **kwargs
-            )
-        return tok.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        params = SamplingParams(n=1, temperature=self.config.temperature, max_new_tokens=self.config.max_new_tokens)
+        return [replies[0].text for replies in self._load().sample(batch, params)]
 
 
 def make_backend(config: JudgeConfig, model: Any = None, tokenizer: Any = None) -> HTTPBackend | TransformersBackend:
+    """The judge's backend; its ``reply_think`` is the format of the judge's own replies (None: no think block)."""
     if config.backend == "http":
         return HTTPBackend(config)
     return TransformersBackend(config, model=model, tokenizer=tokenizer)
+
+
+def _configured_think(config: JudgeConfig) -> ThinkFormat | None:
+    if config.reply_think_start is None:
+        return None
+    return ThinkFormat(config.reply_think_start, config.reply_think_end)
 
 
 # ----------------------------------------------------------------------------------------------------- reward
@@ -472,6 +451,9 @@ class Judge(Reward):
     A completion whose think block never closes has no answer and scores 0.0 (it is in scope and failed); a
     judge that can't be reached, or whose reply has no readable score, gives None. Identical requests in a batch
     are sent once.
+
+    ``think`` is the policy's think format (the answer judged is what follows its block; None until the router
+    sets it); the judge's own replies are read with the backend's ``reply_think`` (see the module doc).
     """
 
     def __init__(
@@ -481,6 +463,8 @@ class Judge(Reward):
         model: Any = None,
         tokenizer: Any = None,
         name: str | None = None,
+        *,
+        think: ThinkFormat | None = None,
         **config_fields: Any,
     ):
         if kind not in KINDS:
@@ -498,6 +482,7 @@ class Judge(Reward):
         self.kind = kind
         self.name = name or ("judge" if kind == "rubric" else f"judge_{kind}")
         self.config = config or JudgeConfig(**config_fields)
+        self.think = think  # the policy's format: its answer is what gets judged
         self.backend = make_backend(self.config, model=model, tokenizer=tokenizer)
         self.cache = ReplyCache(self.config.cache_dir) if self.config.cache_dir else None
 
@@ -528,7 +513,8 @@ class Judge(Reward):
         if reply is None:
             return None
         # A reasoning judge states its verdict after its own think block (its delimiters, not the policy's).
-        answer = parse_response(reply, self.config.reply_think_start, self.config.reply_think_end).answer
+        fmt = self.backend.reply_think
+        answer = reply.strip() if fmt is None else fmt.parse(reply).answer
         if answer is None:
             return None
         return parse_verdict(answer) if self.kind == "equivalence" else parse_score(answer, self.config.scale)
@@ -545,6 +531,8 @@ class Judge(Reward):
         for i, completion in enumerate(completions):
             try:
                 req = self.request(completion, prompts[i], answers[i])
+            except ThinkFormatNotSet:  # a configuration error: stop the run (as Reward.safe_score does)
+                raise
             except Exception as exc:
                 logger.warning("judge %s failed on sample %d: %s: %s", self.name, i, type(exc).__name__, exc)
                 continue

@@ -3,14 +3,16 @@
     # the programmatic arithmetic teacher, with mistakes and padded traces
     python scripts/generate_teacher.py --input outputs/data/train.jsonl --out outputs/teacher.jsonl \
         --backend arithmetic --k 4 --error_rate 0.2 --verbosity 0.5
-    # a model served by vLLM (or any OpenAI-compatible endpoint)
+    # a model served by vLLM (or any OpenAI-compatible endpoint); --tokenizer (the student's) says the think format
     python scripts/generate_teacher.py --input prompts.jsonl --out teacher.jsonl --backend openai \
-        --model Qwen/Qwen3-32B --base_url http://127.0.0.1:8000/v1 --k 8 --concurrency 64
+        --model Qwen/Qwen3-32B --base_url http://127.0.0.1:8000/v1 --k 8 --concurrency 64 --tokenizer STUDENT
     # vLLM's offline engine (pip install 'fastslow[vllm]'), or a local transformers model
     python scripts/generate_teacher.py --input prompts.jsonl --out teacher.jsonl --backend vllm --model PATH
 
-A rerun with the same --out skips the prompts already done. Options can also come from a YAML file
-(--config teacher.yaml); every option is listed by --help.
+A rerun with the same --out skips the prompts already done. Replies are written in the run's think format: the
+tokenizer's (--tokenizer, else a local --model's), or --think_start/--think_end; the arithmetic teacher writes
+Qwen3's tags without either. Options can also come from a YAML file (--config teacher.yaml); every option is listed
+by --help.
 """
 
 from __future__ import annotations

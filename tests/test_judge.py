@@ -21,6 +21,7 @@ from rewards.judge import (
     parse_verdict,
     quote,
 )
+from train.core.modes import QWEN3_THINK
 
 # ----------------------------------------------------------------------------------------------- the server
 
@@ -84,6 +85,7 @@ def fixed(text: str, delay: float = 0.0):
 
 def judge(server: ChatServer, kind: str = "rubric", **kw) -> Judge:
     params = dict(base_url=server.base_url, model="judge-model", timeout=2.0, max_retries=2, backoff=0.01)
+    params["think"] = QWEN3_THINK  # the policy's format (FAST below)
     params.update(kw)
     return Judge(kind=kind, **params)
 
@@ -240,7 +242,28 @@ def test_malformed_replies_score_none(payload):
 def test_reasoning_judge_verdict_is_read_after_its_think_block():
     text = "<think>Maybe Score: 2/10? No, it is right.</think>\nScore: 9/10"
     with ChatServer(fixed(text)) as server:
-        assert judge(server)([FAST + "x"]) == [0.9]
+        assert judge(server, reply_think_start="<think>", reply_think_end="</think>")([FAST + "x"]) == [0.9]
+
+
+def test_reasoning_content_goes_back_in_the_judges_own_think_block():
+    message = {"role": "assistant", "content": "Score: 9/10", "reasoning_content": "Score: 2/10? No, it is right."}
+    body = {"choices": [{"index": 0, "message": message}]}
+    with ChatServer(lambda b, attempt: (200, body, 0)) as server:
+        j = judge(server, reply_think_start="[unused16]", reply_think_end="[unused17]")
+        assert j([FAST + "x"]) == [0.9]  # the policy's <think> and the judge's [unused16] are different formats
+        assert j.backend.reply_think.start == "[unused16]" and j.think == QWEN3_THINK
+        # Without the judge's tags, an endpoint judge reads the content alone (the reasoning is dropped).
+        assert judge(server)([FAST + "y"]) == [0.9]
+
+
+def test_a_judge_without_the_policys_think_format_stops_the_run():
+    from rewards.base import ThinkFormatNotSet
+
+    with ChatServer(fixed("Score: 1/10")) as server:
+        j = Judge(base_url=server.base_url, model="judge-model", timeout=2.0)
+        with pytest.raises(ThinkFormatNotSet):
+            j([FAST + "x"])
+    assert not server.requests
 
 
 def test_cache_second_call_makes_no_request_and_duplicates_are_sent_once(tmp_path):
@@ -312,6 +335,11 @@ def test_config_errors_are_clear():
         Judge(kind="pairwise")
 
 
+def test_judge_reply_tags_come_in_pairs():
+    with pytest.raises(ValueError, match="both reply_think_start and reply_think_end"):
+        JudgeConfig(reply_think_start="<think>")
+
+
 def test_judge_is_picklable_and_registered():
     from rewards.registry import registered
 
@@ -329,7 +357,7 @@ def test_judge_is_picklable_and_registered():
 def test_transformers_backend_batches_generation_on_a_tiny_model(tmp_path):
     from train.world.tiny import build_model, build_tokenizer
 
-    tok = build_tokenizer()
+    tok = build_tokenizer(think=QWEN3_THINK)
     model = build_model(tok, size="nano", seed=0)
     j = Judge(
         kind="rubric",
@@ -339,6 +367,7 @@ def test_transformers_backend_batches_generation_on_a_tiny_model(tmp_path):
         batch_size=2,
         max_new_tokens=5,
         cache_dir=str(tmp_path),
+        think=QWEN3_THINK,
     )
     prompts = [[{"role": "user", "content": f"What is {i}+{i}?"}] for i in range(3)]
     completions = [FAST + str(2 * i) for i in range(3)]

@@ -7,9 +7,11 @@ import torch
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from train.core.modes import parse_response
-from train.sampling.generation import Generation, generate
-from train.sampling.self_repair import LoopStoppingCriteria, RepairConfig, RepairedGeneration, generate_with_repair
+from train.core.modes import QWEN3_THINK, parse_response
+from train.sampling.base import SamplerConfig, SamplingParams, make_sampler
+from train.sampling.generation import generate
+from train.sampling.reply import Reply
+from train.sampling.self_repair import LoopStoppingCriteria, RepairConfig, RepairingSampler, generate_with_repair
 from train.world.tiny import build_tokenizer
 
 PHRASE = "\nWait, I am going in circles. Let me move on.\n"
@@ -62,7 +64,7 @@ def straight(reply: str) -> str:
 
 @pytest.fixture(scope="module")
 def tok():
-    return build_tokenizer()
+    return build_tokenizer(think=QWEN3_THINK)
 
 
 def scripted(tok, policy):
@@ -73,7 +75,7 @@ def scripted(tok, policy):
 
 def test_plain_generation_of_the_scripted_model_loops(tok):
     gen = generate(scripted(tok, looping), tok, ["hi"], max_new_tokens=60, progress=False)[0][0]
-    assert gen.truncated and parse_response(gen.text).mode == "unclosed"
+    assert gen.truncated and parse_response(gen.text, QWEN3_THINK).mode == "unclosed"
     assert "xyzxyzxyz" in gen.text and gen.num_tokens == 60
 
 
@@ -84,10 +86,10 @@ def test_repair_breaks_the_loop_then_closes_the_block(tok):
     )
     assert len(gen) == 2
     g = gen[0][0]
-    assert isinstance(g, RepairedGeneration) and isinstance(g, Generation)
+    assert isinstance(g, Reply)
     assert g.repairs == 3  # two control phrases, then the block is closed
     assert g.text.count(PHRASE.strip()) == 2
-    parsed = parse_response(g.text)
+    parsed = parse_response(g.text, QWEN3_THINK)
     assert parsed.mode == "slow" and parsed.answer == "42" and parsed.well_formed
     assert not g.truncated and g.num_tokens < 300
     # Each cut keeps one copy of the repeated block (6 tokens) and never the loop itself.
@@ -121,6 +123,20 @@ def test_budget_is_respected_and_num_samples_repeats_greedy(tok):
         scripted(tok, looping), tok, ["hi"], num_samples=3, max_new_tokens=40, repair=config, progress=False
     )
     assert len(gens[0]) == 3 and all(g.num_tokens <= 40 for g in gens[0])
+
+
+def test_repairing_sampler_is_the_wrapper_form(tok):
+    model = scripted(tok, looping)
+    config = RepairConfig(ngram=6, min_repeats=3, check_every=1, max_repairs=2, control_phrase=PHRASE)
+    sampler = RepairingSampler(model, tok, batch_size=2, repair=config)
+    replies = sampler.sample(["hi", "ho"], SamplingParams(n=2, max_new_tokens=300))
+    old = generate_with_repair(model, tok, ["hi", "ho"], max_new_tokens=300, repair=config, progress=False)
+    assert [[r.text for r in rs] for rs in replies] == [[g[0].text] * 2 for g in old]
+    assert all(r.repairs == 3 and r.token_ids is not None and len(r.token_ids) == r.num_tokens for r in replies[0])
+    assert sampler.think == QWEN3_THINK
+    # make_sampler wraps a loaded model in the repairing sampler when the config asks for self-repair.
+    built = make_sampler(SamplerConfig(self_repair=True), model=model, tokenizer=tok)
+    assert isinstance(built, RepairingSampler)
 
 
 def test_criterion_ignores_loops_after_the_think_block(tok):

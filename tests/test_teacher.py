@@ -1,26 +1,27 @@
-"""Teacher generation: backends, resumable JSONL output without duplicates, the OpenAI-compatible client."""
+"""Teacher generation: backends, resumable JSONL output without duplicates, the endpoint teacher."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from train.core.data import DataError, validate_record
+from train.core.modes import PANGU_THINK, QWEN3_THINK
 from train.distill.teacher import (
     ArithmeticBackend,
-    OpenAIBackend,
-    RateLimiter,
+    SamplerBackend,
     TeacherConfig,
     finished_ids,
     generate_teacher,
     make_backend,
     read_teacher_file,
+    teacher_think,
 )
+from train.sampling.endpoint import EndpointSampler
 from train.world.arithmetic import make_problems
 
 
@@ -29,7 +30,7 @@ def records(n: int = 10) -> list[dict]:
 
 
 def test_arithmetic_backend_samples_and_counts_tokens():
-    backend = ArithmeticBackend(verbosity=0.5, error_rate=0.5, seed=0)
+    backend = ArithmeticBackend(verbosity=0.5, error_rate=0.5, seed=0, think=QWEN3_THINK)
     out = backend.generate(records(20), k=3)
     assert [len(s) for s in out] == [3] * 20
     assert all(s.num_tokens == len(s.text) for ss in out for s in ss)  # one token per character by default
@@ -58,12 +59,16 @@ def test_generation_resumes_without_duplicates(tmp_path):
     recs = records(10)
     out = tmp_path / "teacher.jsonl"
     with pytest.raises(KeyboardInterrupt):
-        generate_teacher(recs, FailAfter(ArithmeticBackend(seed=0), 3), out, k=2, chunk_size=3, progress=False)
+        generate_teacher(
+            recs, FailAfter(ArithmeticBackend(seed=0, think=QWEN3_THINK), 3), out, k=2, chunk_size=3, progress=False
+        )
     first = out.read_text().splitlines()
     assert len(first) == 6  # two finished chunks of three prompts survive
     with out.open("a") as f:
         f.write('{"id": "torn", "sampl')  # a kill in the middle of a write
-    report = generate_teacher(recs, ArithmeticBackend(seed=1), out, k=2, chunk_size=3, progress=False)
+    report = generate_teacher(
+        recs, ArithmeticBackend(seed=1, think=QWEN3_THINK), out, k=2, chunk_size=3, progress=False
+    )
     assert (report.skipped, report.generated, report.samples) == (6, 4, 8)
     lines = out.read_text().splitlines()
     assert lines[:6] == first  # finished prompts are not redone
@@ -72,8 +77,9 @@ def test_generation_resumes_without_duplicates(tmp_path):
     rows = read_teacher_file(out)
     assert all(len(r["samples"]) == 2 and r["teacher"] == "arithmetic" for r in rows)
     assert report.tokens == sum(s["num_tokens"] for r in rows[6:] for s in r["samples"])
+    assert all(set(s) == {"text", "num_tokens", "truncated"} for r in rows for s in r["samples"])
     # A third run has nothing left to do.
-    again = generate_teacher(recs, ArithmeticBackend(seed=2), out, k=2, progress=False)
+    again = generate_teacher(recs, ArithmeticBackend(seed=2, think=QWEN3_THINK), out, k=2, progress=False)
     assert (again.skipped, again.generated) == (10, 0)
     assert finished_ids(out) == {r["id"] for r in recs}
 
@@ -81,9 +87,23 @@ def test_generation_resumes_without_duplicates(tmp_path):
 def test_duplicate_or_missing_ids_are_refused(tmp_path):
     recs = records(3)
     with pytest.raises(DataError, match="duplicate id"):
-        generate_teacher(recs + [recs[0]], ArithmeticBackend(), tmp_path / "t.jsonl", progress=False)
+        generate_teacher(recs + [recs[0]], ArithmeticBackend(think=QWEN3_THINK), tmp_path / "t.jsonl", progress=False)
     with pytest.raises(DataError, match="record 1, key 'id'"):
-        generate_teacher([{"prompt": "Compute 1+1."}], ArithmeticBackend(), tmp_path / "t.jsonl", progress=False)
+        generate_teacher(
+            [{"prompt": "Compute 1+1."}], ArithmeticBackend(think=QWEN3_THINK), tmp_path / "t.jsonl", progress=False
+        )
+
+
+def test_arithmetic_backend_writes_the_runs_think_format():
+    recs = records(2)
+    pangu = ArithmeticBackend(seed=0, think=PANGU_THINK).generate(recs, k=1)
+    qwen = ArithmeticBackend(seed=0, think=QWEN3_THINK).generate(recs, k=1)
+    assert [s[0].text for s in qwen] == [QWEN3_THINK.rewrite(s[0].text, PANGU_THINK) for s in pangu]
+    assert all(s[0].text.startswith(PANGU_THINK.start) for s in pangu)
+    # make_backend resolves the format: the config's tags, else Qwen3's for the arithmetic world.
+    config = TeacherConfig(think_start=PANGU_THINK.start, think_end=PANGU_THINK.end)
+    assert make_backend(config).think == PANGU_THINK
+    assert teacher_think(TeacherConfig()) == QWEN3_THINK
 
 
 def test_config_errors():
@@ -91,13 +111,18 @@ def test_config_errors():
         TeacherConfig(backend="nope")
     with pytest.raises(ValueError, match="needs `model`"):
         TeacherConfig(backend="openai")
+    with pytest.raises(ValueError, match="think format"):  # an endpoint teacher's format is never guessed
+        make_backend(TeacherConfig(backend="openai", model="m"))
 
 
 def test_transformers_backend_batches_on_the_model(tiny_model_dir):
     config = TeacherConfig(backend="transformers", model=str(tiny_model_dir), max_new_tokens=8, mode=None)
-    out = make_backend(config).generate(records(3), k=2)
+    backend = make_backend(config)
+    assert isinstance(backend, SamplerBackend) and backend.think == QWEN3_THINK  # the model's tokenizer says
+    out = backend.generate(records(3), k=2)
     assert [len(s) for s in out] == [2, 2, 2]
     assert all(1 <= s.num_tokens <= 8 for ss in out for s in ss)
+    assert backend.generate(records(3), k=2) == out  # each chunk is seeded
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
@@ -123,9 +148,10 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        text = f"<think>\nx\n</think>\n\n{body['messages'][-1]['content']}"
+        # A reasoning server returns the think block apart; the client puts it back in the run's format.
+        message = {"content": body["messages"][-1]["content"], "reasoning_content": "x"}
         reply = {
-            "choices": [{"message": {"content": text}, "finish_reason": "stop"}],
+            "choices": [{"message": message, "finish_reason": "stop"}],
             "usage": {"completion_tokens": 7},
         }
         data = json.dumps(reply).encode()
@@ -153,18 +179,13 @@ def test_openai_backend_retries_and_runs_concurrently():
             timeout=10,
             mode="slow",
         )
-        out = OpenAIBackend(config).generate(records(3), k=2)
+        backend = make_backend(config, think=PANGU_THINK)
+        assert isinstance(backend.sampler, EndpointSampler) and backend.name == "openai"
+        out = backend.generate(records(3), k=2)
     finally:
         server.shutdown()
         server.server_close()
     assert [len(s) for s in out] == [2, 2, 2]  # the failed attempts were retried
     assert all(s.num_tokens == 7 and s.text.endswith("/think") for ss in out for s in ss)
+    assert all(s.text.startswith("[unused16]\nx\n[unused17]\n\n") for ss in out for s in ss)
     assert Handler.calls == 8
-
-
-def test_rate_limiter_spaces_request_starts():
-    limiter = RateLimiter(50.0)
-    start = time.monotonic()
-    for _ in range(6):
-        limiter.wait()
-    assert time.monotonic() - start >= 5 / 50 - 1e-3

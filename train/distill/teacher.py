@@ -1,15 +1,12 @@
 """Teacher generation: K sampled replies per prompt from a chosen backend, written as it goes and resumable.
 
-Backends (all with ``generate(records, k) -> list[list[Sample]]``, one list of ``k`` samples per record):
+Backends (all with ``generate(records, k) -> list[list[Reply]]``, one list of ``k`` replies per record):
 
 * ``arithmetic``: the programmatic arithmetic teacher (:class:`train.world.arithmetic.ArithmeticTeacher`), with its
-  mistakes (``error_rate``) and padded traces (``verbosity``);
-* ``transformers``: a local model, batched generation on whatever device it sits on
-  (:func:`train.sampling.generation.generate`);
-* ``vllm``: vLLM's offline engine (optional extra, GPU), imported only when this backend is built;
-* ``openai``: an OpenAI-compatible chat-completions endpoint (a vLLM or SGLang server, a hosted API): concurrent
-  requests from a thread pool, a request-rate limit, retries with exponential back-off on transport errors, HTTP 429
-  and 5xx.
+  mistakes (``error_rate``) and padded traces (``verbosity``), writing the run's think format;
+* ``transformers``, ``vllm``, ``openai``: a :class:`SamplerBackend` over the sampler that
+  :func:`train.sampling.make_sampler` builds (a local model; vLLM's offline engine; an OpenAI-compatible endpoint,
+  the ``endpoint`` sampler, with its concurrency, rate limit and retries).
 
 :func:`generate_teacher` writes one JSON line per prompt, ``{**record, "samples": [{"text", "num_tokens",
 "truncated"}, ...], "teacher": name}``, appended and flushed as soon as its chunk is done. A rerun reads the file,
@@ -19,16 +16,13 @@ so an interrupted run resumes without duplicates.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,27 +30,23 @@ from typing import Any, Protocol
 from tqdm.auto import tqdm
 
 from train.core.data import DataError, to_messages
-from train.core.modes import Mode, apply_mode
+from train.core.loading import load_tokenizer
+from train.core.modes import QWEN3_THINK, Mode, ThinkFormat
+from train.sampling.base import Sampler, SamplerConfig, SamplingParams, make_sampler
+from train.sampling.reply import Reply
 from train.world.arithmetic import ArithmeticTeacher
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("arithmetic", "transformers", "vllm", "openai")
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One teacher reply: its text (think block included), its length in tokens and whether it hit the limit."""
-
-    text: str
-    num_tokens: int
-    truncated: bool = False
+# A teacher backend's sampler (``openai`` is the OpenAI-compatible endpoint).
+_SAMPLER_BACKENDS = {"transformers": "transformers", "vllm": "vllm", "openai": "endpoint"}
 
 
 class TeacherBackend(Protocol):
     name: str
 
-    def generate(self, records: Sequence[dict[str, Any]], k: int) -> list[list[Sample]]: ...
+    def generate(self, records: Sequence[dict[str, Any]], k: int) -> list[list[Reply]]: ...
 
 
 @dataclass
@@ -73,17 +63,27 @@ class TeacherConfig:
     mode: str | None = field(
         default="slow", metadata={"help": "Mode tag added to each prompt (slow, fast, auto); None keeps the prompt's."}
     )
-    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature (K > 1 needs it above 0)."})
+    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature (0: greedy, one reply K times)."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling threshold."})
     max_new_tokens: int = field(default=1024, metadata={"help": "Longest reply, in tokens."})
     batch_size: int = field(default=16, metadata={"help": "Prompts per generate() call (transformers)."})
+    dtype: str = field(default="auto", metadata={"help": "Weights dtype (transformers, vllm)."})
     # Arithmetic teacher.
     verbosity: float = field(default=0.0, metadata={"help": "Arithmetic teacher: chance of a redundant trace line."})
     error_rate: float = field(default=0.0, metadata={"help": "Arithmetic teacher: chance of a wrong result."})
-    seed: int = field(default=0, metadata={"help": "Seed of the arithmetic teacher and of vLLM sampling."})
+    seed: int = field(default=0, metadata={"help": "Seed of the arithmetic teacher and of model sampling."})
     tokenizer: str | None = field(
         default=None,
-        metadata={"help": "Arithmetic teacher: tokenizer folder used to count tokens (default: one per character)."},
+        metadata={
+            "help": "The student's tokenizer folder: its think format is the run's (the format replies are written "
+            "in), and the arithmetic teacher counts tokens with it (default: one per character)."
+        },
+    )
+    think_start: str | None = field(
+        default=None, metadata={"help": "Think-block opening tag of the run (default: the tokenizer's)."}
+    )
+    think_end: str | None = field(
+        default=None, metadata={"help": "Think-block closing tag of the run (default: the tokenizer's)."}
     )
     # vLLM.
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM: GPUs per model replica."})
@@ -104,27 +104,78 @@ class TeacherConfig:
     timeout: float = field(default=120.0, metadata={"help": "Seconds to wait for one request before retrying."})
     max_retries: int = field(default=4, metadata={"help": "Retries after the first attempt; then the sample is lost."})
     backoff: float = field(default=1.0, metadata={"help": "First retry wait in seconds, doubled at each retry."})
+    max_backoff: float = field(default=30.0, metadata={"help": "Upper bound on one retry wait, in seconds."})
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"teacher backend {self.backend!r}; expected one of {BACKENDS}")
-        if self.backend in ("transformers", "vllm", "openai") and not self.model:
+        if self.backend in _SAMPLER_BACKENDS and not self.model:
             raise ValueError(f"teacher backend {self.backend!r} needs `model`")
 
+    def sampler_config(self) -> SamplerConfig:
+        """The :class:`SamplerConfig` of a model teacher (transformers, vllm, openai)."""
+        if self.backend not in _SAMPLER_BACKENDS:
+            raise ValueError(f"the {self.backend!r} teacher samples from no model")
+        return SamplerConfig(
+            backend=_SAMPLER_BACKENDS[self.backend],
+            model=self.model,
+            batch_size=self.batch_size,
+            dtype=self.dtype,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            tensor_parallel_size=self.tensor_parallel_size,
+            max_model_len=self.max_model_len,
+            base_url=self.base_url,
+            api_key_env=self.api_key_env,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            backoff=self.backoff,
+            max_backoff=self.max_backoff,
+            concurrency=self.concurrency,
+            requests_per_second=self.requests_per_second,
+        )
 
-def make_backend(config: TeacherConfig, model: Any = None, tokenizer: Any = None) -> TeacherBackend:
-    """The backend ``config`` names; an already loaded ``model``/``tokenizer`` serves the transformers backend."""
+
+def teacher_tokenizer(config: TeacherConfig) -> Any:
+    """The tokenizer that says the run's think format: ``config.tokenizer``, else a local model's; None if neither."""
+    path = config.tokenizer or (config.model if config.backend in ("transformers", "vllm") else None)
+    if not path:
+        return None
+    return load_tokenizer(path, think_start=config.think_start, think_end=config.think_end)
+
+
+def teacher_think(config: TeacherConfig, tokenizer: Any = None) -> ThinkFormat:
+    """The run's think format, resolved once: the tokenizer's, else the config's ``think_start``/``think_end``.
+
+    The arithmetic teacher without either writes Qwen3's tags, the format of the arithmetic world's tiny models; a
+    model teacher without either is an error (its replies would be parsed with a guessed format).
+    """
+    if tokenizer is not None:
+        return ThinkFormat.from_tokenizer(tokenizer)
+    if config.think_start and config.think_end:
+        return ThinkFormat(config.think_start, config.think_end)
     if config.backend == "arithmetic":
-        return ArithmeticBackend(config.verbosity, config.error_rate, config.seed, config.mode, config.tokenizer)
-    if config.backend == "transformers":
-        return TransformersBackend(config, model, tokenizer)
-    if config.backend == "vllm":
-        return VLLMBackend(config)
-    return OpenAIBackend(config)
+        return QWEN3_THINK
+    raise ValueError(
+        f"the {config.backend!r} teacher needs the run's think format: give `tokenizer` (the student's tokenizer "
+        "folder) or both `think_start` and `think_end`"
+    )
 
 
-def _mode_messages(prompt: Any, mode: str | None) -> list[dict[str, str]]:
-    return apply_mode(to_messages(prompt), mode) if mode else to_messages(prompt)
+def make_backend(
+    config: TeacherConfig, model: Any = None, tokenizer: Any = None, think: ThinkFormat | None = None
+) -> TeacherBackend:
+    """The backend ``config`` names; an already loaded ``model``/``tokenizer`` serves the transformers backend.
+
+    ``think`` (the run's format) is resolved by :func:`teacher_think` when not given.
+    """
+    if tokenizer is None and (config.backend == "arithmetic" or model is None):
+        tokenizer = teacher_tokenizer(config)
+    think = think or teacher_think(config, tokenizer)
+    if config.backend == "arithmetic":
+        return ArithmeticBackend(
+            config.verbosity, config.error_rate, config.seed, config.mode, tokenizer=tokenizer, think=think
+        )
+    return SamplerBackend(make_sampler(config.sampler_config(), think, model, tokenizer), config)
 
 
 # ------------------------------------------------------------------------------------------------ arithmetic
@@ -133,7 +184,11 @@ _PROBLEM = re.compile(r"Compute (\d+)\s*([+*])\s*(\d+)")
 
 
 class ArithmeticBackend:
-    """The programmatic arithmetic teacher; the problem is read from the prompt text (``Compute a+b.``)."""
+    """The programmatic arithmetic teacher; the problem is read from the prompt text (``Compute a+b.``).
+
+    Replies are written in ``think`` (the run's format). Tokens are counted with ``tokenizer`` (an object or a
+    folder), else one per character (the tiny arithmetic models' character tokenizer).
+    """
 
     name = "arithmetic"
 
@@ -144,20 +199,18 @@ class ArithmeticBackend:
         seed: int = 0,
         mode: str | None = "slow",
         tokenizer: str | Any | None = None,
+        *,
+        think: ThinkFormat,
     ) -> None:
-        self.teacher = ArithmeticTeacher(verbosity=verbosity, error_rate=error_rate, seed=seed)
+        self.think = think
+        self.teacher = ArithmeticTeacher(think, verbosity=verbosity, error_rate=error_rate, seed=seed)
         self.mode = Mode.parse(mode) if mode else Mode.SLOW
-        if isinstance(tokenizer, str):
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-        self.tokenizer = tokenizer
+        self.tokenizer = load_tokenizer(tokenizer, think) if isinstance(tokenizer, str) else tokenizer
 
     def count(self, text: str) -> int:
-        # The tiny arithmetic models use a character tokenizer, so a character is a token unless told otherwise.
         return len(text) if self.tokenizer is None else len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
-    def generate(self, records: Sequence[dict[str, Any]], k: int) -> list[list[Sample]]:
+    def generate(self, records: Sequence[dict[str, Any]], k: int) -> list[list[Reply]]:
         out = []
         for r in records:
             text = r["prompt"] if isinstance(r["prompt"], str) else to_messages(r["prompt"])[-1]["content"]
@@ -166,180 +219,43 @@ class ArithmeticBackend:
                 raise DataError(f"record {r.get('id')!r}, key 'prompt': not an arithmetic problem: {text!r:.80}")
             problem = {"a": int(m.group(1)), "op": m.group(2), "b": int(m.group(3))}
             replies = [self.teacher.respond(problem, self.mode) for _ in range(k)]
-            out.append([Sample(t, self.count(t)) for t in replies])
+            out.append([Reply(t, self.count(t)) for t in replies])
         return out
 
 
-# ---------------------------------------------------------------------------------------------- transformers
+# ------------------------------------------------------------------------------------------- model teachers
 
 
-class TransformersBackend:
-    """A local causal LM, batched sampling on its device."""
+class SamplerBackend:
+    """A model teacher: ``k`` replies per record from a :class:`~train.sampling.params.Sampler`, in ``config.mode``.
 
-    name = "transformers"
+    Each chunk is seeded from ``config.seed`` and its first record's id, so a rerun samples the same replies and
+    two chunks do not share their random draws. An endpoint reply lost after its retries is dropped: the prompt
+    keeps the replies that came back.
+    """
 
-    def __init__(self, config: TeacherConfig, model: Any = None, tokenizer: Any = None) -> None:
-        self.config = config
-        if model is None or tokenizer is None:
-            from train.core.loading import load_model, load_tokenizer
+    def __init__(self, sampler: Sampler, config: TeacherConfig) -> None:
+        self.sampler, self.config = sampler, config
+        self.name = config.backend
+        self.think = sampler.think
 
-            tokenizer = load_tokenizer(config.model)
-            model = load_model(config.model, tokenizer=tokenizer)
-        self.model, self.tokenizer = model, tokenizer
-
-    def generate(self, records: Sequence[dict[str, Any]], k: int) -> list[list[Sample]]:
-        from train.sampling.generation import generate
-
-        gens = generate(
-            self.model,
-            self.tokenizer,
-            [r["prompt"] for r in records],
-            mode=self.config.mode,
-            num_samples=k,
-            do_sample=k > 1 or self.config.temperature > 0,
-            temperature=max(self.config.temperature, 1e-5),
-            top_p=self.config.top_p,
-            max_new_tokens=self.config.max_new_tokens,
-            batch_size=self.config.batch_size,
-            progress=False,
-        )
-        return [[Sample(g.text, g.num_tokens, g.truncated) for g in gs] for gs in gens]
-
-
-# ------------------------------------------------------------------------------------------------------ vLLM
-
-
-class VLLMBackend:
-    """vLLM's offline engine: all prompts of a chunk in one ``LLM.chat`` call, ``n=k`` samples each."""
-
-    name = "vllm"
-
-    def __init__(self, config: TeacherConfig) -> None:
-        try:
-            from vllm import LLM, SamplingParams
-        except ImportError as exc:  # an optional extra: say how to get it
-            raise ImportError("the vllm teacher backend needs vLLM: pip install 'fastslow[vllm]' (GPU only)") from exc
-        self.config = config
-        self._sampling = SamplingParams
-        kwargs = {"max_model_len": config.max_model_len} if config.max_model_len else {}
-        self.llm = LLM(
-            model=config.model,
-            tensor_parallel_size=config.tensor_parallel_size,
-            gpu_memory_utilization=config.gpu_memory_utilization,
-            seed=config.seed,
-            **kwargs,
-        )
-
-    def generate(self, records: Sequence[dict[str, Any]], k: int) -> list[list[Sample]]:
-        params = self._sampling(
+    def generate(self, records: Sequence[dict[str, Any]], k: int) -> list[list[Reply]]:
+        if not records:
+            return []
+        cfg = self.config
+        params = SamplingParams(
             n=k,
-            temperature=self.config.temperature,
-            top_p=self.config.top_p,
-            max_tokens=self.config.max_new_tokens,
-            seed=self.config.seed,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_new_tokens=cfg.max_new_tokens,
+            seed=chunk_seed(cfg.seed, str(records[0].get("id", ""))),
         )
-        conversations = [_mode_messages(r["prompt"], self.config.mode) for r in records]
-        outputs = self.llm.chat(conversations, params, use_tqdm=False)
-        return [
-            [Sample(o.text, len(o.token_ids), o.finish_reason == "length") for o in out.outputs] for out in outputs
-        ]
+        return self.sampler.sample([r["prompt"] for r in records], params, cfg.mode)
 
 
-# ---------------------------------------------------------------------------------------------------- OpenAI
-
-
-class RateLimiter:
-    """At most ``rate`` request starts per second across threads (evenly spaced)."""
-
-    def __init__(self, rate: float | None) -> None:
-        self.interval = 1.0 / rate if rate else 0.0
-        self.next_start = 0.0
-        self.lock = threading.Lock()
-
-    def wait(self) -> None:
-        if not self.interval:
-            return
-        with self.lock:
-            now = time.monotonic()
-            start = max(now, self.next_start)
-            self.next_start = start + self.interval
-        if start > now:
-            time.sleep(start - now)
-
-
-class OpenAIBackend:
-    """An OpenAI-compatible endpoint: one request per sample, many in flight, rate-limited and retried."""
-
-    name = "openai"
-
-    def __init__(self, config: TeacherConfig) -> None:
-        self.config = config
-        self.url = config.base_url.rstrip("/") + "/chat/completions"
-        self.limiter = RateLimiter(config.requests_per_second)
-        self.pool = ThreadPoolExecutor(max_workers=config.concurrency)
-
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.config.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
-
-    def complete(self, messages: list[dict[str, str]]) -> Sample | None:
-        """One reply, or None when every attempt failed (logged)."""
-        body = json.dumps(
-            {
-                "model": self.config.model,
-                "messages": messages,
-                "temperature": self.config.temperature,
-                "top_p": self.config.top_p,
-                "max_tokens": self.config.max_new_tokens,
-            }
-        ).encode()
-        wait = self.config.backoff
-        for attempt in range(self.config.max_retries + 1):
-            self.limiter.wait()
-            try:
-                req = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
-                with urllib.request.urlopen(req, timeout=self.config.timeout) as resp:
-                    reply = json.loads(resp.read())
-                return _sample_of(reply)
-            except urllib.error.HTTPError as exc:
-                if exc.code != 429 and exc.code < 500:  # a client error will not go away by retrying
-                    logger.error("teacher endpoint refused the request: HTTP %d %s", exc.code, exc.read()[:300])
-                    return None
-                error = f"HTTP {exc.code}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError, KeyError) as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            if attempt < self.config.max_retries:
-                logger.warning("teacher request failed (%s); retry %d in %.1fs", error, attempt + 1, wait)
-                time.sleep(wait)
-                wait *= 2
-        logger.error("teacher request failed after %d attempts: %s", self.config.max_retries + 1, error)
-        return None
-
-    def generate(self, records: Sequence[dict[str, Any]], k: int) -> list[list[Sample]]:
-        jobs = [
-            self.pool.submit(self.complete, _mode_messages(r["prompt"], self.config.mode))
-            for r in records
-            for _ in range(k)
-        ]
-        results = [j.result() for j in jobs]
-        # A sample lost after its retries is dropped; the prompt keeps the samples that came back.
-        return [[s for s in results[i * k : (i + 1) * k] if s is not None] for i in range(len(records))]
-
-
-def _sample_of(reply: dict[str, Any]) -> Sample:
-    choice = reply["choices"][0]
-    message = choice["message"]
-    text = message.get("content") or ""
-    # Reasoning servers (vLLM --reasoning-parser) return the think block separately: put it back.
-    reasoning = message.get("reasoning_content") or message.get("reasoning")
-    if reasoning:
-        text = f"<think>\n{reasoning}\n</think>\n\n{text}"
-    usage = reply.get("usage") or {}
-    num_tokens = int(usage.get("completion_tokens") or len(text.split()))
-    return Sample(text, num_tokens, choice.get("finish_reason") == "length")
+def chunk_seed(seed: int, first_id: str) -> int:
+    """A seed for the chunk that starts with record ``first_id``: stable across runs, distinct across chunks."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{first_id}".encode()).digest()[:4], "big") >> 1
 
 
 # ------------------------------------------------------------------------------------------------ the writer
@@ -417,7 +333,7 @@ def generate_teacher(
             chunk = todo[lo : lo + chunk_size]
             samples = backend.generate(chunk, k)
             for r, ss in zip(chunk, samples):
-                row = {**r, "samples": [asdict(s) for s in ss], "teacher": backend.name}
+                row = {**r, "samples": [s.as_sample() for s in ss], "teacher": backend.name}
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
                 report.samples += len(ss)
                 report.tokens += sum(s.num_tokens for s in ss)

@@ -1,1 +1,13 @@
-"""Sampling: one reply type and one sampler interface with its backends, pass rates, and self-repair."""
+"""Sampling: one reply type and one sampler interface with its backends, pass rates, and self-repair.
+
+from train.sampling import SamplerConfig, SamplingParams, make_sampler
+
+sampler = make_sampler(SamplerConfig(model="outputs/tiny-model"))
+replies = sampler.sample(["Compute 2+2."], SamplingParams(n=4, temperature=0.8, seed=0), mode="slow")
+"""
+
+from train.sampling.base import BACKENDS, Sampler, SamplerConfig, SamplingParams, make_sampler
+from train.sampling.pass_rate import PassRate, pass_rates
+from train.sampling.reply import Reply
+
+__all__ = ["BACKENDS", "PassRate", "Reply", "Sampler", "SamplerConfig", "SamplingParams", "make_sampler", "pass_rates"]

@@ -1,45 +1,24 @@
-"""Batched sampling from a transformers model in a chosen mode, on whatever device the model is on."""
+"""Transitional: the old ``generate`` function, now a thin wrapper of
+:class:`~train.sampling.transformers.TransformersSampler` (use the sampler: :func:`train.sampling.make_sampler`)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import torch
-from tqdm.auto import tqdm
+from train.core.modes import Mode
+from train.sampling.params import SamplingParams
+from train.sampling.reply import Reply
+from train.sampling.transformers import TransformersSampler, build_prompts
 
-from train.core.data import to_messages
-from train.core.modes import Mode, apply_mode
-
-logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One sampled reply: its text (special tokens removed, think tags kept) and its length in tokens."""
-
-    text: str
-    num_tokens: int
-    truncated: bool  # stopped by max_new_tokens rather than by EOS
+__all__ = ["Generation", "build_prompts", "generate"]
 
 
-def build_prompts(
-    tokenizer: Any, prompts: Sequence[Any], mode: Mode | str | None = None, enable_thinking: bool | None = None
-) -> list[str]:
-    """Chat-formatted generation prompts; ``mode`` adds its tag (None keeps the prompt's own tags)."""
-    out = []
-    for p in prompts:
-        messages = to_messages(p)
-        if mode is not None:
-            messages = apply_mode(messages, mode)
-        kwargs = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
-        out.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs))
-    return out
+def Generation(text: str, num_tokens: int, truncated: bool = False) -> Reply:  # noqa: N802 - the old type's name
+    """Transitional: a :class:`Reply` built with the old ``Generation(text, num_tokens, truncated)`` arguments."""
+    return Reply(text, num_tokens, "length" if truncated else "stop")
 
 
-@torch.inference_mode()
 def generate(
     model: Any,
     tokenizer: Any,
@@ -54,51 +33,17 @@ def generate(
     enable_thinking: bool | None = None,
     progress: bool = True,
     **generate_kwargs: Any,
-) -> list[list[Generation]]:
-    """``num_samples`` replies per prompt, as a list (per prompt) of :class:`Generation`.
-
-    Prompts are strings or message lists. Greedy decoding (``do_sample=False``) gives one distinct reply,
-    repeated ``num_samples`` times without recomputation. Extra keyword arguments (a logits processor, stopping
-    criteria) go to ``model.generate``.
-    """
-    texts = build_prompts(tokenizer, prompts, mode, enable_thinking)
-    reps = num_samples if do_sample else 1
-    tokenizer.padding_side = "left"
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    results: list[list[Generation]] = []
-    eos = tokenizer.eos_token_id
-    for start in tqdm(range(0, len(texts), batch_size), desc="generate", disable=not progress, leave=False):
-        chunk = texts[start : start + batch_size]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else dict(do_sample=False)
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            num_return_sequences=reps,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=eos,
-            **sampling,
-            **generate_kwargs,
-        )
-        new = out[:, enc["input_ids"].shape[1] :]
-        for i in range(len(chunk)):
-            gens = [_to_generation(tokenizer, new[i * reps + j], eos) for j in range(reps)]
-            results.append(gens if do_sample else gens * num_samples)
-    model.train(was_training)
-    return results
-
-
-def _to_generation(tokenizer: Any, ids: torch.Tensor, eos: int) -> Generation:
-    ids = ids.tolist()
-    pad = tokenizer.pad_token_id
-    n = len(ids)
-    stopped = eos in ids
-    if stopped:
-        n = ids.index(eos) + 1
-    else:
-        while n and ids[n - 1] == pad and pad != eos:
-            n -= 1
-    text = tokenizer.decode(ids[:n], skip_special_tokens=True)
-    return Generation(text=text, num_tokens=n, truncated=not stopped)
+) -> list[list[Reply]]:
+    """``num_samples`` replies per prompt (greedy unless ``do_sample``); extra keywords go to ``model.generate``."""
+    sampler = TransformersSampler(
+        model,
+        tokenizer,
+        batch_size,
+        progress,
+        chat_template_kwargs=None if enable_thinking is None else {"enable_thinking": enable_thinking},
+        generate_kwargs=generate_kwargs,
+    )
+    params = SamplingParams(
+        n=num_samples, temperature=temperature if do_sample else 0.0, top_p=top_p, max_new_tokens=max_new_tokens
+    )
+    return sampler.sample(prompts, params, mode)

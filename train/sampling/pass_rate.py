@@ -1,4 +1,4 @@
-"""Pass rates of the current model: sample N replies per prompt and verify each one.
+"""Pass rates: sample k replies per prompt and verify each one -- the one "sample and check" loop.
 
 Model-aware complexity (Stage 1) is ``1 - pass rate`` of the *current student*; the dual-system data builder
 (Stage 2) compares pass rates in fast and slow mode.
@@ -11,15 +11,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from train.core.checks import Checker, exact_match
-from train.core.modes import Mode, parse_response, think_delimiters
-from train.sampling.generation import Generation, generate
+from train.core.modes import Mode
+from train.sampling.params import Sampler, SamplingParams
+from train.sampling.reply import Reply
+from train.sampling.transformers import TransformersSampler
 
 
 @dataclass(frozen=True)
 class PassRate:
     """The replies sampled for one prompt, which of them were correct, and the resulting rate."""
 
-    generations: list[Generation]
+    replies: list[Reply]
     correct: list[bool]
 
     @property
@@ -30,34 +32,38 @@ class PassRate:
     def complexity(self) -> float:
         return 1.0 - self.rate
 
+    @property
+    def generations(self) -> list[Reply]:
+        """Transitional name of :attr:`replies`."""
+        return self.replies
+
 
 def pass_rates(
-    model: Any,
-    tokenizer: Any,
-    records: Sequence[dict[str, Any]],
-    num_samples: int = 8,
-    mode: Mode | str | None = None,
+    sampler: Sampler | Any,
+    records: Sequence[dict[str, Any]] | Any,
+    k: int | Sequence[dict[str, Any]] = 8,
     check: Checker = exact_match,
+    mode: Mode | str | None = None,
     temperature: float = 1.0,
     max_new_tokens: int = 256,
-    batch_size: int = 64,
-    **generate_kwargs: Any,
+    seed: int | None = None,
+    **legacy: Any,
 ) -> list[PassRate]:
-    """Sample ``num_samples`` replies per record (in ``mode``) and check each answer against the record."""
-    gens = generate(
-        model,
-        tokenizer,
-        [r["prompt"] for r in records],
-        mode=mode,
-        num_samples=num_samples,
-        do_sample=num_samples > 1,
-        temperature=temperature,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        **generate_kwargs,
-    )
-    ts, te = think_delimiters(tokenizer)  # e.g. openPangu's [unused16]/[unused17]
+    """Sample ``k`` replies per record (in ``mode``) and check each reply's answer (parsed with ``sampler.think``).
+
+    ``k == 1`` decodes greedily; more replies are sampled at ``temperature``. Transitional: the old call
+    ``pass_rates(model, tokenizer, records, num_samples=..., batch_size=..., ...)`` still works.
+    """
+    if not isinstance(sampler, Sampler):  # the old (model, tokenizer, records) form
+        model, tokenizer, records = sampler, records, k
+        k = legacy.pop("num_samples", 8)
+        batch_size = legacy.pop("batch_size", 64)
+        sampler = TransformersSampler(model, tokenizer, batch_size, generate_kwargs=legacy)
+    elif legacy:
+        raise TypeError(f"pass_rates got unexpected arguments {sorted(legacy)}")
+    params = SamplingParams(n=k, temperature=temperature if k > 1 else 0.0, max_new_tokens=max_new_tokens, seed=seed)
+    replies = sampler.sample([r["prompt"] for r in records], params, mode)
+    think = sampler.think
     return [
-        PassRate(list(g), [bool(check(parse_response(x.text, ts, te).answer, r)) for x in g])
-        for r, g in zip(records, gens)
+        PassRate(list(rs), [bool(check(think.parse(x.text).answer, r)) for x in rs]) for r, rs in zip(records, replies)
     ]

@@ -1,8 +1,8 @@
 """Repetition self-repair at generation time: break a reasoning loop instead of burning the token budget on it.
 
 A :class:`LoopStoppingCriteria` watches every reply while its think block is open and, every ``check_every``
-tokens, runs the loop detector of the MARS repetition reward (:func:`rewards.repetition.detect_loop`) on the
-recent window of token ids. A looping row stops; the others go on. :func:`generate_with_repair` then repairs the
+tokens, runs the loop detector of the MARS repetition reward (:func:`train.sampling.loops.detect_loop`) on the
+recent window of token ids. A looping row stops; the others go on. :class:`RepairingSampler` then repairs the
 stopped rows and resumes them:
 
 1. cut the repetition, keeping the first copy of the repeated block;
@@ -11,10 +11,9 @@ stopped rows and resumes them:
 3. after ``max_repairs`` repairs, a further loop closes the think block instead (``close_phrase`` + think end),
    so the model must answer.
 
-Replies that never loop are exactly what :func:`train.sampling.generation.generate` returns for the same arguments
-under
-greedy decoding (the criterion never fires). The return type is the same: a list per prompt of
-:class:`~train.sampling.generation.Generation` (here :class:`RepairedGeneration`, which adds the number of repairs).
+Replies that never loop are exactly what :class:`~train.sampling.transformers.TransformersSampler` returns for the
+same arguments under greedy decoding (the criterion never fires). Each :class:`~train.sampling.reply.Reply` carries
+the number of repairs applied to it.
 """
 
 from __future__ import annotations
@@ -25,12 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from train.core.modes import Mode, think_delimiters
-from train.sampling.generation import Generation, build_prompts
+from train.core.modes import Mode, ThinkFormat
 from train.sampling.loops import LoopInfo, detect_loop
+from train.sampling.params import SamplingParams
+from train.sampling.reply import Reply
+from train.sampling.transformers import TransformersSampler
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +56,6 @@ class RepairConfig:
         if self.check_every < 1 or self.max_repairs < 0:
             raise ValueError(f"check_every={self.check_every} must be >= 1 and max_repairs={self.max_repairs} >= 0")
         detect_loop([], self.ngram, self.window, self.min_repeats)  # validates the detector's arguments
-
-
-@dataclass(frozen=True)
-class RepairedGeneration(Generation):
-    """A :class:`Generation` with the number of repairs applied to it."""
-
-    repairs: int = 0
 
 
 def _find(seq: Sequence[int], sub: Sequence[int], start: int = 0) -> int:
@@ -151,7 +144,96 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-@torch.inference_mode()
+class RepairingSampler(TransformersSampler):
+    """A :class:`TransformersSampler` that cuts and repairs loops in the think block (see the module doc).
+
+    ``max_new_tokens`` bounds each reply's final length (injected phrases included). Replies carry ``repairs``;
+    their ``logprobs`` are None (a repaired reply is not what the model sampled).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        batch_size: int = 64,
+        progress: bool = False,
+        *,
+        repair: RepairConfig | None = None,
+        think: ThinkFormat | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        generate_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            tokenizer,
+            batch_size,
+            progress,
+            think=think,
+            chat_template_kwargs=chat_template_kwargs,
+            generate_kwargs=generate_kwargs,
+        )
+        self.repair = repair or RepairConfig()
+        self.ts_ids, self.te_ids = _ids(tokenizer, self.think.start), _ids(tokenizer, self.think.end)
+        self.control = _ids(tokenizer, self.repair.control_phrase)
+        self.close = _ids(tokenizer, self.repair.close_phrase + self.think.end + "\n\n")
+
+    def _sample_batch(self, texts: list[str], params: SamplingParams) -> list[list[Reply]]:
+        reps = 1 if params.greedy else params.n
+        rows = []
+        for text in texts:
+            ids = _ids(self.tokenizer, text)
+            open_ = _open_at_end(ids, self.ts_ids, self.te_ids)
+            rows += [_Row(list(ids), open_) for _ in range(reps)]
+        while not all(r.done for r in rows):
+            self._resume(rows, params)
+        replies = [self._finish(r) for r in rows]
+        return [replies[i * reps : (i + 1) * reps] * (params.n // reps) for i in range(len(texts))]
+
+    def _finish(self, r: _Row) -> Reply:
+        """The finished row as a reply (its EOS, when it stopped on one, is kept and counted)."""
+        return Reply(
+            text=self.tokenizer.decode(r.reply, skip_special_tokens=True),
+            num_tokens=len(r.reply),
+            finish_reason="stop" if r.stopped_by_eos else "length",
+            token_ids=tuple(r.reply),
+            repairs=r.repairs,
+        )
+
+    def _resume(self, rows: list[_Row], params: SamplingParams) -> None:
+        """One generation round for the unfinished rows, then the repairs of the rows stopped for a loop."""
+        tok, config = self.tokenizer, self.repair
+        eos, pad = tok.eos_token_id, tok.pad_token_id
+        active = [r for r in rows if not r.done]
+        seqs = [r.prompt + r.reply for r in active]
+        width = max(map(len, seqs))
+        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            input_ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s) :] = 1
+        budget = max(params.max_new_tokens - len(r.reply) for r in active)
+        starts = [width - len(s) + len(r.prompt) for s, r in zip(seqs, active)]
+        watch = [not r.closed for r in active]
+        opened = [r.open_block for r in active]
+        criterion = LoopStoppingCriteria(config, starts, opened, self.ts_ids, self.te_ids, watch=watch)
+        extra = dict(self.generate_kwargs)
+        criteria = StoppingCriteriaList([criterion, *extra.pop("stopping_criteria", [])])
+        out = self.model.generate(
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            max_new_tokens=budget,
+            pad_token_id=pad,
+            eos_token_id=eos,
+            stopping_criteria=criteria,
+            **self._sampling_kwargs(params),
+            **extra,
+        )
+        new = out[:, width:].tolist()
+        for i, r in enumerate(active):
+            stopped = i in criterion.stopped
+            _absorb(r, new[i], stopped, criterion, config, self.control, self.close, eos, pad, params.max_new_tokens)
+
+
 def generate_with_repair(
     model: Any,
     tokenizer: Any,
@@ -167,51 +249,21 @@ def generate_with_repair(
     progress: bool = True,
     repair: RepairConfig | None = None,
     **generate_kwargs: Any,
-) -> list[list[Generation]]:
-    """Like :func:`train.sampling.generation.generate`, with loops in the think block cut and repaired (see the
-    module doc).
-
-    ``max_new_tokens`` bounds each reply's final length (injected phrases included).
-    """
-    config = repair or RepairConfig()
-    texts = build_prompts(tokenizer, prompts, mode, enable_thinking)
-    reps = num_samples if do_sample else 1
-    ts, te = think_delimiters(tokenizer)
-    ts_ids, te_ids = _ids(tokenizer, ts), _ids(tokenizer, te)
-    control, close = _ids(tokenizer, config.control_phrase), _ids(tokenizer, config.close_phrase + te + "\n\n")
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    results: list[list[Generation]] = []
-    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else dict(do_sample=False)
-    for start in tqdm(range(0, len(texts), batch_size), desc="generate+repair", disable=not progress, leave=False):
-        rows = []
-        for text in texts[start : start + batch_size]:
-            ids = _ids(tokenizer, text)
-            open_ = _open_at_end(ids, ts_ids, te_ids)
-            rows += [_Row(list(ids), open_) for _ in range(reps)]
-        while not all(r.done for r in rows):
-            _resume(
-                model,
-                rows,
-                config,
-                ts_ids,
-                te_ids,
-                control,
-                close,
-                eos,
-                pad,
-                max_new_tokens,
-                device,
-                sampling,
-                generate_kwargs,
-            )
-        gens = [_finish(tokenizer, r, eos) for r in rows]
-        for i in range(0, len(gens), reps):
-            results.append(gens[i : i + reps] if do_sample else gens[i : i + 1] * num_samples)
-    model.train(was_training)
-    return results
+) -> list[list[Reply]]:
+    """Transitional: :class:`RepairingSampler` called with the arguments of the old ``generate``-style function."""
+    sampler = RepairingSampler(
+        model,
+        tokenizer,
+        batch_size,
+        progress,
+        repair=repair,
+        chat_template_kwargs=None if enable_thinking is None else {"enable_thinking": enable_thinking},
+        generate_kwargs=generate_kwargs,
+    )
+    params = SamplingParams(
+        n=num_samples, temperature=temperature if do_sample else 0.0, top_p=top_p, max_new_tokens=max_new_tokens
+    )
+    return sampler.sample(prompts, params, mode)
 
 
 def _open_at_end(prompt: list[int], ts_ids: list[int], te_ids: list[int]) -> bool:
@@ -222,52 +274,6 @@ def _open_at_end(prompt: list[int], ts_ids: list[int], te_ids: list[int]) -> boo
     if last_start == -1:
         return False
     return _find(prompt, te_ids, last_start) == -1 and len(prompt) - last_start < 64
-
-
-def _resume(
-    model: Any,
-    rows: list[_Row],
-    config: RepairConfig,
-    ts_ids: list[int],
-    te_ids: list[int],
-    control: list[int],
-    close: list[int],
-    eos: int,
-    pad: int,
-    max_new_tokens: int,
-    device: Any,
-    sampling: dict[str, Any],
-    generate_kwargs: dict[str, Any],
-) -> None:
-    """One generation round for the unfinished rows, then the repairs of the rows stopped for a loop."""
-    active = [r for r in rows if not r.done]
-    seqs = [r.prompt + r.reply for r in active]
-    width = max(map(len, seqs))
-    input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        input_ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s) :] = 1
-    budget = max(max_new_tokens - len(r.reply) for r in active)
-    starts = [width - len(s) + len(r.prompt) for s, r in zip(seqs, active)]
-    criterion = LoopStoppingCriteria(
-        config, starts, [r.open_block for r in active], ts_ids, te_ids, watch=[not r.closed for r in active]
-    )
-    extra = dict(generate_kwargs)
-    criteria = StoppingCriteriaList([criterion, *extra.pop("stopping_criteria", [])])
-    out = model.generate(
-        input_ids=input_ids.to(device),
-        attention_mask=mask.to(device),
-        max_new_tokens=budget,
-        pad_token_id=pad,
-        eos_token_id=eos,
-        stopping_criteria=criteria,
-        **sampling,
-        **extra,
-    )
-    new = out[:, width:].tolist()
-    for i, r in enumerate(active):
-        _absorb(r, new[i], i in criterion.stopped, criterion, config, control, close, eos, pad, max_new_tokens)
 
 
 def _absorb(
@@ -308,8 +314,3 @@ def _absorb(
     if len(r.reply) >= max_new_tokens:
         r.reply = r.reply[:max_new_tokens]
         r.done = True
-
-
-def _finish(tokenizer: Any, r: _Row, eos: int) -> RepairedGeneration:
-    text = tokenizer.decode(r.reply, skip_special_tokens=True)
-    return RepairedGeneration(text=text, num_tokens=len(r.reply), truncated=not r.stopped_by_eos, repairs=r.repairs)
