@@ -29,7 +29,7 @@ from train.core.checks import exact_match
 from train.core.cli import run_script, setup_logging
 from train.core.data import read_records, write_jsonl
 from train.core.loading import load_model_and_tokenizer
-from train.core.modes import Mode, apply_mode
+from train.core.modes import QWEN3_THINK, Mode, apply_mode
 from train.eval.evaluation import markdown_table, per_prompt_scores, results_from_scores
 from train.sampling.generation import generate
 from train.world.arithmetic import ArithmeticTeacher, make_dataset, make_problems
@@ -80,7 +80,7 @@ def build_start(work: Path, args: argparse.Namespace) -> tuple[Path, float, bool
     t = time.perf_counter()
     write_world(work / "data", args.n_train)
     texts = [r["prompt"] + r["response"] for r in read_records(work / "data" / "train.jsonl")]
-    make_tiny(work / "init", corpus=texts[:200] + ["carry check add"], size="small", seed=0)
+    make_tiny(work / "init", corpus=texts[:200] + ["carry check add"], size="small", seed=0, think=QWEN3_THINK)
     run_script(ROOT / "recipes/sft.py", *[
         "--config", str(ROOT / "recipes/configs/tiny/sft.yaml"), "--model_name_or_path", str(work / "init"),
         "--train_files", str(work / "data" / "train.jsonl"), "--output_dir", str(out),
@@ -91,7 +91,7 @@ def build_start(work: Path, args: argparse.Namespace) -> tuple[Path, float, bool
 
 def write_world(folder: Path, n_train: int) -> None:
     """The arithmetic world's slow-mode training records (levels 1-3) and a token test set."""
-    train, test = make_dataset(n_train, 10, [1, 2, 3], ["slow"])
+    train, test = make_dataset(n_train, 10, [1, 2, 3], ["slow"], think=QWEN3_THINK)
     write_jsonl(folder / "train.jsonl", train)
     write_jsonl(folder / "test.jsonl", test)
 
@@ -142,7 +142,7 @@ def fast_pool(work: Path, args: argparse.Namespace, test_ids: set[str]) -> Path 
     problems = make_problems(100, (1,), seed=201)
     problems += make_problems(args.n_fast * 2 // 3, (2,), seed=202, exclude=test_ids)
     problems += make_problems(args.n_fast // 3, (3,), seed=203, exclude=test_ids)
-    teacher = ArithmeticTeacher(seed=0)
+    teacher = ArithmeticTeacher(QWEN3_THINK, seed=0)
     rows = [{**p, "prompt": apply_mode(p["prompt"], Mode.FAST)[0]["content"], "response": teacher.respond(p, "fast")}
             for p in problems]  # fmt: skip
     return write_jsonl(work / "data" / f"fast_pool_{args.n_fast}.jsonl", rows)
