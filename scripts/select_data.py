@@ -6,8 +6,9 @@
     python scripts/select_data.py complexity --model outputs/sft --input outputs/pool.jsonl --out outputs/selected \
         --num-samples 8 --target-size 2000 --weighting gaussian --center 0.5 --width 0.2
 
-`verify` prints how many prompts kept a response, per task. `complexity` writes selected.jsonl,
-complexity.jsonl, data_stats.json and complexity.png into --out.
+`verify` prints how many prompts kept a response, per task. `complexity` is the distillation's measure-and-select
+step (train.distill.stage.measure_and_select) on its own: it writes selected.jsonl, complexity.jsonl,
+data_stats.json and complexity.png into --out.
 """
 
 from __future__ import annotations
@@ -16,24 +17,27 @@ import argparse
 import json
 from pathlib import Path
 
+from rewards.judge import Judge
 from rewards.verify import Verifier, rejection_sample
 from train.core.cli import setup_logging
 from train.core.data import read_records, write_jsonl
+from train.core.loading import load_tokenizer
+from train.core.modes import ThinkFormat
+from train.distill.config import DistillConfig
 from train.distill.loop import write_json
-from train.distill.selection import WEIGHTINGS, SelectionConfig, measure_complexity, plot_histogram, select
-from train.distill.selection import statistics as selection_statistics
+from train.distill.selection import WEIGHTINGS
+from train.distill.stage import measure_and_select
 from train.distill.teacher import read_teacher_file
 
 
 def run_verify(args: argparse.Namespace) -> dict:
     judge = None
     if args.judge_model:
-        from rewards.judge import Judge
-
         judge = Judge(kind=args.judge_kind, backend=args.judge_backend, model=args.judge_model,
                       base_url=args.judge_base_url, cache_dir=args.judge_cache)  # fmt: skip
     rows = read_teacher_file(args.input)
-    kept, report = rejection_sample(rows, Verifier(judge=judge, judge_threshold=args.judge_threshold))
+    think = ThinkFormat.from_tokenizer(load_tokenizer(args.tokenizer))  # the format the teacher wrote in
+    kept, report = rejection_sample(rows, Verifier(think=think, judge=judge, judge_threshold=args.judge_threshold))
     write_jsonl(args.out, kept)
     write_json(args.report or Path(args.out).with_suffix(".report.json"), report)
     for task, r in report.items():
@@ -46,34 +50,17 @@ def run_verify(args: argparse.Namespace) -> dict:
 
 
 def run_complexity(args: argparse.Namespace) -> dict:
-    from train.core.loading import load_model, load_tokenizer
-
+    """The distillation's measure-and-select step on one model and one file of candidates."""
     records = read_records(args.input, validate=False)
-    tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, tokenizer=tokenizer)
-    complexities = measure_complexity(
-        model if args.backend == "transformers" else args.model,
-        tokenizer,
-        records,
-        num_samples=args.num_samples,
-        mode=args.mode,
-        temperature=args.temperature,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        backend=args.backend,
-    )
-    config = SelectionConfig(
+    cfg = DistillConfig(
         weighting=args.weighting, center=args.center, width=args.width, band_lo=args.band[0], band_hi=args.band[1],
         target_size=args.target_size, replay_fraction=args.replay_fraction, mastered_max=args.mastered_max,
-        selection_seed=args.seed,
+        selection_seed=args.seed, complexity_samples=args.num_samples, complexity_temperature=args.temperature,
+        complexity_backend=args.backend, complexity_gpu_memory_utilization=args.gpu_memory_utilization,
+        mode=args.mode, max_new_tokens=args.max_new_tokens, generation_batch_size=args.batch_size,
     )  # fmt: skip
-    selection = select(complexities, config)
-    out = Path(args.out)
-    write_jsonl(out / "complexity.jsonl", [{**r, "complexity": c} for r, c in zip(records, complexities)])
-    write_jsonl(out / "selected.jsonl", [records[i] for i in selection.indices])
-    stats = selection_statistics(records, complexities, selection)
-    write_json(out / "data_stats.json", stats)
-    plot_histogram(complexities, [complexities[i] for i in selection.indices], out / "complexity.png")
+    think = ThinkFormat.from_tokenizer(load_tokenizer(args.model))
+    stats = measure_and_select(args.model, records, cfg, args.out, think, seed=args.seed)
     print(json.dumps({k: stats[k] for k in ("candidates", "selected", "mean_complexity_before",
                                              "mean_complexity_after")}))  # fmt: skip
     return stats
@@ -86,6 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
     v.add_argument("--input", required=True, help="teacher JSONL from scripts/generate_teacher.py")
     v.add_argument("--out", required=True, help="output records (with `response`) JSONL")
     v.add_argument("--report", help="per-task report JSON (default: next to --out)")
+    v.add_argument(
+        "--tokenizer", required=True, help="the student's tokenizer folder: its think format is the teacher replies'"
+    )
     v.add_argument("--judge-model", help="model layer: judge model name (http) or path (transformers); off if unset")
     v.add_argument("--judge-backend", default="http", choices=["http", "transformers"], help="judge backend")
     v.add_argument("--judge-base-url", default="http://127.0.0.1:8000/v1", help="judge endpoint (http backend)")
@@ -114,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     c.add_argument("--target-size", type=int, default=None, help="examples to select")
     c.add_argument("--replay-fraction", type=float, default=0.0, help="share drawn from mastered prompts")
     c.add_argument("--mastered-max", type=float, default=0.0, help="complexity at or below which a prompt is mastered")
-    c.add_argument("--seed", type=int, default=0, help="selection seed")
+    c.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm backend: share of the GPU")
+    c.add_argument("--seed", type=int, default=0, help="seed of the sampling and of the selection's draw")
     args = parser.parse_args(argv)
     setup_logging()
     return run_verify(args) if args.command == "verify" else run_complexity(args)

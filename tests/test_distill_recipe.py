@@ -15,7 +15,10 @@ from conftest import load_script
 from safetensors.torch import load_file
 
 from rewards.verify import Verifier, rejection_sample
-from train.core.data import validate_record, write_jsonl
+from train.core.data import read_records, validate_record, write_jsonl
+from train.core.modes import QWEN3_THINK
+from train.distill import stage
+from train.distill.config import DistillConfig
 from train.distill.loop import is_complete, iteration_dir, merge_models, resume_point, write_manifest
 from train.distill.teacher import ArithmeticBackend
 from train.world.arithmetic import make_problems
@@ -29,9 +32,9 @@ def pool_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("distill-data")
     test = [validate_record(p) for p in make_problems(16, levels=(1, 2), seed=1)]
     train = [validate_record(p) for p in make_problems(160, levels=(1, 2), seed=0, exclude={r["id"] for r in test})]
-    samples = ArithmeticBackend(verbosity=0.5, error_rate=0.2, seed=0).generate(train, k=4)
-    rows = [{**r, "samples": [vars(s) for s in ss]} for r, ss in zip(train, samples)]
-    kept, report = rejection_sample(rows, Verifier(), progress=False)
+    samples = ArithmeticBackend(verbosity=0.5, error_rate=0.2, seed=0, think=QWEN3_THINK).generate(train, k=4)
+    rows = [{**r, "samples": [s.as_sample() for s in ss]} for r, ss in zip(train, samples)]
+    kept, report = rejection_sample(rows, Verifier(think=QWEN3_THINK), progress=False)
     assert report["math"]["kept"] == len(kept) > 140
     write_jsonl(out / "pool.jsonl", kept)
     write_jsonl(out / "test.jsonl", test)
@@ -43,6 +46,7 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_merge_step_really_merges(tmp_path):
+    from train.core.modes import QWEN3_THINK
     from train.world.tiny import make_tiny
 
     a, b, c = (make_tiny(tmp_path / n, size="nano", seed=s) for n, s in (("a", 0), ("b", 1), ("c", 2)))
@@ -165,22 +169,51 @@ def test_two_iterations_through_accelerate_then_resume(tiny_model_dir, pool_dir,
 
 def test_complexity_sampling_is_seeded(tiny_model_dir, pool_dir, tmp_path, monkeypatch):
     # A fresh process seeds torch at random; what the measurement samples must depend only on the run's seed. The
-    # stand-in measurement draws from torch's global generator, as sampled generation does.
-    distill = load_script("recipes/distill.py")
+    # stand-in measurement draws from a generator seeded with the seed it is given, as the samplers do.
+    def rand(model, tok, rows, seed, **kw):
+        return torch.rand(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
 
-    from train.core.data import read_records
-
-    monkeypatch.setattr(distill, "measure_complexity", lambda model, tok, rows, **kw: torch.rand(len(rows)).tolist())
+    monkeypatch.setattr(stage, "measure_complexity", rand)
     pool = read_records(pool_dir / "pool.jsonl")
-    cfg = distill.DistillConfig(candidates_per_iteration=16, target_size=8)
+    cfg = DistillConfig(candidates_per_iteration=16, target_size=8)
 
     def complexities(run: str, seed: int, global_seed: int) -> list[float]:
         torch.manual_seed(global_seed)
         it_dir = tmp_path / run / "iteration_0"
         it_dir.mkdir(parents=True)
-        distill.measure_and_select(tiny_model_dir, pool, cfg, it_dir, 0, seed, torch.device("cpu"))
+        stage.select_iteration(tiny_model_dir, pool, cfg, it_dir, 0, seed, QWEN3_THINK)
         return [r["complexity"] for r in read_records(it_dir / "complexity.jsonl", validate=False)]
 
     first = complexities("a", seed=0, global_seed=1)
     assert complexities("b", seed=0, global_seed=2) == first
     assert complexities("c", seed=1, global_seed=1) != first
+
+
+def test_selection_seed_decides_the_draw(pool_dir, tmp_path):
+    """`selection_seed` is the seed of iteration t's draw (selection_seed + t): equal seeds select the same set,
+    different ones another, with the same candidates and complexities."""
+    pool = read_records(pool_dir / "pool.jsonl")[:40]
+    complexities = [0.5] * len(pool)  # every candidate equally likely: only the seed decides
+
+    def selected(run: str, selection_seed: int, t: int = 0) -> list[str]:
+        cfg = DistillConfig(target_size=8, selection_seed=selection_seed)
+        stage.measure_and_select("unused", pool, cfg, tmp_path / run, QWEN3_THINK, seed=0, iteration=t,
+                                 complexities=complexities)  # fmt: skip
+        return [r["id"] for r in read_records(tmp_path / run / "selected.jsonl", validate=False)]
+
+    first = selected("a", selection_seed=0)
+    assert len(first) == 8
+    assert selected("b", selection_seed=0) == first
+    assert selected("c", selection_seed=1) != first
+    assert selected("d", selection_seed=0, t=1) == selected("e", selection_seed=1, t=0)  # seed + iteration
+    assert DistillConfig(selection_seed=5).selection_config(2).selection_seed == 7
+
+
+def test_held_out_metrics_keys():
+    records = [{"difficulty": 1}, {"difficulty": 3}, {"difficulty": 3}, {}]
+    scores = [{"bucket": b, "correct": [ok], "tokens": [n]}
+              for b, ok, n in (("1", True, 4), ("3", False, 8), ("3", True, 6), ("all", False, 2))]  # fmt: skip
+    metrics = stage.held_out_metrics(records, scores, hard_min_difficulty=3)
+    assert metrics == {"n": 4, "accuracy": 0.5, "mean_tokens": 5.0, "accuracy_hard": 0.5, "n_hard": 2,
+                       "accuracy_by_difficulty": {"1": 1.0, "3": 0.5, "all": 0.0}}  # fmt: skip
+    assert "accuracy_hard" not in stage.held_out_metrics(records, scores)

@@ -12,6 +12,8 @@ from conftest import load_script
 from test_judge import ChatServer, reply
 
 from train.core.data import read_records, write_jsonl
+from train.rl.data import to_grpo_example
+from train.rl.mars import merge_mars_override, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "recipes/configs/tiny/grpo.yaml"
@@ -125,9 +127,8 @@ def test_grpo_refuses_data_with_unrouted_tasks(tiny_model_dir, tmp_path):
 
 
 def test_prompts_get_the_mode_tag_unless_they_have_one():
-    grpo = load_recipe()
-    tagged = grpo.to_grpo_example({"prompt": "2+2? /no_think", "task": "math", "answer": "4"}, "slow", None)
-    plain = grpo.to_grpo_example({"prompt": "2+2?", "task": "math", "answer": "4"}, "fast", "Be brief.")
+    tagged = to_grpo_example({"prompt": "2+2? /no_think", "task": "math", "answer": "4"}, "slow", None)
+    plain = to_grpo_example({"prompt": "2+2?", "task": "math", "answer": "4"}, "fast", "Be brief.")
     assert tagged["prompt"] == [{"role": "user", "content": "2+2? /no_think"}]
     assert plain["prompt"] == [
         {"role": "system", "content": "Be brief."},
@@ -137,17 +138,15 @@ def test_prompts_get_the_mode_tag_unless_they_have_one():
 
 
 def test_validate_config_checks_the_mars_mapping(tmp_path):
-    grpo = load_recipe()
-    config = grpo.validate_config(TINY_CONFIG)
+    config = validate_config(TINY_CONFIG)
     assert config.reward_params["overlong"] == {"max_length": 32, "cache": 8}  # follows max_completion_length
     bad = tmp_path / "bad.yaml"
     bad.write_text(TINY_CONFIG.read_text().replace("rewards: [math, judge_equivalence]", "rewards: [maths]"))
     with pytest.raises(ValueError, match=r"math/accuracy names unknown reward\(s\) \['maths'\]"):
-        grpo.validate_config(bad)
+        validate_config(bad)
 
 
 def test_mars_json_on_the_command_line_updates_the_file_mapping():
-    grpo = load_recipe()
-    merged = grpo.merge_mars_override('{"judge": {"backend": "http"}, "warmup": 4}', ["--config", str(TINY_CONFIG)])
+    merged = merge_mars_override('{"judge": {"backend": "http"}, "warmup": 4}', ["--config", str(TINY_CONFIG)])
     assert merged["judge"]["backend"] == "http" and merged["judge"]["max_new_tokens"] == 8  # the rest is kept
     assert merged["warmup"] == 4 and "math" in merged["tasks"]

@@ -7,6 +7,7 @@ The recipes stay top-to-bottom scripts; what they share (turning records into ch
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,14 +39,23 @@ def to_sft_example(record: dict[str, Any], source: str = "<records>", index: int
 
 
 def sft_dataset(records: Dataset, source: str = "<records>") -> Dataset:
+    """Records with a ``response`` as trl conversations; a missing response is an error naming its row."""
     rows = [to_sft_example(r, source, i) for i, r in enumerate(records, 1)]
     return Dataset.from_list(rows)
 
 
-def load_sft_data(args: SFTScriptArguments, seed: int = 0) -> tuple[Dataset, Dataset | None]:
+def load_training_data(
+    args: DataArguments, to_examples: Callable[[Dataset, str], Dataset], seed: int = 0
+) -> tuple[Dataset, Dataset | None]:
+    """The training and held-out examples of a recipe's ``train_files``/``train_weights``/``eval_file``.
+
+    Each file's records become examples with ``to_examples(records, source)`` (SFT conversations, GRPO prompts),
+    then the files are mixed: by ``train_weights``, else in proportion to their sizes. ``max_train_samples`` cuts
+    the mixture. The one loader of the SFT and GRPO recipes, so both read these keys the same way.
+    """
     if not args.train_files:
         raise DataError("train_files: give at least one record file")
-    parts = [sft_dataset(load_records(f), f) for f in args.train_files]
+    parts = [to_examples(load_records(f), f) for f in args.train_files]
     if args.train_weights:
         if len(args.train_weights) != len(parts):
             raise DataError(f"train_weights: {len(args.train_weights)} weights for {len(parts)} train_files")
@@ -54,15 +64,26 @@ def load_sft_data(args: SFTScriptArguments, seed: int = 0) -> tuple[Dataset, Dat
         train = parts[0] if len(parts) == 1 else mix(parts, [len(p) for p in parts], seed=seed)
     if args.max_train_samples:
         train = train.select(range(min(args.max_train_samples, len(train))))
-    evals = sft_dataset(load_records(args.eval_file), args.eval_file) if args.eval_file else None
+    evals = to_examples(load_records(args.eval_file), args.eval_file) if args.eval_file else None
     return train, evals
+
+
+def load_sft_data(args: SFTScriptArguments, seed: int = 0) -> tuple[Dataset, Dataset | None]:
+    """Chat-formatted training and held-out conversations (:func:`load_training_data` with :func:`sft_dataset`)."""
+    return load_training_data(args, sft_dataset, seed)
 
 
 def load_for_training(
     model_args: ModelConfig, think_start: str | None = None, think_end: str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model and tokenizer from ``model_args`` (local paths stay offline; embeddings follow the tokenizer)."""
-    tokenizer = load_tokenizer(model_args.model_name_or_path, think_start, think_end, model_args.model_revision)
+    """Model and tokenizer from ``model_args`` (local paths stay offline; embeddings follow the tokenizer).
+
+    ``think_start``/``think_end`` are the config's override of the think delimiters; the tokenizer loader resolves
+    them, and the run's format is then ``ThinkFormat.from_tokenizer(tokenizer)``.
+    """
+    tokenizer = load_tokenizer(
+        model_args.model_name_or_path, revision=model_args.model_revision, think_start=think_start, think_end=think_end
+    )
     tokenizer.padding_side = "right"  # training pads on the right; generation switches to left
     dtype = model_args.dtype if model_args.dtype not in (None, "auto") else "float32"
     model = load_model(

@@ -34,7 +34,8 @@ from pathlib import Path
 
 from rewards.verify import Verifier, rejection_sample, reply_correct
 from train.core.cli import run_script, setup_logging
-from train.core.data import validate_record, write_jsonl
+from train.core.data import difficulty_bucket, validate_record, write_jsonl
+from train.core.modes import QWEN3_THINK
 from train.distill.loop import iteration_dir, write_json
 from train.distill.teacher import ArithmeticBackend
 from train.world.arithmetic import make_problems
@@ -58,21 +59,22 @@ def build_pool(args: argparse.Namespace, out: Path) -> dict:
     test += [validate_record(p) for p in make_problems(args.n_test_easy, levels=(1, 2), seed=102)]
     exclude = {r["id"] for r in test}
     train = [validate_record(p) for p in make_problems(args.pool, levels=(1, 2, 3), seed=0, exclude=exclude)]
-    samples = ArithmeticBackend(verbosity=args.verbosity, error_rate=args.error_rate, seed=0).generate(train, args.k)
-    rows = [{**r, "samples": [vars(s) for s in ss]} for r, ss in zip(train, samples)]
-    kept, report = rejection_sample(rows, Verifier(), progress=False)
+    teacher = ArithmeticBackend(verbosity=args.verbosity, error_rate=args.error_rate, seed=0, think=QWEN3_THINK)
+    samples = teacher.generate(train, args.k)
+    rows = [{**r, "samples": [s.as_sample() for s in ss]} for r, ss in zip(train, samples)]
+    kept, report = rejection_sample(rows, Verifier(think=QWEN3_THINK), progress=False)
     write_jsonl(out / "pool.jsonl", kept)
     write_jsonl(out / "test.jsonl", test)
     # (c) what the kept data would look like without shortest-correct selection.
     rng = random.Random(0)
     first_correct, unverified, unverified_wrong = [], [], 0
     for row in rows:
-        ok = [s for s in row["samples"] if reply_correct(s["text"], row)]
+        ok = [s for s in row["samples"] if reply_correct(s["text"], row, QWEN3_THINK)]
         if ok:
             first_correct.append(ok[0]["num_tokens"])
         pick = rng.choice(row["samples"])
         unverified.append(pick["num_tokens"])
-        unverified_wrong += not reply_correct(pick["text"], row)
+        unverified_wrong += not reply_correct(pick["text"], row, QWEN3_THINK)
     return {
         "pool": len(kept),
         "prompts": len(rows),
@@ -116,7 +118,7 @@ def run_arm(name: str, args: argparse.Namespace, out: Path, model: Path) -> dict
         "--max_steps", str(args.steps), "--per_device_train_batch_size", str(args.batch_size),
         "--max_new_tokens", "80", "--generation_batch_size", "128", "--eval_max_samples", "100000",
         "--hard_min_difficulty", "3", "--track_first_iteration", str(args.first_eval),
-        "--replay_fraction", "0.1", "--seed", str(args.seed), *ARMS[name],
+        "--replay_fraction", "0.1", "--seed", str(args.seed), "--selection_seed", str(args.seed), *ARMS[name],
     ])  # fmt: skip
     seconds = time.perf_counter() - start
     metrics = [json.loads((iteration_dir(arm_dir, t) / "metrics.json").read_text()) for t in range(args.iterations)]
@@ -150,7 +152,8 @@ def table(results: dict, pool: dict, iterations: int) -> str:
     for name, r in results.items():
         cells = []
         for by, mc in zip(r["selected_by_difficulty"], r["mean_selected_complexity"]):
-            share = (by or {}).get("3.0", 0) / max(sum((by or {}).values()), 1) if by else None
+            level3 = sum(n for b, n in (by or {}).items() if difficulty_bucket(b) == "3")  # "3" or "3.0"
+            share = level3 / max(sum(by.values()), 1) if by else None
             cells.append(("n/a" if share is None else f"{share:.2f}") + ("" if mc is None else f" ({mc:.2f})"))
         lines.append(f"| {name} | " + ", ".join(cells) + " |")
     lines.append("")

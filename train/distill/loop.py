@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from train.merging import merge_checkpoints
+
 logger = logging.getLogger(__name__)
 
 MERGE_METHODS = ("none", "ema", "linear", "task_arithmetic", "ties")
@@ -109,8 +111,6 @@ def merge_models(
     if len(weights) != 2:
         raise ValueError(f"merge_weights: one weight for the previous model and one for the student, got {weights}")
     parameters = dict(parameters or {})
-    from train.merging import merge_checkpoints
-
     if method == "ema":  # the running average: beta * previous + (1 - beta) * student
         models, base_model, weights, densities = [student], previous, None, None
     elif method == "linear":
