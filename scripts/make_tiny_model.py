@@ -1,6 +1,7 @@
 """Build a tiny tokenizer and Qwen3-style model offline and save them with save_pretrained.
 
-python scripts/make_tiny_model.py --out outputs/tiny-model --size small --corpus outputs/data/train.jsonl
+python scripts/make_tiny_model.py --out outputs/tiny-model --size small --corpus outputs/data/train.jsonl \
+    --think-format qwen3
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 from pathlib import Path
 
 from train.core.cli import setup_logging
+from train.core.modes import THINK_FORMATS
 from train.world.tiny import SIZES, make_tiny
 
 
@@ -33,9 +35,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size")
     parser.add_argument("--corpus", nargs="*", default=[], help="text or JSONL files to train the tokenizer on")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed")
+    parser.add_argument(
+        "--think-format",
+        required=True,
+        choices=sorted(THINK_FORMATS),
+        help="think delimiters the tokenizer is built for: qwen3 (<think>/</think>) or pangu ([unused16]/[unused17])",
+    )
     args = parser.parse_args(argv)
     setup_logging()
-    make_tiny(args.out, read_corpus(args.corpus), size=args.size, tokenizer_kind=args.tokenizer, seed=args.seed)
+    make_tiny(
+        args.out,
+        read_corpus(args.corpus),
+        size=args.size,
+        tokenizer_kind=args.tokenizer,
+        seed=args.seed,
+        think=THINK_FORMATS[args.think_format],
+    )
 
 
 if __name__ == "__main__":

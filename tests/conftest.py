@@ -34,19 +34,21 @@ def script():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A saved nano Qwen3-style model with a character tokenizer and the fastslow template."""
+    from train.core.modes import QWEN3_THINK
     from train.world.tiny import make_tiny
 
-    return make_tiny(tmp_path_factory.mktemp("tiny-model"), size="nano", seed=0)
+    return make_tiny(tmp_path_factory.mktemp("tiny-model"), size="nano", seed=0, think=QWEN3_THINK)
 
 
 @pytest.fixture(scope="session")
 def arithmetic_data_dir(tmp_path_factory) -> Path:
     """train.jsonl (slow and fast responses) and test.jsonl for 1-2 digit sums."""
     from train.core.data import write_jsonl
+    from train.core.modes import QWEN3_THINK
     from train.world.arithmetic import make_dataset
 
     out = tmp_path_factory.mktemp("arith-data")
-    train, test = make_dataset(64, 16, [1, 2], ["slow", "fast"])
+    train, test = make_dataset(64, 16, [1, 2], ["slow", "fast"], think=QWEN3_THINK)
     write_jsonl(out / "train.jsonl", train)
     write_jsonl(out / "test.jsonl", test)
     return out

@@ -6,11 +6,13 @@ import random
 
 import pytest
 
-from train.core.modes import Mode, parse_response
+from train.core.modes import PANGU_THINK, QWEN3_THINK, Mode, parse_response
 from train.world.arithmetic import (
     LEVELS,
     ArithmeticTeacher,
     addition_steps,
+    corpus,
+    make_dataset,
     make_problem,
     make_problems,
     multiplication_steps,
@@ -33,11 +35,11 @@ def test_multiplication_trace_exact():
 @pytest.mark.parametrize("level", sorted(LEVELS))
 def test_every_level_is_solved_correctly(level):
     rng = random.Random(level)
-    teacher = ArithmeticTeacher()
+    teacher = ArithmeticTeacher(QWEN3_THINK)
     for _ in range(50):
         p = make_problem(level, rng)
         for mode in (Mode.SLOW, Mode.FAST):
-            parsed = parse_response(teacher.respond(p, mode))
+            parsed = parse_response(teacher.respond(p, mode), QWEN3_THINK)
             assert parsed.answer == p["answer"]
             assert parsed.mode == ("fast" if mode == Mode.FAST else "slow")
 
@@ -54,10 +56,29 @@ def test_problems_distinct_and_exclusion():
 
 def test_error_rate_and_verbosity():
     problems = make_problems(400, (3,), seed=2)
-    sloppy = ArithmeticTeacher(error_rate=0.3, verbosity=0.5, seed=0)
-    wrong = sum(parse_response(sloppy.respond(p)).answer != p["answer"] for p in problems)
+    sloppy = ArithmeticTeacher(QWEN3_THINK, error_rate=0.3, verbosity=0.5, seed=0)
+    wrong = sum(parse_response(sloppy.respond(p), QWEN3_THINK).answer != p["answer"] for p in problems)
     assert 0.22 < wrong / len(problems) < 0.38
-    clean = ArithmeticTeacher(seed=0)
+    clean = ArithmeticTeacher(QWEN3_THINK, seed=0)
     assert sum(len(sloppy.respond(p)) for p in problems) > 1.3 * sum(len(clean.respond(p)) for p in problems)
     with pytest.raises(ValueError, match="error_rate"):
-        ArithmeticTeacher(error_rate=1.5)
+        ArithmeticTeacher(QWEN3_THINK, error_rate=1.5)
+
+
+def test_teacher_writes_the_format_it_is_given():
+    problem = make_problem(3, random.Random(0))
+    qwen3, pangu = ArithmeticTeacher(QWEN3_THINK, seed=1), ArithmeticTeacher(PANGU_THINK, seed=1)
+    for mode in (Mode.SLOW, Mode.FAST):
+        reply = pangu.respond(problem, mode)
+        assert reply.startswith("[unused16]\n") and "<think>" not in reply
+        assert reply == PANGU_THINK.rewrite(qwen3.respond(problem, mode), QWEN3_THINK)
+        assert PANGU_THINK.parse(reply).answer == problem["answer"]
+    with pytest.raises(TypeError, match="ThinkFormat"):
+        ArithmeticTeacher("<think>")
+
+
+def test_dataset_and_corpus_in_the_given_format():
+    rows, _ = make_dataset(8, 4, [1, 2], ["slow", "fast"], think=PANGU_THINK)
+    assert all(r["response"].startswith("[unused16]\n") for r in rows)
+    assert {PANGU_THINK.parse(r["response"]).mode for r in rows} == {"slow", "fast"}
+    assert any("[unused17]" in text for text in corpus(make_problems(3, (1,)), PANGU_THINK))

@@ -34,9 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tok():
+    from train.core.modes import QWEN3_THINK
     from train.world.tiny import build_tokenizer
 
-    return build_tokenizer()
+    return build_tokenizer(think=QWEN3_THINK)
 
 
 def save_model(tok, path: Path, seed: int, size: str = "nano", **kw) -> Path:

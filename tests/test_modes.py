@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from train.core.loading import load_tokenizer
 from train.core.modes import (
+    PANGU_THINK,
     PANGU_THINK_END,
     PANGU_THINK_START,
+    QWEN3_THINK,
     Mode,
+    ThinkFormat,
     apply_mode,
     chat_template,
     detect_mode,
@@ -61,13 +65,13 @@ def test_mode_parse_accepts_names_and_tags():
 
 @pytest.fixture(scope="module")
 def tok():
-    return build_tokenizer(["Compute 12+3."])
+    return build_tokenizer(["Compute 12+3."], think=QWEN3_THINK)
 
 
 @pytest.mark.parametrize("mode", list(Mode))
 def test_template_round_trips_each_mode(tok, mode):
     thinking = "" if mode == Mode.FAST else "2+3=5"
-    reply = format_response("15", thinking)
+    reply = format_response("15", thinking, QWEN3_THINK)
     msgs = apply_mode("Compute 12+3.", mode) + [{"role": "assistant", "content": reply}]
     text = tok.apply_chat_template(msgs, tokenize=False)
     assert text == f"<|im_start|>user\nCompute 12+3. {mode.tag}<|im_end|>\n<|im_start|>assistant\n{reply}<|im_end|>\n"
@@ -75,7 +79,7 @@ def test_template_round_trips_each_mode(tok, mode):
     masked = [i for i, m in zip(ids["input_ids"], ids["assistant_masks"]) if m]
     assert tok.decode(masked) == reply + "<|im_end|>\n"  # the loss covers exactly the reply
     decoded = tok.decode(tok(text, add_special_tokens=False)["input_ids"], skip_special_tokens=True)
-    parsed = parse_response(decoded.split("assistant\n", 1)[1])
+    parsed = parse_response(decoded.split("assistant\n", 1)[1], QWEN3_THINK)
     assert (parsed.thinking, parsed.answer) == (thinking, "15")
     assert parsed.mode == ("fast" if mode == Mode.FAST else "slow")
     assert detect_mode(decoded) == mode
@@ -110,7 +114,7 @@ def test_reasoning_content_renders_qwen3_style(tok):
     ],
 )
 def test_parse_response(text, thinking, answer, mode, well_formed):
-    parsed = parse_response(text)
+    parsed = parse_response(text, QWEN3_THINK)
     assert (parsed.thinking, parsed.answer, parsed.mode, parsed.well_formed) == (thinking, answer, mode, well_formed)
     assert parsed.closed == (mode != "unclosed")
 
@@ -122,11 +126,11 @@ def test_think_tags_survive_skip_special_tokens(tok):
 
 
 def test_pangu_delimiters_configurable():
-    tok = build_tokenizer(["abc"], think_start=PANGU_THINK_START, think_end=PANGU_THINK_END)
-    reply = format_response("7", "3+4", PANGU_THINK_START, PANGU_THINK_END)
+    tok = build_tokenizer(["abc"], think=PANGU_THINK)
+    reply = format_response("7", "3+4", PANGU_THINK)
     ids = tok(reply, add_special_tokens=False)["input_ids"]
     assert tok.decode(ids, skip_special_tokens=True) == reply
-    parsed = parse_response(reply, PANGU_THINK_START, PANGU_THINK_END)
+    parsed = parse_response(reply, PANGU_THINK)
     assert (parsed.thinking, parsed.answer) == ("3+4", "7")
     prompt = tok.apply_chat_template(
         [{"role": "user", "content": "q"}], tokenize=False, add_generation_prompt=True, enable_thinking=False
@@ -143,8 +147,8 @@ def test_install_on_foreign_tokenizer_saved_to_disk(tmp_path):
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", eos_token="<unk>").save_pretrained(tmp_path)
     foreign = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
-    install_chat_template(foreign)
-    assert foreign.chat_template == chat_template()
+    install_chat_template(foreign, QWEN3_THINK)
+    assert foreign.chat_template == chat_template(QWEN3_THINK)
     assert foreign.eos_token == "<|im_end|>"
     assert "<think>" not in foreign.all_special_tokens
     ids = foreign("<think> hello </think>", add_special_tokens=False)["input_ids"]
@@ -152,6 +156,49 @@ def test_install_on_foreign_tokenizer_saved_to_disk(tmp_path):
 
 
 def test_special_token_delimiter_is_refused():
-    tok = build_tokenizer(["abc"])
+    tok = build_tokenizer(["abc"], think=QWEN3_THINK)
     with pytest.raises(ValueError, match="special token"):
-        install_chat_template(tok, think_start="<|im_start|>")
+        install_chat_template(tok, ThinkFormat("<|im_start|>", "</think>"))
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_pangu_tokenizer_round_trips_each_mode(tiny_model_dir, mode):
+    """A tokenizer loaded with PANGU_THINK renders, masks, decodes and parses every mode in [unused16]/[unused17]."""
+    tok = load_tokenizer(tiny_model_dir, PANGU_THINK)
+    think = ThinkFormat.from_tokenizer(tok)
+    assert think == PANGU_THINK and tok.chat_template == chat_template(PANGU_THINK)
+    thinking = "" if mode == Mode.FAST else "2+3=5"
+    reply = format_response("15", thinking, think)
+    assert reply == (f"[unused16]\n{thinking}\n[unused17]\n\n15" if thinking else "[unused16]\n\n[unused17]\n\n15")
+    msgs = apply_mode("Compute 12+3.", mode) + [{"role": "assistant", "content": reply}]
+    text = tok.apply_chat_template(msgs, tokenize=False)
+    assert text == f"<|im_start|>user\nCompute 12+3. {mode.tag}<|im_end|>\n<|im_start|>assistant\n{reply}<|im_end|>\n"
+    ids = tok.apply_chat_template(msgs, return_dict=True, return_assistant_tokens_mask=True)
+    masked = [i for i, m in zip(ids["input_ids"], ids["assistant_masks"]) if m]
+    assert tok.decode(masked) == reply + "<|im_end|>\n"
+    assert tok.convert_ids_to_tokens(masked[0]) == "[unused16]"  # one ordinary token
+    decoded = tok.decode(tok(text, add_special_tokens=False)["input_ids"], skip_special_tokens=True)
+    parsed = parse_response(decoded.split("assistant\n", 1)[1], think)
+    assert (parsed.thinking, parsed.answer, parsed.well_formed) == (thinking, "15", True)
+    assert parsed.mode == ("fast" if mode == Mode.FAST else "slow")
+    assert think.parse(reply) == parsed and think.format("15", thinking) == reply
+    assert detect_mode(decoded) == mode
+    assert QWEN3_THINK.parse(reply).mode == "none"  # Qwen3's tags do not read it: the format matters
+    prompt = tok.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    assert prompt.endswith("<|im_start|>assistant\n[unused16]\n\n[unused17]\n\n")
+
+
+def test_format_and_parse_take_a_think_format():
+    assert ThinkFormat.from_tokenizer(build_tokenizer(think=PANGU_THINK)) == PANGU_THINK
+    with pytest.raises(ValueError, match="records no think delimiters"):
+        ThinkFormat.from_tokenizer(object())
+    assert format_response("7", "3+4", PANGU_THINK) == format_response("7", "3+4", PANGU_THINK_START, PANGU_THINK_END)
+    assert parse_response("[unused16]x[unused17]y", PANGU_THINK_START, PANGU_THINK_END).answer == "y"  # transitional
+    with pytest.raises(TypeError):
+        parse_response("<think>x</think>y")  # no default format
+    with pytest.raises(TypeError):
+        format_response("7", "3+4")
+    with pytest.raises(TypeError, match="ThinkFormat"):
+        chat_template("<think>")
+    with pytest.raises(TypeError, match="not both"):
+        parse_response("x", PANGU_THINK, "</think>")

@@ -45,6 +45,7 @@ def make_checkpoints(workdir: Path, n: int = 3, seed: int = 0) -> list[Path]:
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
+    from train.core.modes import QWEN3_THINK
     from train.merging.io import OutputTensor, ShardedWriter
     from train.world.tiny import build_tokenizer
 
@@ -61,7 +62,7 @@ def make_checkpoints(workdir: Path, n: int = 3, seed: int = 0) -> list[Path]:
     )
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in Qwen3ForCausalLM(config).state_dict().items()}
-    tok = build_tokenizer()
+    tok = build_tokenizer(think=QWEN3_THINK)
     paths = []
     gen = torch.Generator().manual_seed(seed)
     for i in range(n):

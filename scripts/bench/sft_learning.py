@@ -20,6 +20,7 @@ from pathlib import Path
 from train.core.cli import run_script
 from train.core.data import read_records, write_jsonl
 from train.core.loading import load_model_and_tokenizer
+from train.core.modes import QWEN3_THINK
 from train.eval.evaluation import evaluate_modes
 from train.world.arithmetic import make_dataset
 from train.world.tiny import make_tiny
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def train_arm(work: Path, mode: str, args: argparse.Namespace) -> tuple[float, dict]:
     data = work / f"data-{mode}"
-    train, test = make_dataset(args.n_train, args.n_test, [3], [mode], seed=0)
+    train, test = make_dataset(args.n_train, args.n_test, [3], [mode], seed=0, think=QWEN3_THINK)
     write_jsonl(data / "train.jsonl", train)
     write_jsonl(data / "test.jsonl", test)
     out = work / f"sft-{mode}"
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        make_tiny(work / "model", size="small", seed=0)
+        make_tiny(work / "model", size="small", seed=0, think=QWEN3_THINK)
         rows = {mode: train_arm(work, mode, args) for mode in args.arms}
     print("\n| trained on | greedy accuracy (held-out 3-digit sums) | mean output tokens | training wall time |")
     print("|---|---|---|---|")

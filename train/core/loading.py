@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from train.core.modes import DEFAULT_THINK_END, DEFAULT_THINK_START, install_chat_template, think_delimiters
+from train.core.modes import (
+    PANGU_THINK,
+    QWEN3_THINK,
+    ThinkFormat,
+    chat_template,
+    install_chat_template,
+    is_fastslow_template,
+    record_think_format,
+)
 
 logger = logging.getLogger(__name__)
 
+# A ``{% generation %}`` block, which trl's assistant_only_loss needs (as trl.chat_template_utils checks it).
+_GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 _DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -31,21 +42,73 @@ def _hub_kwargs(name_or_path: str | os.PathLike, revision: str | None) -> dict[s
 
 def load_tokenizer(
     name_or_path: str | os.PathLike,
+    think: ThinkFormat | None = None,
+    revision: str | None = None,
+    *,
     think_start: str | None = None,
     think_end: str | None = None,
-    revision: str | None = None,
 ) -> PreTrainedTokenizerBase:
-    """A tokenizer with the fastslow template installed (the delimiters it was saved with, unless given)."""
+    """A tokenizer with the fastslow template installed and the run's think format resolved and recorded.
+
+    The format is resolved here, once (see :func:`resolve_think_format`): ``think`` (a config's override), else the
+    one recorded in the tokenizer, else the one its vocabulary implies. It is written into the tokenizer
+    (``init_kwargs``, so ``save_pretrained`` keeps it); read it back with :meth:`ThinkFormat.from_tokenizer`.
+    ``think_start``/``think_end`` are the older spelling of ``think`` (a config's two keys), still accepted; one of
+    them alone overrides that delimiter only.
+    """
+    if think is not None and not isinstance(think, ThinkFormat):
+        raise TypeError(f"load_tokenizer: think must be a ThinkFormat (or think_start=/think_end=), not {think!r}")
     tok = AutoTokenizer.from_pretrained(str(name_or_path), **_hub_kwargs(name_or_path, revision))
-    saved_start, saved_end = think_delimiters(tok)
-    start = think_start or saved_start or DEFAULT_THINK_START
-    end = think_end or saved_end or DEFAULT_THINK_END
-    if tok.chat_template is None or start not in tok.chat_template or "generation" not in tok.chat_template:
-        install_chat_template(tok, start, end)
+    fmt = resolve_think_format(tok, think, think_start=think_start, think_end=think_end)
+    template = tok.chat_template
+    # A template is kept when it has generation markers and this format's delimiters (e.g. trl's qwen3_training);
+    # a fastslow template of an older version is replaced by the current one.
+    stale = is_fastslow_template(template) and template != chat_template(fmt)
+    if template is None or stale or fmt.start not in template or not _GENERATION.search(template):
+        install_chat_template(tok, fmt)
     else:
-        tok.init_kwargs.update(think_start=start, think_end=end)
+        record_think_format(tok, fmt)
     tok.padding_side = "left"  # decoder-only generation pads on the left
     return tok
+
+
+def resolve_think_format(
+    tokenizer: Any,
+    think: ThinkFormat | None = None,
+    *,
+    think_start: str | None = None,
+    think_end: str | None = None,
+) -> ThinkFormat:
+    """The run's think format: ``think`` if given, else the tokenizer's recorded one, else its vocabulary's.
+
+    The vocabulary implies Qwen3's ``<think>``/``</think>`` when it has them, openPangu's ``[unused16]``/
+    ``[unused17]`` when it has those (and not Qwen3's), and Qwen3's otherwise, with a warning: this is the one
+    place where a format is chosen for a model that does not say. ``think_start``/``think_end`` override one
+    delimiter of the result each (a config's keys).
+    """
+    if think is None:
+        try:
+            think = ThinkFormat.from_tokenizer(tokenizer)
+        except ValueError:
+            think = _vocabulary_format(tokenizer)
+    if think_start or think_end:
+        think = ThinkFormat(think_start or think.start, think_end or think.end)
+    return think
+
+
+def _vocabulary_format(tokenizer: Any) -> ThinkFormat:
+    vocab = tokenizer.get_vocab()
+    for fmt in (QWEN3_THINK, PANGU_THINK):
+        if fmt.start in vocab and fmt.end in vocab:
+            return fmt
+    logger.warning(
+        "the tokenizer records no think format and its vocabulary has neither %s nor %s: using %s (set think_start/"
+        "think_end in the config to choose another)",
+        QWEN3_THINK,
+        PANGU_THINK,
+        QWEN3_THINK,
+    )
+    return QWEN3_THINK
 
 
 def load_model(

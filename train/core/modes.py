@@ -6,9 +6,10 @@ One set of weights answers in three modes, asked for by a tag in the last user t
 * ``/no_think`` (fast): an empty think block, then the answer;
 * ``/auto_think`` (automatic): the model decides which of the two to use.
 
-The template follows Qwen3's (``<think>...</think>``; ``enable_thinking=False`` prefills an empty block) and
-carries ``{% generation %}`` markers so trl's ``assistant_only_loss`` can mask everything but the replies.
-The delimiters are configurable: openPangu-Embedded uses ``[unused16]``/``[unused17]``. They are added as
+The template renders exactly what Qwen3's renders (``<think>...</think>``; ``enable_thinking=False`` prefills an
+empty block; tools and tool calls; think blocks of earlier turns dropped) and carries ``{% generation %}`` markers so
+trl's ``assistant_only_loss`` can mask everything but the replies. The delimiters are a :class:`ThinkFormat`, one
+per run: Qwen3's ``<think>``/``</think>`` or openPangu-Embedded's ``[unused16]``/``[unused17]``. They are added as
 *ordinary* tokens, because trl decodes completions with ``skip_special_tokens=True`` and special think tokens
 would vanish before a reward sees them.
 """
@@ -81,6 +82,8 @@ class ThinkFormat:
 QWEN3_THINK = ThinkFormat(DEFAULT_THINK_START, DEFAULT_THINK_END)
 #: openPangu-Embedded's delimiters.
 PANGU_THINK = ThinkFormat(PANGU_THINK_START, PANGU_THINK_END)
+#: The formats by name, for command-line options (``--think-format qwen3``).
+THINK_FORMATS = {"qwen3": QWEN3_THINK, "pangu": PANGU_THINK}
 
 
 class Mode(str, enum.Enum):
@@ -189,27 +192,96 @@ def untagged(prompt: Any) -> Any:
 
 # --------------------------------------------------------------------------------------------------- template
 
-_TEMPLATE = r"""{#- fastslow chat template: Qwen3-compatible, with generation markers for assistant-only loss. -#}
+# Qwen3's chat template (trl/chat_templates/qwen3.jinja, byte-identical to the Qwen3 tokenizers'), with two changes
+# that leave the text it renders unchanged:
+# * the think delimiters are the variables ``ts``/``te`` (``<think>``/``</think>`` for Qwen3), so one template serves
+#   any model's delimiters and renders Qwen3's text with the delimiters replaced;
+# * each assistant turn's output after ``<|im_start|>assistant\n`` (think block, content, tool calls and
+#   ``<|im_end|>\n``) sits inside ``{% generation %}`` markers, so trl's ``assistant_only_loss`` masks the rest. The
+#   markers render nothing, and they sit where trl's qwen3_training.jinja puts them.
+# Mode tags (/think, /no_think, /auto_think) are plain text to the template, as to Qwen3's.
+_TEMPLATE = r"""{#- fastslow chat template: Qwen3's, with configurable think delimiters and generation markers. -#}
 {%- set ts = "__THINK_START__" %}{%- set te = "__THINK_END__" %}
-{%- if messages[0].role == 'system' %}
-    {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- messages[0].content + '\n\n' }}
+    {%- endif %}
+    {{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0].role == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+    {%- endif %}
 {%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and message.content is string and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
 {%- for message in messages %}
-    {%- set content = message.content if message.content is string else '' %}
-    {%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}
-        {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>\n' }}
-    {%- elif message.role == 'assistant' %}
-        {{- '<|im_start|>assistant\n' }}
-        {%- generation %}
+    {%- if message.content is string %}
+        {%- set content = message.content %}
+    {%- else %}
+        {%- set content = '' %}
+    {%- endif %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set reasoning_content = '' %}
         {%- if message.reasoning_content is string %}
-            {{- ts + '\n' + message.reasoning_content.strip('\n') + '\n' + te + '\n\n' + content.lstrip('\n') }}
+            {%- set reasoning_content = message.reasoning_content %}
+        {%- else %}
+            {%- if te in content %}
+                {%- set reasoning_content = content.split(te)[0].rstrip('\n').split(ts)[-1].lstrip('\n') %}
+                {%- set content = content.split(te)[-1].lstrip('\n') %}
+            {%- endif %}
+        {%- endif %}
+        {{- '<|im_start|>' + message.role + '\n' }}
+        {%- generation %}
+        {%- if loop.index0 > ns.last_query_index and (loop.last or (not loop.last and reasoning_content)) %}
+            {{- ts + '\n' + reasoning_content.strip('\n') + '\n' + te + '\n\n' + content.lstrip('\n') }}
         {%- else %}
             {{- content }}
         {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if (loop.first and content) or (not loop.first) %}
+                    {{- '\n' }}
+                {%- endif %}
+                {%- if tool_call.function %}
+                    {%- set tool_call = tool_call.function %}
+                {%- endif %}
+                {{- '<tool_call>\n{"name": "' }}
+                {{- tool_call.name }}
+                {{- '", "arguments": ' }}
+                {%- if tool_call.arguments is string %}
+                    {{- tool_call.arguments }}
+                {%- else %}
+                    {{- tool_call.arguments | tojson }}
+                {%- endif %}
+                {{- '}\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
         {{- '<|im_end|>\n' }}
         {%- endgeneration %}
-    {%- elif message.role == 'tool' %}
-        {{- '<|im_start|>user\n<tool_response>\n' + content + '\n</tool_response><|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
     {%- endif %}
 {%- endfor %}
 {%- if add_generation_prompt %}
@@ -217,33 +289,42 @@ _TEMPLATE = r"""{#- fastslow chat template: Qwen3-compatible, with generation ma
     {%- if enable_thinking is defined and enable_thinking is false %}
         {{- ts + '\n\n' + te + '\n\n' }}
     {%- endif %}
-{%- endif %}"""
+{%- endif %}"""  # noqa: E501 (Qwen3's lines, kept as they are)
+
+#: The first line of every fastslow template, new or old: how :func:`is_fastslow_template` recognises one.
+TEMPLATE_MARK = "{#- fastslow chat template"
 
 
-def chat_template(think_start: str = DEFAULT_THINK_START, think_end: str = DEFAULT_THINK_END) -> str:
-    """The fastslow chat template (Jinja) for the given think delimiters.
+def chat_template(think: ThinkFormat) -> str:
+    """The fastslow chat template (Jinja) for ``think``'s delimiters.
 
-    Assistant contents are rendered verbatim (they carry their own think block); a message with a
-    ``reasoning_content`` field is rendered Qwen3-style as ``<think>\\n...\\n</think>\\n\\n`` + content.
+    It renders exactly what Qwen3's template renders, with ``<think>``/``</think>`` replaced by ``think``'s
+    delimiters: a final assistant reply gets its think block normalised to ``<think>\\n...\\n</think>\\n\\n`` +
+    answer (an empty block when it has none, the block from ``reasoning_content`` when given), earlier replies of the
+    conversation lose theirs, and ``enable_thinking=False`` prefills an empty block after the generation prompt.
     """
-    for name, value in (("think_start", think_start), ("think_end", think_end)):
-        if not value or '"' in value or "\\" in value:
-            raise ValueError(f"{name}={value!r} must be a non-empty string without quotes or backslashes")
-    return _TEMPLATE.replace("__THINK_START__", think_start).replace("__THINK_END__", think_end)
+    if not isinstance(think, ThinkFormat):
+        raise TypeError(f"chat_template takes a ThinkFormat, got {think!r}")
+    return _TEMPLATE.replace("__THINK_START__", think.start).replace("__THINK_END__", think.end)
 
 
-def install_chat_template(
-    tokenizer: Any, think_start: str = DEFAULT_THINK_START, think_end: str = DEFAULT_THINK_END
-) -> Any:
-    """Install the fastslow template and think delimiters on any Hugging Face tokenizer, in place.
+def is_fastslow_template(template: Any) -> bool:
+    """Whether ``template`` is a fastslow chat template (of this version or an older one)."""
+    return isinstance(template, str) and template.startswith(TEMPLATE_MARK)
+
+
+def install_chat_template(tokenizer: Any, think: ThinkFormat) -> Any:
+    """Install the fastslow template and ``think``'s delimiters on any Hugging Face tokenizer, in place.
 
     The delimiters are added as ordinary (non-special) tokens so they survive ``skip_special_tokens=True``;
     ``<|im_start|>``/``<|im_end|>`` are added as special tokens when missing, and ``<|im_end|>`` becomes the
-    EOS token so generation stops at the end of a reply. Returns the tokenizer. Resize the model's embeddings
-    afterwards if ``len(tokenizer)`` grew.
+    EOS token so generation stops at the end of a reply. The format is recorded in ``init_kwargs`` (so
+    ``save_pretrained`` keeps it and :meth:`ThinkFormat.from_tokenizer` reads it back). Returns the tokenizer.
+    Resize the model's embeddings afterwards if ``len(tokenizer)`` grew.
     """
+    template = chat_template(think)
     vocab = tokenizer.get_vocab()
-    new_plain = [t for t in (think_start, think_end) if t not in vocab]
+    new_plain = [t for t in (think.start, think.end) if t not in vocab]
     if new_plain:
         tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in new_plain])
     specials = [t for t in ("<|im_start|>", "<|im_end|>") if t not in vocab]
@@ -253,7 +334,7 @@ def install_chat_template(
     special = set(tokenizer.all_special_tokens) | {
         t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special
     }
-    for t in (think_start, think_end):
+    for t in (think.start, think.end):
         if t in special:
             raise ValueError(
                 f"think delimiter {t!r} is a special token of this tokenizer; decoding with "
@@ -262,29 +343,37 @@ def install_chat_template(
     tokenizer.eos_token = "<|im_end|>"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = "<|endoftext|>" if "<|endoftext|>" in tokenizer.get_vocab() else "<|im_end|>"
-    tokenizer.chat_template = chat_template(think_start, think_end)
-    tokenizer.init_kwargs["think_start"] = think_start
-    tokenizer.init_kwargs["think_end"] = think_end
+    tokenizer.chat_template = template
+    record_think_format(tokenizer, think)
     return tokenizer
 
 
-def think_delimiters(tokenizer: Any) -> tuple[str, str]:
-    """The think delimiters installed on ``tokenizer`` (defaults when it has none recorded)."""
-    kw = getattr(tokenizer, "init_kwargs", {}) or {}
-    return kw.get("think_start", DEFAULT_THINK_START), kw.get("think_end", DEFAULT_THINK_END)
+def record_think_format(tokenizer: Any, think: ThinkFormat) -> Any:
+    """Write ``think`` into ``tokenizer.init_kwargs``, where :meth:`ThinkFormat.from_tokenizer` reads it."""
+    tokenizer.init_kwargs["think_start"] = think.start
+    tokenizer.init_kwargs["think_end"] = think.end
+    return tokenizer
 
 
-def format_response(
-    answer: str,
-    thinking: str = "",
-    think_start: str = DEFAULT_THINK_START,
-    think_end: str = DEFAULT_THINK_END,
-) -> str:
-    """An assistant reply: ``<think>\\nthinking\\n</think>\\n\\nanswer``; empty ``thinking`` gives a fast reply."""
-    if isinstance(think_start, ThinkFormat):  # transitional, as in parse_response
-        think_start, think_end = think_start.start, think_start.end
+def _think_format(think: ThinkFormat | str, think_end: str | None, caller: str) -> ThinkFormat:
+    """``think`` as a ThinkFormat; the (start, end) string pair is accepted while callers are converted."""
+    if isinstance(think, ThinkFormat):
+        if think_end is not None:
+            raise TypeError(f"{caller}: give a ThinkFormat or a (start, end) pair, not both")
+        return think
+    if isinstance(think, str) and isinstance(think_end, str):
+        return ThinkFormat(think, think_end)
+    raise TypeError(f"{caller} takes a ThinkFormat (e.g. ThinkFormat.from_tokenizer(tokenizer)), got {think!r}")
+
+
+def format_response(answer: str, thinking: str, think: ThinkFormat | str, think_end: str | None = None) -> str:
+    """An assistant reply: ``<think>\\nthinking\\n</think>\\n\\nanswer``; empty ``thinking`` gives a fast reply.
+
+    ``think`` is the run's :class:`ThinkFormat` (a ``(start, end)`` string pair is still accepted, transitionally).
+    """
+    think = _think_format(think, think_end, "format_response")
     body = f"\n{thinking.strip(chr(10))}\n" if thinking.strip() else "\n\n"
-    return f"{think_start}{body}{think_end}\n\n{answer.strip()}"
+    return f"{think.start}{body}{think.end}\n\n{answer.strip()}"
 
 
 # ---------------------------------------------------------------------------------------------------- parsing
@@ -309,18 +398,17 @@ class ParsedResponse:
         return self.mode != "unclosed"
 
 
-def parse_response(
-    text: str, think_start: str = DEFAULT_THINK_START, think_end: str = DEFAULT_THINK_END
-) -> ParsedResponse:
+def parse_response(text: str, think: ThinkFormat | str, think_end: str | None = None) -> ParsedResponse:
     """Split a reply into ``(thinking, answer, mode)``.
 
-    The block opens at the first ``think_start`` and closes at its *matching* ``think_end`` (nested blocks are
+    ``think`` is the run's :class:`ThinkFormat` (a ``(start, end)`` string pair is still accepted, transitionally).
+    The block opens at the first ``think.start`` and closes at its *matching* ``think.end`` (nested blocks are
     counted, and make the reply not well formed). An unclosed block is reported as ``mode="unclosed"`` with no
     answer; it is never silently taken for an answer. A closing tag with no opening one (the opening tag was in
     the prompt) closes a block that began at the start of the text.
     """
-    if isinstance(think_start, ThinkFormat):  # transitional: the (start, end) pair is being replaced by ThinkFormat
-        think_start, think_end = think_start.start, think_start.end
+    fmt = _think_format(think, think_end, "parse_response")
+    think_start, think_end = fmt.start, fmt.end
     if not isinstance(text, str):
         text = _content_text(text)
     start = text.find(think_start)

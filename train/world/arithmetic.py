@@ -26,7 +26,7 @@ import random
 from dataclasses import dataclass
 
 from train.core.data import record_id
-from train.core.modes import DEFAULT_THINK_END, DEFAULT_THINK_START, Mode, apply_mode, format_response
+from train.core.modes import Mode, ThinkFormat, apply_mode, format_response
 
 LEVELS: dict[int, tuple[str, int, int]] = {
     1: ("+", 1, 1),
@@ -152,17 +152,19 @@ def solve_steps(a: int, op: str, b: int) -> tuple[list[str], int]:
 class ArithmeticTeacher:
     """A programmatic teacher for the arithmetic world.
 
-    ``verbosity`` in [0, 1]: the chance of a redundant line (a restated step) after each step. ``error_rate``:
-    the chance that a response contains one wrong digit, carried through to a wrong result.
+    ``think``: the format the replies are written in (the student's). ``verbosity`` in [0, 1]: the chance of a
+    redundant line (a restated step) after each step. ``error_rate``: the chance that a response contains one wrong
+    digit, carried through to a wrong result.
     """
 
+    think: ThinkFormat
     verbosity: float = 0.0
     error_rate: float = 0.0
     seed: int = 0
-    think_start: str = DEFAULT_THINK_START
-    think_end: str = DEFAULT_THINK_END
 
     def __post_init__(self) -> None:
+        if not isinstance(self.think, ThinkFormat):
+            raise TypeError(f"ArithmeticTeacher: think must be a ThinkFormat, got {self.think!r}")
         for name in ("verbosity", "error_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -193,14 +195,14 @@ class ArithmeticTeacher:
             result = solve_steps(problem["a"], problem["op"], problem["b"])[1]
             if self._rng.random() < self.error_rate:
                 result = self._slip(result)
-            return format_response(str(result), "", self.think_start, self.think_end)
+            return format_response(str(result), "", self.think)
         thinking, result = self.trace(problem)
-        return format_response(str(result), thinking, self.think_start, self.think_end)
+        return format_response(str(result), thinking, self.think)
 
 
-def corpus(problems: list[dict]) -> list[str]:
-    """Texts covering every character the world uses, for training a tokenizer."""
-    teacher = ArithmeticTeacher()
+def corpus(problems: list[dict], think: ThinkFormat) -> list[str]:
+    """Texts covering every character the world uses (replies in ``think``'s format), for training a tokenizer."""
+    teacher = ArithmeticTeacher(think)
     return [p["prompt"] + teacher.respond(p) for p in problems[:200]] + ["carry check add"]
 
 
@@ -213,8 +215,11 @@ def make_dataset(
     verbosity: float = 0.0,
     error_rate: float = 0.0,
     seed: int = 0,
+    *,
+    think: ThinkFormat,
 ) -> tuple[list[dict], list[dict]]:
-    """(training records with a teacher ``response``, one per problem and mode; held-out problems, disjoint).
+    """(training records with a teacher ``response`` in ``think``'s format, one per problem and mode; held-out
+    problems, disjoint).
 
     Slow prompts carry ``/think`` (``slow_tag="think"``), no tag (``"none"``) or either at random (``"both"``),
     so the model obeys both spellings of the request; fast ones carry ``/no_think``.
@@ -223,7 +228,7 @@ def make_dataset(
         raise ValueError(f"slow_tag={slow_tag!r}; expected both, think or none")
     test = make_problems(n_test, levels, seed=seed + 1)
     train = make_problems(n_train, levels, seed=seed, exclude={p["id"] for p in test})
-    teacher = ArithmeticTeacher(verbosity=verbosity, error_rate=error_rate, seed=seed)
+    teacher = ArithmeticTeacher(think, verbosity=verbosity, error_rate=error_rate, seed=seed)
     rows = []
     rng = random.Random(seed)
     for p in train:

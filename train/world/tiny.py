@@ -15,7 +15,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
-from train.core.modes import DEFAULT_THINK_END, DEFAULT_THINK_START, install_chat_template
+from train.core.modes import ThinkFormat, install_chat_template
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +36,10 @@ def build_tokenizer(
     corpus: Iterable[str] = (),
     kind: str = "char",
     vocab_size: int = 512,
-    think_start: str = DEFAULT_THINK_START,
-    think_end: str = DEFAULT_THINK_END,
+    *,
+    think: ThinkFormat,
 ) -> PreTrainedTokenizerFast:
-    """A tokenizer trained on ``corpus`` with no network, with the fastslow chat template installed.
+    """A tokenizer trained on ``corpus`` with no network, with the fastslow chat template for ``think`` installed.
 
     ``kind="char"``: one token per character (printable ASCII plus every character of the corpus).
     ``kind="bpe"``: byte-level BPE with at most ``vocab_size`` tokens.
@@ -73,7 +73,7 @@ def build_tokenizer(
         unk_token="<unk>" if kind == "char" else None,
         model_max_length=4096,
     )
-    return install_chat_template(fast, think_start, think_end)
+    return install_chat_template(fast, think)
 
 
 def build_model(
@@ -133,11 +133,13 @@ def make_tiny(
     size: str = "tiny",
     tokenizer_kind: str = "char",
     seed: int = 0,
+    *,
+    think: ThinkFormat,
     **model_overrides,
 ) -> Path:
-    """Build a tokenizer and model and save both with ``save_pretrained`` into ``out_dir``."""
+    """Build a tokenizer (with ``think``'s delimiters) and a model, and save both with ``save_pretrained``."""
     out = Path(out_dir)
-    tokenizer = build_tokenizer(corpus, kind=tokenizer_kind)
+    tokenizer = build_tokenizer(corpus, kind=tokenizer_kind, think=think)
     model = build_model(tokenizer, size=size, seed=seed, **model_overrides)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
