@@ -22,13 +22,15 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# lint-imports checks the layer contracts in pyproject.toml; `make test` runs it too (tests/test_architecture.py).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench/sft_learning.py
-	$(BIN)/python scripts/bench/rewards.py
+	$(BIN)/python scripts/bench/reward_speed.py
 	$(BIN)/python scripts/bench/merge.py
 	$(BIN)/python scripts/bench/distill.py
 	$(BIN)/python scripts/bench/dual_system.py

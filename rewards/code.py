@@ -25,9 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from typing import Any
 
-from rewards.base import Reward, column
+from rewards.base import Reward, ThinkFormatNotSet, column
 from rewards.registry import register
 from rewards.sandbox import SandboxLimits, SandboxResult, normalize_tests, run_tests
+from train.core.modes import ThinkFormat
 
 logger = logging.getLogger("rewards.code")
 
@@ -68,6 +69,7 @@ class _CodeRewardBase(Reward):
         limits: a :class:`SandboxLimits`, or a dict of its fields (as written in a YAML config).
         max_workers: sandboxes run at once for a batch (default: the CPU count).
         tasks: ``task`` column values this reward applies to; rows without a ``task`` value are scored.
+        think: the run's think format (the program is read after the think block); None until the router sets it.
     """
 
     name = "code"
@@ -78,6 +80,8 @@ class _CodeRewardBase(Reward):
         limits: SandboxLimits | dict[str, Any] | None = None,
         max_workers: int | None = None,
         tasks: Iterable[str] = CODE_TASKS,
+        *,
+        think: ThinkFormat | None = None,
     ) -> None:
         if isinstance(limits, dict):
             known = {f.name for f in fields(SandboxLimits)}
@@ -88,6 +92,7 @@ class _CodeRewardBase(Reward):
         self.limits = limits or SandboxLimits()
         self.max_workers = max_workers
         self.tasks = tuple(tasks)
+        self.think = think
         self._last_results: list[SandboxResult | None] = []
 
     @property
@@ -141,6 +146,8 @@ class _CodeRewardBase(Reward):
         def one(i: int) -> float | None:
             try:
                 results[i] = self.details(completions[i], tests[i], tasks[i])
+            except ThinkFormatNotSet:  # a configuration error: stop the run (as Reward.safe_score does)
+                raise
             except Exception as exc:  # a reward never crashes training
                 logger.warning("reward %s failed on sample %d: %s: %s", self.name, i, type(exc).__name__, exc)
                 return None

@@ -18,31 +18,29 @@ from typing import Any
 
 from rewards.base import Reward
 from rewards.registry import register
-from train.core.modes import Mode, ParsedResponse, completion_text, detect_mode, parse_response
+from train.core.modes import Mode, ParsedResponse, ThinkFormat, completion_text, detect_mode
 
 
-def _prefilled_block(prompt: Any, think_start: str, think_end: str) -> str | None:
+def _prefilled_block(prompt: Any, think: ThinkFormat) -> str | None:
     """The closed think block a string prompt ends with (prefilled by the template), if any."""
     if not isinstance(prompt, str):
         return None
     tail = prompt.rstrip()
-    if not tail.endswith(think_end):
+    if not tail.endswith(think.end):
         return None
-    start = tail.rfind(think_start)
+    start = tail.rfind(think.start)
     return None if start == -1 else prompt[start:]
 
 
-def parse_reply(
-    completion: Any, prompt: Any, think_start: str, think_end: str, allow_no_block: bool = False
-) -> ParsedResponse:
+def parse_reply(completion: Any, prompt: Any, think: ThinkFormat, allow_no_block: bool = False) -> ParsedResponse:
     """The reply parsed, with a think block prefilled by a string prompt taken as the start of the reply.
 
     ``allow_no_block``: a reply with no think block at all is read as a fast reply (its block was prefilled
     where the reward cannot see it).
     """
     text = completion_text(completion)
-    block = _prefilled_block(prompt, think_start, think_end)
-    parsed = parse_response(text if block is None else block + text, think_start, think_end)
+    block = _prefilled_block(prompt, think)
+    parsed = think.parse(text if block is None else block + text)
     if allow_no_block and parsed.mode == "none":
         return ParsedResponse("", parsed.answer, "fast", True)
     return parsed
@@ -57,23 +55,20 @@ class FormatReward(Reward):
     """1.0 for a single well-formed think block followed by a non-empty answer, else 0.0.
 
     Args:
-        think_start, think_end: the think delimiters (``[unused16]``/``[unused17]`` for openPangu).
         allow_no_block: read a reply without any think block as a fast reply (the template prefilled the block
             in a conversational prompt the reward cannot see).
+        think: the run's think format (``PANGU_THINK`` for openPangu); None until the router sets it.
     """
 
     name = "format"
 
-    def __init__(
-        self, think_start: str = Reward.think_start, think_end: str = Reward.think_end, allow_no_block: bool = False
-    ) -> None:
-        self.think_start = think_start
-        self.think_end = think_end
+    def __init__(self, allow_no_block: bool = False, *, think: ThinkFormat | None = None) -> None:
+        self.think = think
         self.allow_no_block = allow_no_block
 
     def score(self, completion: Any, prompts: Any = None, prompt: Any = None, **_: Any) -> float:
         prompt = prompts if prompts is not None else prompt
-        parsed = parse_reply(completion, prompt, self.think_start, self.think_end, self.allow_no_block)
+        parsed = parse_reply(completion, prompt, self.think_format(), self.allow_no_block)
         return 1.0 if _has_answer(parsed) else 0.0
 
 
@@ -82,22 +77,17 @@ class ModeReward(Reward):
     """1.0 when the reply follows the mode its prompt asks for, 0.0 when not, None when there is no prompt.
 
     Args:
-        think_start, think_end: the think delimiters.
         default_mode: the mode of a prompt with no tag (slow, as in openPangu-Embedded and Qwen3).
         allow_no_block: read a reply without any think block as a fast reply (see ``format``).
+        think: the run's think format; None until the router sets it.
     """
 
     name = "mode"
 
     def __init__(
-        self,
-        think_start: str = Reward.think_start,
-        think_end: str = Reward.think_end,
-        default_mode: str = Mode.SLOW.value,
-        allow_no_block: bool = False,
+        self, default_mode: str = Mode.SLOW.value, allow_no_block: bool = False, *, think: ThinkFormat | None = None
     ) -> None:
-        self.think_start = think_start
-        self.think_end = think_end
+        self.think = think
         self.default_mode = Mode.parse(default_mode).value
         self.allow_no_block = allow_no_block
 
@@ -106,7 +96,7 @@ class ModeReward(Reward):
         if prompt is None:
             return None
         wanted = detect_mode(prompt, default=Mode.parse(self.default_mode))
-        parsed = parse_reply(completion, prompt, self.think_start, self.think_end, self.allow_no_block)
+        parsed = parse_reply(completion, prompt, self.think_format(), self.allow_no_block)
         if not _has_answer(parsed):
             return 0.0
         if wanted is Mode.AUTO:

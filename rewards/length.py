@@ -17,7 +17,7 @@ from rewards.base import Reward, logger
 from rewards.format import parse_reply
 from rewards.math import DEFAULT_TIMEOUT_S, MATH_TASKS, MathReward
 from rewards.registry import register
-from train.core.modes import completion_text
+from train.core.modes import ThinkFormat, completion_text
 
 UNITS = ("tokens", "chars")
 
@@ -114,6 +114,7 @@ class CosineLengthReward(LengthReward):
         min_value_wrong, max_value_wrong, min_value_correct, max_value_correct: the ends of the two curves.
         unit, tokenizer: how lengths are counted (module docstring).
         timeout_s, tasks: as for the ``math`` reward.
+        think: the run's think format (answers are read after the think block); None until the router sets it.
     """
 
     name = "cosine_length"
@@ -129,6 +130,8 @@ class CosineLengthReward(LengthReward):
         tokenizer: Any = None,
         timeout_s: float | None = DEFAULT_TIMEOUT_S,
         tasks: Iterable[str] = MATH_TASKS,
+        *,
+        think: ThinkFormat | None = None,
     ) -> None:
         if max_length <= 0:
             raise ValueError(f"cosine_length needs max_length > 0; got {max_length=}")
@@ -138,7 +141,16 @@ class CosineLengthReward(LengthReward):
         self.min_value_correct = min_value_correct
         self.max_value_correct = max_value_correct
         self._set_unit(unit, tokenizer)
-        self.math = MathReward(timeout_s=timeout_s, tasks=tasks)
+        self.math = MathReward(timeout_s=timeout_s, tasks=tasks, think=think)
+
+    # The correctness check reads the answer: the think format is its math reward's (one place to set it).
+    @property
+    def think(self) -> ThinkFormat | None:
+        return self.math.think
+
+    @think.setter
+    def think(self, value: ThinkFormat | None) -> None:
+        self.math.think = value
 
     def score(
         self, completion: Any, answer: Any = None, task: Any = None, completion_ids: Any = None, **_: Any
@@ -171,7 +183,7 @@ class ModeLengthReward(LengthReward):
         ramp: how far past the budget, as a fraction of it, the penalty reaches ``max_penalty``.
         max_penalty: the largest penalty (<= 0).
         unit, tokenizer: how lengths are counted (module docstring).
-        think_start, think_end: the think delimiters.
+        think: the run's think format; None until the router sets it.
     """
 
     name = "mode_length"
@@ -184,8 +196,8 @@ class ModeLengthReward(LengthReward):
         max_penalty: float = -1.0,
         unit: str = "tokens",
         tokenizer: Any = None,
-        think_start: str = Reward.think_start,
-        think_end: str = Reward.think_end,
+        *,
+        think: ThinkFormat | None = None,
     ) -> None:
         if fast_budget <= 0 or slow_budget <= 0 or ramp <= 0 or max_penalty > 0:
             raise ValueError(
@@ -197,12 +209,11 @@ class ModeLengthReward(LengthReward):
         self.ramp = ramp
         self.max_penalty = max_penalty
         self._set_unit(unit, tokenizer)
-        self.think_start = think_start
-        self.think_end = think_end
+        self.think = think
 
     def budget(self, completion: Any, prompt: Any = None) -> int:
         """The budget for this reply: by the mode it took (a block prefilled by a string prompt counts)."""
-        mode = parse_reply(completion, prompt, self.think_start, self.think_end).mode
+        mode = parse_reply(completion, prompt, self.think_format()).mode
         return self.slow_budget if mode in ("slow", "unclosed") else self.fast_budget
 
     def score(

@@ -37,6 +37,7 @@ from sympy import Integer
 
 from rewards.base import Reward, logger
 from rewards.registry import register
+from train.core.modes import ThinkFormat
 
 T = TypeVar("T")
 
@@ -301,16 +302,23 @@ class MathReward(Reward):
         tasks: ``task`` column values this reward applies to; rows of other tasks get None. Rows without a
             ``task`` value (None or blank) are scored.
         strict: math-verify's ``strict`` (variables must match, sets are not tuples).
+        think: the run's think format (the answer is read after the think block); None until the router sets it.
     """
 
     name = "math"
 
     def __init__(
-        self, timeout_s: float | None = DEFAULT_TIMEOUT_S, tasks: Iterable[str] = MATH_TASKS, strict: bool = True
+        self,
+        timeout_s: float | None = DEFAULT_TIMEOUT_S,
+        tasks: Iterable[str] = MATH_TASKS,
+        strict: bool = True,
+        *,
+        think: ThinkFormat | None = None,
     ) -> None:
         self.timeout_s = timeout_s
         self.tasks = tuple(tasks)
         self.strict = strict
+        self.think = think
 
     def correct(self, completion: Any, answer: Any = None, task: Any = None) -> bool | None:
         """True/False for a math row, None when the reward does not apply (also used by the length rewards)."""

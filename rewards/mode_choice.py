@@ -25,13 +25,12 @@ from typing import Any
 
 from rewards.base import Reward, column
 from rewards.registry import register
-from train.core.modes import Mode, completion_text, detect_mode, parse_response
+from rewards.verify import check as rule_check
+from train.core.modes import Mode, ThinkFormat, completion_text, detect_mode
 
 
 def _default_check(answer: str | None, record: dict[str, Any]) -> bool:
-    from rewards.verify import check
-
-    return bool(check(answer, record))
+    return bool(rule_check(answer, record))
 
 
 @register("mode_choice")
@@ -44,6 +43,7 @@ class ModeChoiceReward(Reward):
         mode_penalty: added when a ``/think`` or ``/no_think`` prompt is not obeyed (<= 0).
         reference_column: the column with the prompt's slow-mode reference accuracy.
         check: ``check(answer, row) -> bool``; default: the MARS rule layer.
+        think: the run's think format (``ThinkFormat.from_tokenizer(tokenizer)``); required before scoring.
     """
 
     name = "mode_choice"
@@ -55,8 +55,8 @@ class ModeChoiceReward(Reward):
         mode_penalty: float = -1.0,
         reference_column: str = "slow_rate",
         check: Callable[[str | None, dict[str, Any]], bool] | None = None,
-        think_start: str = Reward.think_start,
-        think_end: str = Reward.think_end,
+        *,
+        think: ThinkFormat | None = None,
     ) -> None:
         if not 0.0 <= delta < 1.0:
             raise ValueError(f"delta={delta} must be in [0, 1): a fast reply must never beat a correct one")
@@ -65,7 +65,7 @@ class ModeChoiceReward(Reward):
         self.delta, self.margin, self.mode_penalty = delta, margin, mode_penalty
         self.reference_column = reference_column
         self.check = check or _default_check
-        self.think_start, self.think_end = think_start, think_end
+        self.think = think
 
     def __call__(self, completions: list[Any], **columns: Any) -> list[float | None]:
         n = len(completions)
@@ -73,7 +73,8 @@ class ModeChoiceReward(Reward):
         refs = column(columns, self.reference_column, n)
         keys = [k for k, v in columns.items() if isinstance(v, (list, tuple)) and len(v) == n]
         rows = [{k: columns[k][i] for k in keys} for i in range(n)]
-        parsed = [parse_response(completion_text(c), self.think_start, self.think_end) for c in completions]
+        think = self.think_format()
+        parsed = [think.parse(completion_text(c)) for c in completions]
         correct = [
             p.mode in ("fast", "slow") and p.well_formed and bool(self.check(p.answer, row))
             for p, row in zip(parsed, rows)

@@ -37,8 +37,11 @@ from typing import Any
 
 import yaml
 
-from rewards.base import Reward
+from rewards import get_reward
+from rewards.base import Reward, ThinkFormatNotSet
+from rewards.math import verify_answer
 from rewards.registry import register
+from train.core.modes import ThinkFormat
 
 logger = logging.getLogger("rewards.router")
 
@@ -119,7 +122,11 @@ class MARSConfig:
     )
     think_start: str | None = field(
         default=None,
-        metadata={"help": "Think-block opening tag every sub-reward reads answers after (None: each reward's own)."},
+        metadata={
+            "help": "Think-block opening tag every sub-reward reads answers after, for users without a tokenizer "
+            "(the verl/openrlhf adapters). None: the format comes from MARSRouter.set_think_format (the GRPO "
+            "recipe passes the tokenizer's). Set both think_start and think_end, or neither."
+        },
     )
     think_end: str | None = field(default=None, metadata={"help": "Think-block closing tag (see think_start)."})
     task_column: str = field(default="task", metadata={"help": "Dataset column that names each sample's task."})
@@ -159,6 +166,20 @@ class MARSConfig:
             raise ValueError("MARSConfig: warmup >= 0, eps > 0 and clip > 0 (or None) are required")
         if self.default_task is not None and self.default_task not in self.tasks:
             raise ValueError(f"MARSConfig.default_task={self.default_task!r} is not one of {sorted(self.tasks)}")
+        if bool(self.think_start) != bool(self.think_end):
+            raise ValueError(
+                f"MARSConfig: think_start={self.think_start!r} and think_end={self.think_end!r}; set both (e.g. "
+                "<think> and </think> for Qwen3, [unused16] and [unused17] for openPangu) or neither"
+            )
+        if self.think_start:
+            ThinkFormat(self.think_start, self.think_end)  # raises for an unusable pair (equal, quotes)
+
+    @property
+    def think(self) -> ThinkFormat | None:
+        """The think format the config's ``think_start``/``think_end`` give, None when they are not set."""
+        if not self.think_start or not self.think_end:
+            return None
+        return ThinkFormat(self.think_start, self.think_end)
 
     @staticmethod
     def _sources(values: Any, where: str) -> list[SourceConfig]:
@@ -278,9 +299,10 @@ class ShortAnswerReward(Reward):
 
     name = "short_answer"
 
-    def __init__(self, max_words: int = 3, timeout_s: float | None = 5.0):
+    def __init__(self, max_words: int = 3, timeout_s: float | None = 5.0, *, think: ThinkFormat | None = None):
         self.max_words = max_words
         self.timeout_s = timeout_s
+        self.think = think
 
     def score(self, completion: Any, answer: Any = None, **_: Any) -> float | None:
         reference = _norm(str(answer)) if answer is not None else ""
@@ -290,8 +312,6 @@ class ShortAnswerReward(Reward):
         if text is None:
             return 0.0  # an unclosed think block gives no answer
         if _NUMERIC.match(reference):
-            from rewards.math import verify_answer
-
             ok = verify_answer(str(answer), text, timeout_s=self.timeout_s)
             return None if ok is None else float(ok)
         lines = [line for line in text.strip().splitlines() if line.strip()]
@@ -310,6 +330,8 @@ class MARSRouter(Reward):
         config: a :class:`MARSConfig`, a mapping of its keys, a path to a YAML file, or None for the defaults.
         rewards: reward callables by name, used instead of building them from the registry (custom rewards,
             tests). Names not given are built with ``rewards.get_reward(name, **params)``.
+        think: the run's think format, given to every source (:meth:`set_think_format`); None: the config's
+            ``think_start``/``think_end`` when set, else it must be set before scoring.
         **overrides: MARSConfig fields overriding ``config`` (e.g. ``normalize=False``).
     """
 
@@ -319,6 +341,8 @@ class MARSRouter(Reward):
         self,
         config: MARSConfig | dict[str, Any] | str | Path | None = None,
         rewards: dict[str, Callable[..., list[float | None]]] | None = None,
+        *,
+        think: ThinkFormat | None = None,
         **overrides: Any,
     ):
         if config is None:
@@ -334,8 +358,9 @@ class MARSRouter(Reward):
         for reward_name in self.reward_names():
             if reward_name not in self.rewards:
                 self.rewards[reward_name] = self._build(reward_name)
-        if config.think_start or config.think_end:
-            self.set_think_delimiters(config.think_start, config.think_end)
+        think = think if think is not None else config.think
+        if think is not None:
+            self.set_think_format(think)
         self.stats: dict[tuple[str, str], RunningStats] = {key: RunningStats() for key in self.keys()}
         self.last_metrics: dict[str, float] = {}
         self._warned: set[str] = set()
@@ -349,23 +374,24 @@ class MARSRouter(Reward):
                 names += [r for r in source.rewards if r not in names]
         return names
 
-    def set_think_delimiters(self, think_start: str | None, think_end: str | None) -> None:
-        """Make every sub-reward (and the router) read answers after these delimiters (e.g. openPangu's)."""
+    def set_think_format(self, think: ThinkFormat) -> None:
+        """Make the router and every source's rewards read replies with ``think`` (the run's one format).
+
+        Rewards that hold a format (a ``think`` attribute, as every :class:`Reward` has) get it; plain callables
+        given in ``rewards`` are left alone. The config's ``think_start``/``think_end`` are updated to match.
+        """
+        if not isinstance(think, ThinkFormat):
+            raise TypeError(f"set_think_format takes a ThinkFormat, got {type(think).__name__}")
         for target in [self, *self.rewards.values()]:
-            if think_start and hasattr(target, "think_start"):
-                target.think_start = think_start
-            if think_end and hasattr(target, "think_end"):
-                target.think_end = think_end
-        self.config.think_start = think_start or self.config.think_start
-        self.config.think_end = think_end or self.config.think_end
+            if hasattr(target, "think"):
+                target.think = think
+        self.config.think_start, self.config.think_end = think.start, think.end
 
     def keys(self) -> list[tuple[str, str]]:
         """Every (task, source) pair, in a fixed order (the order of the cross-rank reduction)."""
         return [(task, s.name) for task in sorted(self.config.tasks) for s in self.config.sources(task)]
 
     def _build(self, reward_name: str) -> Callable[..., list[float | None]]:
-        from rewards import get_reward
-
         params = dict(self.config.reward_params.get(reward_name, {}))
         if reward_name.startswith("judge"):
             params = {**self.config.judge, **params}
@@ -420,6 +446,8 @@ class MARSRouter(Reward):
             values = list(self.rewards[reward_name](completions, **columns))
             if len(values) != len(completions):
                 raise ValueError(f"returned {len(values)} values for {len(completions)} completions")
+        except ThinkFormatNotSet:  # a configuration error, not a broken batch: stop the run
+            raise
         except Exception as exc:  # one broken reward never stops training: its samples fall through the chain
             logger.warning(
                 "reward %s failed on a batch of %d: %s: %s", reward_name, len(completions), type(exc).__name__, exc
@@ -549,6 +577,8 @@ class MARSRouter(Reward):
     def __call__(self, completions: list[Any], **columns: Any) -> list[float | None]:
         try:
             totals, _, metrics = self.score_batch(completions, **columns)
+        except ThinkFormatNotSet:
+            raise
         except Exception:  # the contract: a reward never crashes training (logged with its traceback)
             logger.exception("MARS router failed on a batch of %d; scoring None", len(completions))
             return [None] * len(completions)

@@ -11,6 +11,7 @@ import torch
 
 from rewards import adapters
 from rewards.adapters import openrlhf, verl
+from train.core.modes import PANGU_THINK
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOW = "<think>\nadd them\n</think>\n\n"
@@ -23,6 +24,8 @@ tasks:
   general: [{name: accuracy, rewards: [math], weight: 1.0}]
 shared: [{name: format, rewards: [format], weight: 0.5}]
 normalize: false
+think_start: "<think>"
+think_end: "</think>"
 """
 
 
@@ -103,3 +106,24 @@ def test_task_of_data_source():
 def test_adapter_routers_never_use_collectives(mars_config):
     assert adapters.get_router().config.sync_stats is False
     assert adapters.get_router() is adapters.get_router(str(mars_config))  # one router per config file
+
+
+def test_the_think_format_comes_from_the_config_else_the_tokenizer_else_construction_fails(tmp_path, monkeypatch):
+    class Tokenizer:  # what load_tokenizer records on a real one
+        init_kwargs = {"think_start": "[unused16]", "think_end": "[unused17]"}
+
+    path = tmp_path / "mars.yaml"
+    path.write_text(MARS_YAML.replace('think_start: "<think>"\nthink_end: "</think>"\n', ""))
+    monkeypatch.delenv(adapters.TOKENIZER_ENV, raising=False)
+    adapters.reset()
+    try:
+        with pytest.raises(ValueError, match="sets no think format and no tokenizer.*think_start/think_end"):
+            adapters.get_router(str(path))
+        router = adapters.get_router(str(path), tokenizer=Tokenizer())
+        assert router.think == PANGU_THINK and router.rewards["math"].think == PANGU_THINK
+        pangu = "[unused16]add[unused17]\\boxed{4}"
+        assert verl.compute_score("openai/gsm8k", pangu, "4", config=str(path)) == 1.5
+        # Qwen3's tags are not this model's: no think block, so the format source gives 0 (accuracy still 1)
+        assert verl.compute_score("openai/gsm8k", SLOW + "\\boxed{4}", "4", config=str(path)) == 1.0
+    finally:
+        adapters.reset()

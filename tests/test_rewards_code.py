@@ -9,8 +9,10 @@ import pickle
 import pytest
 
 from rewards import get_reward
+from rewards.base import ThinkFormatNotSet
 from rewards.code import BinaryCodeReward, CodeReward, extract_code
 from rewards.sandbox import SandboxLimits
+from train.core.modes import QWEN3_THINK
 
 LIMITS = {"timeout_s": 1.5, "cpu_s": 1, "memory_mb": 256, "uid_base": 62100, "uid_count": 16}
 STDIO = [{"input": "3", "output": "6"}, {"input": "5", "output": "10"}]
@@ -35,7 +37,8 @@ def test_extract_code_takes_the_last_python_or_bare_block():
 
 
 def test_registered_names_and_pickling():
-    reward, binary = get_reward("code", limits=LIMITS), get_reward("code_binary", limits=LIMITS)
+    reward = get_reward("code", limits=LIMITS, think=QWEN3_THINK)
+    binary = get_reward("code_binary", limits=LIMITS, think=QWEN3_THINK)
     assert isinstance(reward, CodeReward) and isinstance(binary, BinaryCodeReward)
     assert (reward.__name__, binary.__name__) == ("code", "code_binary")
     reward(["```python\nprint(6)\n```"], tests=[STDIO])
@@ -44,7 +47,7 @@ def test_registered_names_and_pickling():
 
 
 def test_exact_scores_stdio_and_assert():
-    reward, binary = CodeReward(limits=LIMITS), BinaryCodeReward(limits=LIMITS)
+    reward, binary = CodeReward(limits=LIMITS, think=QWEN3_THINK), BinaryCodeReward(limits=LIMITS, think=QWEN3_THINK)
     completions = [
         "<think>double it</think>" + block("print(int(input()) * 2)"),  # all pass
         block("print(6)"),  # 1 of 2
@@ -58,7 +61,7 @@ def test_exact_scores_stdio_and_assert():
 
 
 def test_no_answer_no_code_and_syntax_errors_score_zero():
-    reward = CodeReward(limits=LIMITS)
+    reward = CodeReward(limits=LIMITS, think=QWEN3_THINK)
     completions = [
         "<think>" + block("print(int(input()) * 2)"),  # unclosed think: no answer
         "<think>" + block("print(int(input()) * 2)") + "</think>The answer is 6.",  # code only inside the think
@@ -71,7 +74,7 @@ def test_no_answer_no_code_and_syntax_errors_score_zero():
 
 
 def test_does_not_apply_without_tests_or_to_other_tasks():
-    reward = CodeReward(limits=LIMITS)
+    reward = CodeReward(limits=LIMITS, think=QWEN3_THINK)
     good = block("print(int(input()) * 2)")
     out = reward(
         [good] * 6, tests=[None, [], "", STDIO, STDIO, STDIO], task=["code", "code", "code", "math", None, "Code"]
@@ -81,13 +84,13 @@ def test_does_not_apply_without_tests_or_to_other_tasks():
 
 
 def test_tests_as_json_and_chat_completions():
-    reward = CodeReward(limits=LIMITS)
+    reward = CodeReward(limits=LIMITS, think=QWEN3_THINK)
     chat = [{"role": "assistant", "content": "<think>ok</think>" + block("print(int(input()) * 2)")}]
     assert reward([chat], tests=[json.dumps(STDIO)]) == [1.0]
 
 
 def test_malformed_tests_give_none_with_a_warning(caplog):
-    reward = CodeReward(limits=LIMITS)
+    reward = CodeReward(limits=LIMITS, think=QWEN3_THINK)
     with caplog.at_level(logging.WARNING, logger="rewards.code"):
         out = reward([block("print(1)")] * 2, tests=[[{"input": "1"}], STDIO])
     assert out == [None, 0.0]
@@ -95,7 +98,7 @@ def test_malformed_tests_give_none_with_a_warning(caplog):
 
 
 def test_details_for_logging():
-    reward = CodeReward(limits=LIMITS)
+    reward = CodeReward(limits=LIMITS, think=QWEN3_THINK)
     reward([block("print(6)"), block("while True:\n    pass")], tests=[STDIO, STDIO[:1]])
     details = reward.last_details()
     assert [c["status"] for c in details[0]["cases"]] == ["passed", "wrong_answer"]
@@ -107,15 +110,23 @@ def test_details_for_logging():
 
 
 def test_limits_from_a_config_dict():
-    reward = CodeReward(limits={"timeout_s": 2.0, "memory_mb": 128})
+    reward = CodeReward(limits={"timeout_s": 2.0, "memory_mb": 128}, think=QWEN3_THINK)
     assert reward.limits == SandboxLimits(timeout_s=2.0, memory_mb=128)
     with pytest.raises(ValueError, match="unknown sandbox limits \\['timeout'\\]"):
         CodeReward(limits={"timeout": 2})
 
 
 def test_binary_reward_stops_at_the_first_failure():
-    reward = BinaryCodeReward(limits=LIMITS)
+    reward = BinaryCodeReward(limits=LIMITS, think=QWEN3_THINK)
     tests = [{"input": "1", "output": "1"}, {"input": "2", "output": "3"}, {"input": "3", "output": "3"}]
     assert reward([block("print(input())")], tests=[tests]) == [0.0]
     assert reward.last_results[0].statuses == ["passed", "wrong_answer", "skipped"]
-    assert CodeReward(limits=LIMITS)([block("print(input())")], tests=[tests]) == [pytest.approx(2 / 3)]
+    assert CodeReward(limits=LIMITS, think=QWEN3_THINK)([block("print(input())")], tests=[tests]) == [
+        pytest.approx(2 / 3)
+    ]
+
+
+def test_without_a_think_format_the_batch_stops_instead_of_scoring_none():
+    # Every sample would fail the same way: the batch path raises like Reward.safe_score, no silent zeros.
+    with pytest.raises(ThinkFormatNotSet, match="reward 'code' has no think format"):
+        CodeReward(limits=LIMITS)([block("print(1)")], tests=[STDIO])

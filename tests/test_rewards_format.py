@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from rewards.base import ThinkFormatNotSet
 from rewards.format import FormatReward, ModeReward
-from train.core.modes import PANGU_THINK_END, PANGU_THINK_START, format_response
+from train.core.modes import PANGU_THINK, PANGU_THINK_END, PANGU_THINK_START, QWEN3_THINK, format_response
 
-SLOW = format_response("42", "6 times 7")  # "<think>\n6 times 7\n</think>\n\n42"
-FAST = format_response("42")  # "<think>\n\n</think>\n\n42"
+SLOW = format_response("42", "6 times 7", QWEN3_THINK)  # "<think>\n6 times 7\n</think>\n\n42"
+FAST = format_response("42", "", QWEN3_THINK)  # "<think>\n\n</think>\n\n42"
 PREFILLED_FAST = "<|im_start|>user\nQ /no_think<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 
 
@@ -33,14 +34,14 @@ PREFILLED_FAST = "<|im_start|>user\nQ /no_think<|im_end|>\n<|im_start|>assistant
     ],
 )
 def test_format_reward(completion, prompt, expected):
-    assert FormatReward()([completion], prompts=[prompt]) == [expected]
+    assert FormatReward(think=QWEN3_THINK)([completion], prompts=[prompt]) == [expected]
 
 
 def test_format_reward_with_pangu_delimiters():
-    pangu = FormatReward(think_start=PANGU_THINK_START, think_end=PANGU_THINK_END)
+    pangu = FormatReward(think=PANGU_THINK)
     text = f"{PANGU_THINK_START}reason{PANGU_THINK_END}42"
     assert pangu([text, SLOW]) == [1.0, 0.0]
-    assert FormatReward()([text]) == [0.0]
+    assert FormatReward(think=QWEN3_THINK)([text]) == [0.0]
 
 
 @pytest.mark.parametrize(
@@ -65,29 +66,44 @@ def test_format_reward_with_pangu_delimiters():
     ],
 )
 def test_mode_reward(prompt, completion, expected):
-    assert ModeReward()([completion], prompts=[prompt]) == [expected]
+    assert ModeReward(think=QWEN3_THINK)([completion], prompts=[prompt]) == [expected]
 
 
 def test_mode_reward_without_prompt_is_none():
-    assert ModeReward()([SLOW, FAST]) == [None, None]
-    assert ModeReward()([SLOW], prompts=[None]) == [None]
+    assert ModeReward(think=QWEN3_THINK)([SLOW, FAST]) == [None, None]
+    assert ModeReward(think=QWEN3_THINK)([SLOW], prompts=[None]) == [None]
 
 
 def test_mode_reward_default_mode():
-    assert ModeReward(default_mode="fast")([FAST, SLOW], prompts=["Q", "Q"]) == [1.0, 0.0]
-    assert ModeReward(default_mode="/auto_think")([FAST, SLOW], prompts=["Q", "Q"]) == [1.0, 1.0]
+    assert ModeReward(default_mode="fast", think=QWEN3_THINK)([FAST, SLOW], prompts=["Q", "Q"]) == [1.0, 0.0]
+    assert ModeReward(default_mode="/auto_think", think=QWEN3_THINK)([FAST, SLOW], prompts=["Q", "Q"]) == [1.0, 1.0]
     with pytest.raises(ValueError, match="unknown mode"):
-        ModeReward(default_mode="medium")
+        ModeReward(default_mode="medium", think=QWEN3_THINK)
 
 
 def test_mode_reward_batch_mixes_modes():
     prompts = ["a /no_think", "b /think", "c /auto_think", "d /no_think"]
-    assert ModeReward()([FAST, SLOW, FAST, SLOW], prompts=prompts) == [1.0, 1.0, 1.0, 0.0]
+    assert ModeReward(think=QWEN3_THINK)([FAST, SLOW, FAST, SLOW], prompts=prompts) == [1.0, 1.0, 1.0, 0.0]
 
 
 def test_allow_no_block_reads_a_bare_reply_as_fast():
     prompts = [[{"role": "user", "content": "6*7? /no_think"}]] * 3
-    assert FormatReward()(["42"], prompts=prompts[:1]) == [0.0]
-    assert FormatReward(allow_no_block=True)(["42", "", SLOW], prompts=prompts) == [1.0, 0.0, 1.0]
-    assert ModeReward(allow_no_block=True)(["42", SLOW, "<think>open"], prompts=prompts) == [1.0, 0.0, 0.0]
-    assert ModeReward(allow_no_block=True)(["42"], prompts=["6*7? /think"]) == [0.0]
+    assert FormatReward(think=QWEN3_THINK)(["42"], prompts=prompts[:1]) == [0.0]
+    assert FormatReward(allow_no_block=True, think=QWEN3_THINK)(["42", "", SLOW], prompts=prompts) == [1.0, 0.0, 1.0]
+    assert ModeReward(allow_no_block=True, think=QWEN3_THINK)(["42", SLOW, "<think>open"], prompts=prompts) == [
+        1.0,
+        0.0,
+        0.0,
+    ]
+    assert ModeReward(allow_no_block=True, think=QWEN3_THINK)(["42"], prompts=["6*7? /think"]) == [0.0]
+
+
+def test_a_reward_without_a_think_format_refuses_to_guess():
+    # A missing format is a configuration error for the whole run, raised rather than scored None per sample.
+    with pytest.raises(ThinkFormatNotSet, match="reward 'format' has no think format.*set_think_format"):
+        FormatReward()([SLOW], prompts=[None])
+    with pytest.raises(ThinkFormatNotSet, match="reward 'mode'.*think_start/think_end.*think=ThinkFormat"):
+        ModeReward()([SLOW], prompts=["Q /think"])
+    reward = FormatReward()
+    reward.think = PANGU_THINK  # what MARSRouter.set_think_format does
+    assert reward([f"{PANGU_THINK_START}r{PANGU_THINK_END}42"]) == [1.0]

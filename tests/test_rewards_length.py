@@ -7,11 +7,11 @@ import pytest
 from trl.rewards import get_soft_overlong_punishment
 
 from rewards.length import CosineLengthReward, ModeLengthReward, OverlongReward, count_tokens
-from train.core.modes import format_response
+from train.core.modes import QWEN3_THINK, format_response
 from train.world.tiny import build_tokenizer
 
-FAST = format_response("42")
-SLOW = format_response("42", "6 times 7")
+FAST = format_response("42", "", QWEN3_THINK)
+SLOW = format_response("42", "6 times 7", QWEN3_THINK)
 
 
 def ids(n: int) -> list[int]:
@@ -37,7 +37,8 @@ def test_overlong_values_in_tokens(n, expected):
 def test_overlong_counts_characters_or_tokenizer_tokens():
     assert OverlongReward(max_length=10, cache=4, unit="chars")(["x" * 8, "x" * 3]) == [-0.5, 0.0]
     assert OverlongReward(10, 4, tokenizer=count_words)(["a b c d e f g h", "a"]) == [-0.5, 0.0]
-    tokenizer = build_tokenizer(kind="char")  # one token per character, no special tokens added by encode
+    # one token per character, no special tokens added by encode
+    tokenizer = build_tokenizer(kind="char", think=QWEN3_THINK)
     assert count_tokens(tokenizer, "abcdefgh") == 8
     assert OverlongReward(10, 4, tokenizer=tokenizer)(["abcdefgh"]) == [-0.5]
     # completion_ids, when trl passes them, win over the tokenizer: they are what the model generated.
@@ -90,15 +91,15 @@ def test_tokenizer_must_count():
     ],
 )
 def test_cosine_length_values(completion, answer, n, expected):
-    reward = CosineLengthReward(max_length=100)
+    reward = CosineLengthReward(max_length=100, think=QWEN3_THINK)
     assert reward([completion], answer=[answer], completion_ids=[ids(n)]) == [pytest.approx(expected)]
 
 
 def test_cosine_length_task_routing_and_custom_range():
-    reward = CosineLengthReward(max_length=100, min_value_correct=0.0, max_value_correct=2.0)
+    reward = CosineLengthReward(max_length=100, min_value_correct=0.0, max_value_correct=2.0, think=QWEN3_THINK)
     out = reward(["\\boxed{4}"] * 2, answer=["4"] * 2, task=["math", "code"], completion_ids=[ids(50), ids(50)])
     assert out == [pytest.approx(1.0), None]
-    chars = CosineLengthReward(max_length=18, unit="chars")  # "\boxed{4}" is 9 characters: half way
+    chars = CosineLengthReward(max_length=18, unit="chars", think=QWEN3_THINK)  # "\boxed{4}" is 9 characters: half way
     assert chars(["\\boxed{4}"], answer=["4"]) == [pytest.approx(0.75)]
 
 
@@ -121,16 +122,16 @@ def test_cosine_length_task_routing_and_custom_range():
     ],
 )
 def test_mode_length_values(completion, n, expected):
-    reward = ModeLengthReward(fast_budget=10, slow_budget=100, ramp=0.5)
+    reward = ModeLengthReward(fast_budget=10, slow_budget=100, ramp=0.5, think=QWEN3_THINK)
     assert reward([completion], completion_ids=[ids(n)]) == [pytest.approx(expected)]
 
 
 def test_mode_length_prefilled_block_and_scale():
-    reward = ModeLengthReward(fast_budget=10, slow_budget=100, max_penalty=-0.5)
+    reward = ModeLengthReward(fast_budget=10, slow_budget=100, max_penalty=-0.5, think=QWEN3_THINK)
     prefilled_slow = "<|im_start|>assistant\n<think>\nlong thought\n</think>\n\n"
     assert reward(["42"], completion_ids=[ids(12)], prompts=[prefilled_slow]) == [0.0]  # slow budget
     assert reward(["42"], completion_ids=[ids(12)], prompts=["Q /no_think"]) == [pytest.approx(-0.2)]
-    assert ModeLengthReward(fast_budget=3, unit="chars")(["<think></think>12345"]) == [-1.0]
+    assert ModeLengthReward(fast_budget=3, unit="chars", think=QWEN3_THINK)(["<think></think>12345"]) == [-1.0]
 
 
 @pytest.mark.parametrize("kwargs", [{"fast_budget": 0}, {"slow_budget": -1}, {"ramp": 0}, {"max_penalty": 1.0}])

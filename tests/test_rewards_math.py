@@ -23,6 +23,7 @@ from rewards.math import (
     run_with_time_limit,
     verify_answer,
 )
+from train.core.modes import QWEN3_THINK
 
 MSG = [{"role": "assistant", "content": "<think>2+2</think>\\boxed{4}"}]
 
@@ -52,18 +53,20 @@ MSG = [{"role": "assistant", "content": "<think>2+2</think>\\boxed{4}"}]
     ],
 )
 def test_math_reward_values(completion, answer, expected):
-    assert MathReward()([completion], answer=[answer]) == [expected]
+    assert MathReward(think=QWEN3_THINK)([completion], answer=[answer]) == [expected]
 
 
 @pytest.mark.parametrize("answer", ["", "   ", None, "no answer", "???", "\\frac{", "see the proof above"])
 def test_missing_or_unparseable_reference_is_none(answer):
     # open-r1 gives 1.0 (accuracy/cosine) or None depending on the reward; here it is always None.
-    assert MathReward()(["<think></think>\\boxed{42}"], answer=[answer]) == [None]
-    assert MathReward()(["<think>unclosed"], answer=[answer]) == [None]  # even when the completion has no answer
+    assert MathReward(think=QWEN3_THINK)(["<think></think>\\boxed{42}"], answer=[answer]) == [None]
+    assert MathReward(think=QWEN3_THINK)(["<think>unclosed"], answer=[answer]) == [
+        None
+    ]  # even when the completion has no answer
 
 
 def test_no_answer_column_is_none():
-    assert MathReward()(["\\boxed{1}"]) == [None]
+    assert MathReward(think=QWEN3_THINK)(["\\boxed{1}"]) == [None]
 
 
 def test_argument_order_matters_and_is_gold_first():
@@ -71,7 +74,7 @@ def test_argument_order_matters_and_is_gold_first():
     gold, pred = parse_reference("1<x<2"), parse_answer("$(1,2)$")
     assert math_verify.verify(list(gold), pred, timeout_seconds=None) is True
     assert math_verify.verify(pred, list(gold), timeout_seconds=None) is False
-    reward = MathReward()
+    reward = MathReward(think=QWEN3_THINK)
     assert reward(["<think></think>$(1,2)$", "<think></think>$1<x<2$"], answer=["1<x<2", "(1,2)"]) == [1.0, 0.0]
 
 
@@ -94,13 +97,15 @@ def test_verify_receives_gold_then_answer(monkeypatch):
     [("math", 1.0), (" MATH ", 1.0), (None, 1.0), ("", 1.0), ("code", None), ("general", None), ("choice", None)],
 )
 def test_task_routing(task, expected):
-    assert MathReward()(["\\boxed{2}"], answer=["2"], task=[task]) == [expected]
-    assert MathReward(tasks=("math", "general"))(["\\boxed{2}"], answer=["2"], task=["general"]) == [1.0]
+    assert MathReward(think=QWEN3_THINK)(["\\boxed{2}"], answer=["2"], task=[task]) == [expected]
+    assert MathReward(tasks=("math", "general"), think=QWEN3_THINK)(
+        ["\\boxed{2}"], answer=["2"], task=["general"]
+    ) == [1.0]
 
 
 def test_each_reference_is_parsed_once():
     clear_cache()
-    reward = MathReward()
+    reward = MathReward(think=QWEN3_THINK)
     out = reward(["\\boxed{1}", "\\boxed{2}", "\\boxed{3}", "3"], answer=["3"] * 4)
     assert out == [0.0, 0.0, 1.0, 1.0]
     info = parse_reference.cache_info()
@@ -120,7 +125,7 @@ def test_verify_answer_values():
 
 def test_unparseable_reference_is_logged_once(caplog):
     clear_cache()
-    MathReward()(["\\boxed{1}"] * 3, answer=["see the proof"] * 3)
+    MathReward(think=QWEN3_THINK)(["\\boxed{1}"] * 3, answer=["see the proof"] * 3)
     assert caplog.text.count("unparseable math reference 'see the proof'") == 1
 
 
@@ -174,7 +179,7 @@ def test_time_limit_never_leaks_into_the_caller_nor_deadlocks():
 
 def test_verification_timeout_gives_none(monkeypatch, caplog):
     monkeypatch.setattr(rmath, "verify", _busy)
-    reward = MathReward(timeout_s=0.1)
+    reward = MathReward(timeout_s=0.1, think=QWEN3_THINK)
     assert reward(["\\boxed{1}"], answer=["1"]) == [None]
     assert "timed out" in caplog.text
     with ThreadPoolExecutor(2) as pool:  # math-verify's own signal-based timeout would raise here
@@ -188,11 +193,11 @@ def test_works_off_the_main_thread_where_math_verify_defaults_fail():
     with ThreadPoolExecutor(1) as pool:
         with pytest.raises(ValueError, match="threaded"):
             pool.submit(default_math_verify).result()
-        assert pool.submit(MathReward(), ["\\boxed{1}"], answer=["1"]).result() == [1.0]
+        assert pool.submit(MathReward(think=QWEN3_THINK), ["\\boxed{1}"], answer=["1"]).result() == [1.0]
 
 
 def test_measure_cost_reports_each_setting():
-    bench = load_script("scripts/bench/rewards.py")  # the per-call timing lives with the benchmark, not the library
+    bench = load_script("scripts/bench/reward_speed.py")  # the per-call timing is the benchmark's, not the library's
     cost = bench.measure_cost([("42", "\\boxed{42}")], repeats=2)
     assert cost["calls"] == 2 and set(cost) == {"calls", "fresh_ms", "cached_reference_ms", "cached_both_ms"}
     assert all(v > 0 for v in cost.values())
@@ -204,7 +209,9 @@ def test_answer_texts_are_cached_up_to_a_length(monkeypatch):
     real = rmath._parse
     monkeypatch.setattr(rmath, "_parse", lambda text: calls.append(text) or real(text))
     half = "\\boxed{\\frac{1}{2}}"
-    assert MathReward()([f"<think>a</think>{half}", f"<think>b</think>{half}"], answer=["0.5"] * 2) == [1.0, 1.0]
+    assert MathReward(think=QWEN3_THINK)(
+        [f"<think>a</think>{half}", f"<think>b</think>{half}"], answer=["0.5"] * 2
+    ) == [1.0, 1.0]
     assert calls == ["$0.5$", half]  # the reference once, the shared answer text once
     monkeypatch.setattr(rmath, "ANSWER_CACHE_MAX_CHARS", 5)
     assert verify_answer("0.5", half) is True and calls == ["$0.5$", half, half]

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import rewards
 from rewards.registry import registered
 from rewards.repetition import repetition_ratio
+from train.core.modes import QWEN3_THINK
 from train.sampling.loops import LoopInfo, detect_loop
 
 
@@ -51,6 +52,11 @@ PARAMS: dict[str, dict[str, Any]] = {
     "code_binary": {"max_workers": 1},
     "mars": {"normalize": False},
 }
+# Rewards that read replies take the run's think format (the others have no use for it).
+READS_REPLIES = ("math", "cosine_length", "mode_length", "code", "code_binary", "format", "mode", "short_answer")
+READS_REPLIES += ("mode_choice", "judge", "judge_rubric", "judge_equivalence", "mars")
+for _name in READS_REPLIES:
+    PARAMS[_name] = {**PARAMS.get(_name, {}), "think": QWEN3_THINK}
 # Closed ranges of the rewards of this package's core (None is always allowed).
 RANGES = {
     "math": (0.0, 1.0),
@@ -67,6 +73,7 @@ class FakeJudgeBackend:
     """A judge backend that answers from the request text: no network, deterministic, sometimes unreadable."""
 
     model_id = "fake:judge"
+    reply_think = None  # the judge's own replies carry no think block
     replies = ("7", "Score: 10", "yes", "no", "The answers are equivalent. Verdict: 1", "unreadable", None)
 
     def generate(self, requests: list[list[dict]]) -> list[str | None]:

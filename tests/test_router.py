@@ -7,8 +7,11 @@ import pickle
 
 import pytest
 
+from rewards.base import ThinkFormatNotSet
+from rewards.length import CosineLengthReward
+from rewards.math import MathReward
 from rewards.router import MARSConfig, MARSRouter, RunningStats
-from train.core.modes import completion_text
+from train.core.modes import PANGU_THINK, QWEN3_THINK, ThinkFormat, completion_text
 
 
 class Fixed:
@@ -252,7 +255,8 @@ def test_router_pickles_with_its_state():
 def test_default_config_with_the_registered_rewards(monkeypatch):
     """The default sources build from the registry and score a mixed batch end to end (judge unreachable)."""
     pytest.importorskip("rewards.code")
-    router = MARSRouter(judge={"base_url": "http://127.0.0.1:9/v1", "max_retries": 0, "timeout": 0.5}, warmup=10**9)
+    judge = {"base_url": "http://127.0.0.1:9/v1", "max_retries": 0, "timeout": 0.5}
+    router = MARSRouter(judge=judge, warmup=10**9, think=QWEN3_THINK)
     fast = "<think>\n\n</think>\n\n"
     completions = [fast + "\\boxed{4}", fast + "\\boxed{5}", fast + "Paris is the capital."]
     out = router(
@@ -279,8 +283,6 @@ def test_state_round_trip_and_think_delimiters(tmp_path):
     assert not fresh.load_state(tmp_path / "nowhere")
     assert call(fresh) == pytest.approx(call(router))
 
-    from rewards.math import MathReward
-
     math_reward = MathReward()
     pangu = MARSRouter(
         {"tasks": {"math": [{"name": "accuracy", "rewards": ["math"]}]}, "shared": [], "normalize": False},
@@ -291,7 +293,7 @@ def test_state_round_trip_and_think_delimiters(tmp_path):
     closed = "[unused16]\nadd\n[unused17]\n\n\\boxed{4}"
     unclosed = "[unused16]\nthe answer is \\boxed{4}"  # read as an answer if the delimiters were unknown
     assert pangu([closed, unclosed], task=["math"] * 2, answer=["4"] * 2) == [1.0, 0.0]
-    assert math_reward.think_start == "[unused16]"
+    assert math_reward.think == PANGU_THINK  # the MARS config's keys reached the sub-reward
 
 
 @pytest.mark.parametrize(
@@ -311,8 +313,8 @@ def test_state_round_trip_and_think_delimiters(tmp_path):
 def test_short_answer_rule_layer_for_general(answer, reference, expected):
     from rewards.router import ShortAnswerReward
 
-    assert ShortAnswerReward()(["<think>\n\n</think>\n\n" + answer], answer=[reference]) == [expected]
-    assert ShortAnswerReward()(["<think>never closed"], answer=["Canberra"]) == [0.0]
+    assert ShortAnswerReward(think=QWEN3_THINK)(["<think>\n\n</think>\n\n" + answer], answer=[reference]) == [expected]
+    assert ShortAnswerReward(think=QWEN3_THINK)(["<think>never closed"], answer=["Canberra"]) == [0.0]
 
 
 def test_general_falls_back_to_the_judge_only_when_the_rule_cannot_confirm():
@@ -321,7 +323,7 @@ def test_general_falls_back_to_the_judge_only_when_the_rule_cannot_confirm():
     judge = Fixed("judge_rubric", {"<think>\n\n</think>\n\nIt is Canberra.": 0.9})
     router = MARSRouter(
         {"tasks": {"general": [{"name": "accuracy", "rewards": ["short_answer", "judge_rubric"]}]}, "shared": []},
-        rewards={"short_answer": ShortAnswerReward(), "judge_rubric": judge},
+        rewards={"short_answer": ShortAnswerReward(think=QWEN3_THINK), "judge_rubric": judge},
         normalize=False,
     )
     fast = "<think>\n\n</think>\n\n"
@@ -329,6 +331,40 @@ def test_general_falls_back_to_the_judge_only_when_the_rule_cannot_confirm():
     assert out == [1.0, 0.9]
     assert judge.seen() == [fast + "It is Canberra."]
     assert router.last_metrics["mars/general/accuracy/fallback"] == 0.5
+
+
+def test_set_think_format_reaches_every_source_and_the_config():
+    cosine = CosineLengthReward(max_length=100)
+    router = MARSRouter(
+        {"tasks": {"math": [{"name": "accuracy", "rewards": ["math", "rule"]}]}, "shared": [], "normalize": False},
+        rewards={"math": MathReward(), "rule": Fixed("rule", {}), "cosine": cosine},
+    )
+    assert router.think is None and router.config.think is None
+    router.set_think_format(PANGU_THINK)
+    assert router.think == router.rewards["math"].think == PANGU_THINK
+    assert cosine.think == cosine.math.think == PANGU_THINK  # the inner correctness check reads the same replies
+    assert not hasattr(router.rewards["rule"], "think")  # a plain callable is left alone
+    assert (router.config.think_start, router.config.think_end) == ("[unused16]", "[unused17]")
+    with pytest.raises(TypeError, match="takes a ThinkFormat"):
+        router.set_think_format(("<think>", "</think>"))
+
+
+def test_think_keyword_wins_over_the_config_keys_and_the_keys_come_in_pairs():
+    config = {"tasks": {"math": [{"name": "accuracy", "rewards": ["math"]}]}, "shared": []}
+    keys = {"think_start": "[unused16]", "think_end": "[unused17]"}
+    assert MARSConfig.from_dict({**config, **keys}).think == PANGU_THINK
+    assert MARSRouter({**config, **keys}, think=QWEN3_THINK).rewards["math"].think == QWEN3_THINK
+    with pytest.raises(ValueError, match="set both"):
+        MARSConfig.from_dict({**config, "think_start": "[unused16]"})
+    with pytest.raises(ValueError, match="must differ"):
+        MARSConfig.from_dict({**config, "think_start": "<t>", "think_end": "<t>"})
+    assert MARSRouter(config, think=ThinkFormat("<r>", "</r>")).config.think == ThinkFormat("<r>", "</r>")
+
+
+def test_a_router_without_a_think_format_stops_the_run_instead_of_scoring_none():
+    router = MARSRouter({"tasks": {"math": [{"name": "accuracy", "rewards": ["math"]}]}, "shared": []})
+    with pytest.raises(ThinkFormatNotSet, match="reward 'math' has no think format"):
+        router(["<think></think>\\boxed{4}"], task=["math"], answer=["4"])
 
 
 _RANK_SCRIPT = """

@@ -14,8 +14,7 @@ import uuid
 
 import pytest
 
-from rewards.sandbox import runner
-from rewards.sandbox import SandboxLimits, check_syntax, compare_output, normalize_tests, run_many, run_tests
+from rewards.sandbox import SandboxLimits, check_syntax, compare_output, normalize_tests, run_many, run_tests, runner
 
 ROOT = os.geteuid() == 0
 # A uid range of its own, so the leftover-process check sees only this file's sandboxes.

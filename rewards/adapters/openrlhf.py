@@ -13,7 +13,8 @@ Releases before the dict convention take a bare ``Tensor[B]``: set ``FASTSLOW_OP
 
 Labels: a JSON object ``{"task": ..., "answer": ..., "tests": ...}`` carries everything; a plain string is the
 reference answer of a ``$FASTSLOW_TASK`` task (default ``math``). The router config comes from
-``$FASTSLOW_MARS_CONFIG`` (a MARSConfig YAML) or the defaults. A sample no source applies to scores 0.0. The
+``$FASTSLOW_MARS_CONFIG`` (a MARSConfig YAML) or the defaults; the think format from its ``think_start``/``think_end``
+keys, else from the policy tokenizer named by ``$FASTSLOW_TOKENIZER``. A sample no source applies to scores 0.0. The
 response is the query with its prompt removed; when the decoded prompt is not a prefix of the query (special
 tokens dropped in decoding) the whole query is scored, which is safe because answers are read only after the
 closed think block.
@@ -24,12 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
-from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # loaded by file path: make `rewards` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
 
@@ -64,7 +60,7 @@ def response_of(query: str, prompt: str) -> str:
 
 def reward_func(queries: list[str], prompts: list[str], labels: list[Any], **kwargs: Any) -> Any:
     """MARS rewards for an OpenRLHF batch (see the module docstring for the return convention)."""
-    router = get_router(kwargs.get("config"))
+    router = get_router(kwargs.get("config"), kwargs.get("tokenizer"))
     default_task = os.environ.get(TASK_ENV, "math")
     parsed = [parse_label(label, default_task) for label in labels]
     completions = [response_of(q, p) for q, p in zip(queries, prompts)]

@@ -9,6 +9,8 @@ verl loads a file and calls a function from it (``custom_reward_function.path`` 
       # name: compute_score_batch    # whole batch (verl's batch reward manager)
       reward_kwargs:
         config: recipes/configs/mars.yaml   # optional; else $FASTSLOW_MARS_CONFIG, else the default MARSConfig
+        tokenizer: Qwen/Qwen3-0.6B           # the policy's, for its think format, unless the config sets think_start/
+                                             # think_end (the default MARSConfig does not: one of the two is needed)
 
 Per sample verl gives ``data_source``, the decoded response ``solution_str``, ``ground_truth`` (the reference
 answer; for code, the test cases as a list or JSON string) and ``extra_info``. The task is ``extra_info["task"]``
@@ -21,12 +23,7 @@ value...}`` (verl logs the extra keys; every sample carries the same keys, 0.0 w
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # loaded by file path (verl's importlib loader): make `rewards` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from rewards.adapters import get_router, task_of
 
@@ -51,10 +48,11 @@ def compute_score_batch(
     extra_infos: list[dict | None] | None = None,
     config: str | os.PathLike | None = None,
     return_dict: bool = False,
+    tokenizer: Any = None,
     **_: Any,
 ) -> list[float] | list[dict[str, float]]:
     """Scores for a batch (verl's ``BatchRewardManager`` signature)."""
-    router = get_router(config)
+    router = get_router(config, tokenizer)
     extra_infos = extra_infos if extra_infos is not None else [None] * len(solution_strs)
     columns = _columns(data_sources, ground_truths, extra_infos, router)
     totals, aligned, metrics = router.score_batch(list(solution_strs), **columns)

@@ -1,7 +1,7 @@
 """Benchmark the rule rewards against naive baselines measured in the same run.
 
-    python scripts/bench/rewards.py                       # both parts, defaults below
-    python scripts/bench/rewards.py --part code --solutions 64 --cases 1 5 10 --workers 2
+    python scripts/bench/reward_speed.py                       # every part, defaults below
+    python scripts/bench/reward_speed.py --part code --solutions 64 --cases 1 5 10 --workers 2
 
 (a) math: ``MathReward.score`` (each reference parsed once per process, short answer texts cached too) against a
 naive verifier that parses both the reference and the answer on every call (math-verify ``parse`` + ``verify``,
@@ -39,6 +39,9 @@ import rewards.math as rmath
 from rewards.base import extract_answer
 from rewards.code import CodeReward, extract_code
 from rewards.sandbox import SandboxLimits, compare_output, normalize_tests
+from train.core.modes import QWEN3_THINK
+
+THINK = QWEN3_THINK  # the workloads below write Qwen3's think blocks
 
 # ------------------------------------------------------------------------------------------------------ math
 
@@ -69,14 +72,14 @@ def math_workload(generations: int) -> tuple[list[str], list[str]]:
 
 def bench_math(generations: int, repeats: int) -> dict[str, float]:
     completions, golds = math_workload(generations)
-    reward = rmath.MathReward()
+    reward = rmath.MathReward(think=THINK)
 
     def naive_score(completion: str, gold: str) -> float | None:
         # open-r1 style: both sides parsed on every call, with the same extraction settings as MathReward.
         reference = rmath.parse_reference.__wrapped__(gold)  # the uncached function under the cache
         if not reference:
             return None
-        answer = extract_answer(completion)
+        answer = extract_answer(completion, THINK)
         parsed = rmath._parse(answer) if answer and answer.strip() else []
         return float(bool(parsed) and verify(list(reference), parsed, strict=True, timeout_seconds=None))
 
@@ -213,7 +216,7 @@ def bare_reward(python: str, workers: int, timeout_s: float) -> Callable[..., li
     """The baseline: the same extraction and comparison, but a bare subprocess.run per case, no containment."""
 
     def one(completion: str, tests: list[dict[str, str]]) -> float:
-        code = extract_code(extract_answer(completion))
+        code = extract_code(extract_answer(completion, THINK))
         if code is None:
             return 0.0
         passed = 0
@@ -241,7 +244,7 @@ def bare_reward(python: str, workers: int, timeout_s: float) -> Callable[..., li
 def bench_code(solutions: int, cases: int, workers: int, repeats: int) -> dict[str, float]:
     completions, tests = code_workload(solutions, cases)
     limits = SandboxLimits()
-    sandboxed = CodeReward(limits=limits, max_workers=workers)
+    sandboxed = CodeReward(limits=limits, max_workers=workers, think=THINK)
     bare = bare_reward(limits.python, workers, limits.timeout_s)
     bare_t, box_t = [], []
     for _ in range(repeats):
