@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from rewards.mode_choice import ModeChoiceReward
 from train.core.checks import exact_match
 from train.core.data import base_id, write_jsonl
+from train.core.modes import QWEN3_THINK
 from train.dual_system.data import in_buckets, split_holdout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,7 +125,7 @@ SLOW_OK, SLOW_BAD = "<think>\nwork\n</think>\n\n7", "<think>\nwork\n</think>\n\n
 
 
 def _reward(completions, prompt, ref):
-    r = ModeChoiceReward(delta=0.3, check=exact_match)
+    r = ModeChoiceReward(delta=0.3, check=exact_match, think=QWEN3_THINK)
     n = len(completions)
     return r(completions, prompts=[prompt] * n, answer=["7"] * n, slow_rate=[ref] * n)
 

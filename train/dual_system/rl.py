@@ -68,7 +68,7 @@ def grpo_args(args: DualSystemConfig, training_args: SFTConfig) -> GRPOConfig:
 def run_rl(model: Any, tokenizer: Any, rows: list[dict], args: DualSystemConfig, training_args: SFTConfig) -> Any:
     """GRPO on the mode choice with the ``mode_choice`` reward; returns the trained model."""
     think = ThinkFormat.from_tokenizer(tokenizer)
-    reward = ModeChoiceReward(delta=args.rl_delta, margin=args.rl_margin, think_start=think.start, think_end=think.end)
+    reward = ModeChoiceReward(delta=args.rl_delta, margin=args.rl_margin, think=think)
     config = grpo_args(args, training_args)
     trainer = GRPOTrainer(
         model=model, reward_funcs=[reward], args=config, train_dataset=rl_dataset(rows), processing_class=tokenizer
