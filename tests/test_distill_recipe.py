@@ -49,7 +49,8 @@ def test_merge_step_really_merges(tmp_path):
     from train.core.modes import QWEN3_THINK
     from train.world.tiny import make_tiny
 
-    a, b, c = (make_tiny(tmp_path / n, size="nano", seed=s) for n, s in (("a", 0), ("b", 1), ("c", 2)))
+    seeds = (("a", 0), ("b", 1), ("c", 2))
+    a, b, c = (make_tiny(tmp_path / n, size="nano", seed=s, think=QWEN3_THINK) for n, s in seeds)
     wa, wb, wc = weights(a), weights(b), weights(c)
     ema = merge_models("ema", a, b, tmp_path / "ema", parameters={"beta": 0.75})
     name = "model.layers.0.mlp.up_proj.weight"

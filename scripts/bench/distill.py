@@ -88,7 +88,7 @@ def build_pool(args: argparse.Namespace, out: Path) -> dict:
 
 def warm_up(args: argparse.Namespace, out: Path) -> Path:
     """A small model trained briefly on a slice of the pool, so that its pass rates spread over [0, 1]."""
-    model_dir = make_tiny(out / "init", size=args.size, seed=args.seed)
+    model_dir = make_tiny(out / "init", size=args.size, seed=args.seed, think=QWEN3_THINK)
     pool = [json.loads(x) for x in (out / "pool.jsonl").read_text().splitlines()]
     write_jsonl(out / "warmup.jsonl", random.Random(1).sample(pool, min(args.warmup_examples, len(pool))))
     run_script(ROOT / "recipes/sft.py", *[

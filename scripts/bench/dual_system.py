@@ -29,7 +29,7 @@ from train.core.checks import exact_match
 from train.core.cli import run_script, setup_logging
 from train.core.data import read_records, write_jsonl
 from train.core.loading import load_model_and_tokenizer
-from train.core.modes import QWEN3_THINK, Mode, apply_mode
+from train.core.modes import QWEN3_THINK, Mode, ThinkFormat, apply_mode
 from train.eval.evaluation import markdown_table, per_prompt_scores, results_from_scores
 from train.sampling.generation import generate
 from train.world.arithmetic import ArithmeticTeacher, make_dataset, make_problems
@@ -192,7 +192,7 @@ def evaluate_model(
         gens = generate(
             model, tok, [r["prompt"] for r in test], mode=asked, max_new_tokens=128, batch_size=300, progress=False
         )
-        scores[mode] = per_prompt_scores(test, gens, mode, exact_match)
+        scores[mode] = per_prompt_scores(test, gens, mode, exact_match, think=ThinkFormat.from_tokenizer(tok))
     return scores, time.perf_counter() - t
 
 
