@@ -2,6 +2,7 @@
 
     python scripts/demo.py --out outputs/demo          # what `make demo` runs (~15-25 min on 2 CPU cores)
     python scripts/demo.py --out /tmp/demo --quick     # every stage for a few steps (a smoke run, ~3 min)
+    python scripts/demo.py --out /tmp/pangu --think-format pangu   # openPangu's [unused16]/[unused17] delimiters
 
 Every stage is the real recipe launched with `accelerate launch`, on the arithmetic world (data the repo
 generates, no downloads):
@@ -18,8 +19,13 @@ generates, no downloads):
 5. greedy evaluation on held-out problems after every stage, in fast, slow and auto mode; the last stage's
    results also go to `eval/eval.{json,md,png}` (accuracy against tokens per mode).
 
+``--think-format`` picks the think delimiters of the whole run: the tiny tokenizer is built for them, the data and
+the teacher write them, and every stage reads them from the tokenizer. The arithmetic world is the same in either
+format, so the two runs learn the same thing and score the same.
+
 Each stage writes into its own folder under --out and is skipped on a rerun when its output is complete, so an
-interrupted demo resumes where it stopped. `summary.json` and `summary.md` hold the per-stage table.
+interrupted demo resumes where it stopped (with the format it was started with). `summary.json` and `summary.md`
+hold the per-stage table.
 """
 
 from __future__ import annotations
@@ -35,8 +41,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from transformers.trainer_utils import get_last_checkpoint
+
 from train.core.cli import setup_logging
 from train.core.data import read_records, write_jsonl
+from train.core.loading import load_model_and_tokenizer
+from train.core.modes import THINK_FORMATS
+from train.eval.evaluation import evaluate, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,12 +89,24 @@ def script(name: str, *args: str) -> list[str]:
 # ------------------------------------------------------------------------------------------------------ stages
 
 
-def make_world(out: Path, p: dict[str, float]) -> None:
-    """Model, problems (slow.jsonl, and fast.jsonl: the same problems answered fast), the teacher pool."""
-    run(script("make_tiny_model.py", "--out", str(out / "model"), "--size", "small"), out / "model" / ".done")
+def pin_think_format(out: Path, think_format: str) -> None:
+    """Record the run's think format in --out; resuming a run with another one would mix the two."""
+    marker = out / "think_format"
+    if marker.exists() and marker.read_text().strip() != think_format:
+        raise SystemExit(f"{out} was built with --think-format {marker.read_text().strip()}; use another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(think_format + "\n")
+
+
+def make_world(out: Path, p: dict[str, float], think_format: str) -> None:
+    """Model, problems (slow.jsonl, and fast.jsonl: the same problems answered fast), the teacher pool, all in the
+    run's think format (the teacher writes the format of the student's tokenizer)."""
+    run(script("make_tiny_model.py", "--out", str(out / "model"), "--size", "small", "--think-format", think_format),
+        out / "model" / ".done")  # fmt: skip
     data = out / "data"
     run(script("make_arithmetic_data.py", "--out", str(data), "--n-train", str(p["n_train"]),
-               "--n-test", str(p["n_test"]), "--levels", "1", "2", "3", "--modes", "slow", "fast"),
+               "--n-test", str(p["n_test"]), "--levels", "1", "2", "3", "--modes", "slow", "fast",
+               "--think-format", think_format),
         data / ".done")  # fmt: skip
     if not (data / "fast.jsonl").exists():
         rows = read_records(data / "train.jsonl")
@@ -92,9 +115,10 @@ def make_world(out: Path, p: dict[str, float]) -> None:
     pool = out / "pool"
     run(script("generate_teacher.py", "--input", str(data / "slow.jsonl"), "--out",
                str(pool / "teacher.jsonl"), "--backend", "arithmetic", "--mode", "slow", "--k", "4",
-               "--error_rate", "0.2", "--verbosity", "0.5"),
+               "--error_rate", "0.2", "--verbosity", "0.5", "--tokenizer", str(out / "model")),
         pool / ".teacher.done")  # fmt: skip
-    run(script("select_data.py", "verify", "--input", str(pool / "teacher.jsonl"), "--out", str(pool / "pool.jsonl")),
+    run(script("select_data.py", "verify", "--input", str(pool / "teacher.jsonl"), "--out", str(pool / "pool.jsonl"),
+               "--tokenizer", str(out / "model")),
         pool / ".done")  # fmt: skip
 
 
@@ -160,9 +184,6 @@ STAGES = [("base (warm-up SFT)", warm_up, "base"), ("1a distillation", distill, 
 
 def evaluate_stage(name: str, model_dir: Path, out: Path, test: list[dict[str, Any]]) -> dict[str, Any]:
     """Greedy fast/slow/auto results of one stage's model, cached in ``eval/<name>.json``."""
-    from train.core.loading import load_model_and_tokenizer
-    from train.eval.evaluation import evaluate, write_results
-
     cached = out / "eval" / f"{name}.json"
     if cached.exists():
         return json.loads(cached.read_text())
@@ -187,8 +208,6 @@ def summary_table(stages: dict[str, dict[str, Any]], seconds: dict[str, float]) 
 
 def grpo_trend(out: Path) -> str:
     """The GRPO stage's logged MARS accuracy reward, first logged window against the last."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     last = get_last_checkpoint(str(out / "grpo"))
     history = json.loads((Path(last) / "trainer_state.json").read_text())["log_history"] if last else []
     logs = [h for h in history if "mars/math/accuracy" in h]
@@ -203,12 +222,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/demo", help="working folder (resumable)")
     parser.add_argument("--quick", action="store_true", help="a few steps per stage: checks the plumbing only")
+    parser.add_argument(
+        "--think-format",
+        default="qwen3",
+        choices=sorted(THINK_FORMATS),
+        help="think delimiters of the run: qwen3 (<think>/</think>) or pangu (openPangu's [unused16]/[unused17])",
+    )
     args = parser.parse_args(argv)
     setup_logging()
     out = Path(args.out).resolve()
     p = QUICK if args.quick else FULL
 
-    make_world(out, p)
+    pin_think_format(out, args.think_format)
+    make_world(out, p, args.think_format)
     models: dict[str, Path] = {}
     seconds: dict[str, float] = {}
     model = out / "model"
@@ -223,8 +249,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         stages[name] = evaluate_stage(f"stage{i}", path, out, test)
     table = summary_table(stages, seconds)
     (out / "summary.md").write_text(table)
-    (out / "summary.json").write_text(json.dumps({"stages": stages, "seconds": seconds}, indent=2))
-    print(f"\nHeld-out: {len(test)} problems of 1-3 digit sums, greedy, per stage:\n\n{table}\n{grpo_trend(out)}")
+    summary = {"think_format": args.think_format, "stages": stages, "seconds": seconds}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"\nHeld-out: {len(test)} problems of 1-3 digit sums, greedy, {args.think_format} think format, per stage:"
+          f"\n\n{table}\n{grpo_trend(out)}")  # fmt: skip
     print(f"per-stage results: {out / 'eval'} (stage3.png: accuracy against tokens per mode)")
     return stages
 
