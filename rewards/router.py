@@ -378,14 +378,14 @@ class MARSRouter(Reward):
         """Make the router and every source's rewards read replies with ``think`` (the run's one format).
 
         Rewards that hold a format (a ``think`` attribute, as every :class:`Reward` has) get it; plain callables
-        given in ``rewards`` are left alone. The config's ``think_start``/``think_end`` are updated to match.
+        given in ``rewards`` are left alone. The config is not touched: its ``think_start``/``think_end`` are the
+        user's keys, read once when the router is built (an overwrite here would make them dead keys).
         """
         if not isinstance(think, ThinkFormat):
             raise TypeError(f"set_think_format takes a ThinkFormat, got {type(think).__name__}")
         for target in [self, *self.rewards.values()]:
             if hasattr(target, "think"):
                 target.think = think
-        self.config.think_start, self.config.think_end = think.start, think.end
 
     def keys(self) -> list[tuple[str, str]]:
         """Every (task, source) pair, in a fixed order (the order of the cross-rank reduction)."""
