@@ -41,6 +41,7 @@ class BuildArgs:
     device: str = field(
         default="auto", metadata={"help": "Device to sample on: cuda, npu, mps, cpu or auto (the best present)."}
     )
+    seed: int = field(default=0, metadata={"help": "Seed of the sampling: the same seed gives the same labels."})
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = detect_device() if args.device == "auto" else args.device
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype or model_dtype(device))
     model.to(device)
-    stats = build_fusion(model, tokenizer, records, config, args.out)
+    stats = build_fusion(model, tokenizer, records, config, args.out, seed=args.seed)
     print(json.dumps({k: stats[k] for k in ("prompts", "usable", "records", "labels", "label_sources")}, indent=2))
     return stats
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import train.dual_system.fusion as fusion
 from train.core.checks import exact_match
+from train.core.loading import load_model_and_tokenizer
 from train.core.modes import PANGU_THINK, QWEN3_THINK, Mode, detect_mode, parse_response
 from train.dual_system.fusion import FusionBuildConfig, decide, fusion_records
 from train.eval.labels import LabelRule, label_from_rates
@@ -138,7 +140,7 @@ def test_build_writes_files_and_resumes(tmp_path, monkeypatch, tiny_model_dir):
     }
     calls = []
 
-    def fake(sampler, recs, mode, config, tokenizer=None):
+    def fake(sampler, recs, mode, config, tokenizer=None, seed=None):
         calls.append(mode)
         return [scripted[(r["id"], mode)] for r in recs]
 
@@ -263,3 +265,21 @@ def test_a_pangu_model_samples_fast_replies_in_its_own_tags(tmp_path):
     recs = [{"id": "a", "prompt": "Compute 1+1.", "task": "math", "answer": "2"}]
     replies = fusion.sample_replies(TransformersSampler(model, tok), recs, Mode.FAST, config)[0]
     assert all(r.text.startswith("[unused16]\n\n[unused17]\n\n") for r in replies)
+
+
+def test_a_seeded_build_labels_the_same_whatever_the_global_random_state(tmp_path, tiny_model_dir):
+    """The run's seed decides the sampled replies: a fresh process (any torch state) gives the same labels file."""
+    model, tok = load_model_and_tokenizer(tiny_model_dir)
+    records = [
+        {"id": f"p{i}", "prompt": f"Compute {i}+{i + 1}.", "task": "math", "answer": str(2 * i + 1)} for i in range(6)
+    ]
+    config = FusionBuildConfig(num_samples=3, temperature=1.0, max_new_tokens=8, check="exact", chunk_size=4)
+    files = []
+    for run, state in enumerate((1, 2, 2)):
+        torch.manual_seed(state)  # stands for the random state a fresh process starts with
+        out = tmp_path / f"run{run}"
+        fusion.build_fusion(model, tok, records, config, out, seed=None if run == 2 else 7)
+        files.append([json.loads(x) for x in (out / "labels.jsonl").read_text().splitlines()])
+    assert files[0] == files[1]
+    sampled = lambda rows: [(r["fast_tokens"], r["slow_tokens"]) for r in rows]  # noqa: E731
+    assert sampled(files[1]) != sampled(files[2])  # unseeded, the same state draws other replies

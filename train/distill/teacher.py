@@ -16,7 +16,6 @@ so an interrupted run resumes without duplicates.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from train.core.data import DataError, to_messages
 from train.core.loading import load_tokenizer
 from train.core.modes import QWEN3_THINK, Mode, ThinkFormat
 from train.sampling.base import Sampler, SamplerConfig, SamplingParams, make_sampler
+from train.sampling.params import chunk_seed
 from train.sampling.reply import Reply
 from train.world.arithmetic import ArithmeticTeacher
 
@@ -251,11 +251,6 @@ class SamplerBackend:
             seed=chunk_seed(cfg.seed, str(records[0].get("id", ""))),
         )
         return self.sampler.sample([r["prompt"] for r in records], params, cfg.mode)
-
-
-def chunk_seed(seed: int, first_id: str) -> int:
-    """A seed for the chunk that starts with record ``first_id``: stable across runs, distinct across chunks."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{first_id}".encode()).digest()[:4], "big") >> 1
 
 
 # ------------------------------------------------------------------------------------------------ the writer

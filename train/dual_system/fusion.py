@@ -46,6 +46,7 @@ from train.core.plots import pyplot, save_figure
 from train.eval.evaluation import bucket_sort_key
 from train.eval.labels import FAST, SLOW, LabelRule, label_from_rates
 from train.sampling.base import Sampler, SamplerConfig, SamplingParams, make_sampler
+from train.sampling.params import chunk_seed
 from train.sampling.reply import Reply
 
 logger = logging.getLogger(__name__)
@@ -430,7 +431,12 @@ def _count(tokenizer: Any, text: str) -> int:
 
 
 def sample_replies(
-    sampler: Sampler, records: Sequence[dict[str, Any]], mode: Mode, config: FusionBuildConfig, tokenizer: Any = None
+    sampler: Sampler,
+    records: Sequence[dict[str, Any]],
+    mode: Mode,
+    config: FusionBuildConfig,
+    tokenizer: Any = None,
+    seed: int | None = None,
 ) -> list[list[Reply]]:
     """``num_samples`` replies per record in ``mode`` (greedy for one sample).
 
@@ -443,6 +449,7 @@ def sample_replies(
         n=config.num_samples,
         temperature=config.temperature if config.num_samples > 1 else 0.0,
         max_new_tokens=config.max_new_tokens,
+        seed=seed,
     )
     prompts = [r["prompt"] for r in records]
     asked = mode if config.sample_tags else None
@@ -517,8 +524,13 @@ def build_fusion(
     check: Check | None = None,
     *,
     sampler: Sampler | None = None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """Label ``records`` with the model's pass rates and write the fusion data set to ``out_dir``.
+
+    ``seed`` (the run's) seeds each chunk's sampling (:func:`~train.sampling.params.chunk_seed` of the chunk's first
+    id), so two runs, or a run and its resume, draw the same replies and the same labels; None leaves the global
+    random state in charge.
 
     Samples with ``sampler`` when given (``model`` may then be None; ``tokenizer`` still counts the pool's tokens),
     else with a transformers sampler over ``model`` (:meth:`FusionBuildConfig.sampler_config`). Replies are read,
@@ -544,7 +556,8 @@ def build_fusion(
     with (out / "labels.jsonl").open("a", encoding="utf-8") as f:
         for start in tqdm(range(0, len(todo), config.chunk_size), desc="fusion labels", leave=False):
             chunk = [{**r, "id": i} for i, r in todo[start : start + config.chunk_size]]
-            for result in _label_chunk(sampler, tokenizer, chunk, config, rule, check, judge):
+            draw = None if seed is None else chunk_seed(seed, str(chunk[0]["id"]))
+            for result in _label_chunk(sampler, tokenizer, chunk, config, rule, check, judge, draw):
                 f.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
                 done[result.id] = result
             f.flush()
@@ -568,12 +581,14 @@ def _label_chunk(
     rule: LabelRule,
     check: Check,
     judge: Judge | None,
+    seed: int | None = None,
 ) -> list[PromptResult]:
     think = sampler.think
     sampled = [r for r in chunk if verifiable(r)]
     ids = [r["id"] for r in sampled]
-    fast = dict(zip(ids, sample_replies(sampler, sampled, Mode.FAST, config, tokenizer)))
-    slow = dict(zip(ids, sample_replies(sampler, sampled, Mode.SLOW, config, tokenizer)))
+    slow_seed = None if seed is None else seed + 1  # the two modes must not share their random draws
+    fast = dict(zip(ids, sample_replies(sampler, sampled, Mode.FAST, config, tokenizer, seed)))
+    slow = dict(zip(ids, sample_replies(sampler, sampled, Mode.SLOW, config, tokenizer, slow_seed)))
     return [
         decide(
             r,

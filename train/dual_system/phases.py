@@ -48,7 +48,7 @@ def fusion_rows(args: DualSystemConfig, training_args: SFTConfig, model: Any, to
             records = merge_prompts([r for f in args.train_files for r in load_records(f).to_list()])
             records = records[: args.max_prompts] if args.max_prompts else records
             model.to(PartialState().device)
-            build_fusion(model, tokenizer, records, args, out)
+            build_fusion(model, tokenizer, records, args, out, seed=training_args.seed)
     return read_records(out / "fusion.jsonl", validate=False)
 
 
@@ -63,7 +63,8 @@ def relabel(
     with training_args.main_process_first(desc="phase-2 fusion data", local=False):
         if not (out / "fusion.jsonl").exists():
             config = dataclasses.replace(args, sample_tags=True)
-            build_fusion(model, tokenizer, prompts_of_fusion(split.labelled) + list(split.extra), config, out)
+            prompts = prompts_of_fusion(split.labelled) + list(split.extra)
+            build_fusion(model, tokenizer, prompts, config, out, seed=training_args.seed + 1)
     return read_records(out / "fusion.jsonl", validate=False)
 
 

@@ -6,6 +6,7 @@ so that the backends can import them without importing each other.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -14,6 +15,14 @@ from train.core.modes import Mode, ThinkFormat
 from train.sampling.reply import Reply
 
 BACKENDS = ("transformers", "vllm", "endpoint")
+
+
+def chunk_seed(seed: int, key: str) -> int:
+    """A seed for one chunk of a long sampling job, from the run's seed and a key of the chunk (its first id).
+
+    Stable across runs and resumes (it does not depend on how many chunks came before), distinct across chunks.
+    """
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:4], "big") >> 1
 
 
 @dataclass
