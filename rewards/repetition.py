@@ -1,4 +1,4 @@
-"""Repetition: an n-gram repetition penalty for GRPO, and the loop detector used by generation-time self-repair.
+"""Repetition: an n-gram repetition penalty for GRPO (the generation-time loop detector is train.sampling.loops).
 
 The penalty follows "Demystifying Long Chain-of-Thought Reasoning" (appendix C.2) as open-r1 and trl implement it,
 ``max_penalty * (1 - unique / total)`` over n-grams, with one fix: that ratio cannot reach 1 (the first n-gram is
