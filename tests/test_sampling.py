@@ -15,7 +15,6 @@ from train.core.loading import load_model, load_tokenizer
 from train.core.modes import PANGU_THINK, QWEN3_THINK
 from train.sampling import PassRate, Reply, SamplerConfig, SamplingParams, make_sampler, pass_rates
 from train.sampling.endpoint import EndpointClient, EndpointSampler, RateLimiter
-from train.sampling.generation import generate
 from train.sampling.self_repair import RepairingSampler
 from train.sampling.transformers import TransformersSampler
 
@@ -57,9 +56,9 @@ def test_length_sorted_batches_come_back_in_order_and_equal_unbatched_greedy(tin
         r = rs[0]
         assert r.num_tokens == len(r.token_ids) <= 12 and r.truncated == (tok.eos_token_id not in r.token_ids)
         assert r.text == tok.decode(list(r.token_ids), skip_special_tokens=True) and r.logprobs is None
-    # The old function is the same sampler.
-    old = generate(model, tok, PROMPTS, num_samples=2, max_new_tokens=12, batch_size=3, progress=False)
-    assert [[g.text for g in gs] for gs in old] == [[r.text for r in rs] for rs in batched]
+    # Another batch size (3: a batch of unequal lengths, then a smaller last batch) gives the same replies.
+    by_three = TransformersSampler(model, tok, batch_size=3).sample(PROMPTS, params)
+    assert [[r.text for r in rs] for rs in by_three] == [[r.text for r in rs] for rs in batched]
 
 
 def test_seeded_sampling_is_reproducible_and_logprobs_are_those_of_the_sampled_tokens(tiny):
@@ -122,10 +121,13 @@ def test_pass_rates_on_fixed_replies_are_exact():
     assert sampler.calls[1][1].temperature == 0.0  # one reply: greedy
 
 
-def test_old_pass_rates_call_still_works(tiny):
+def test_pass_rates_sample_a_loaded_model_and_take_only_a_sampler(tiny):
     model, tok = tiny
-    rates = pass_rates(model, tok, [{"prompt": "hi", "answer": "x"}], num_samples=2, max_new_tokens=2)
+    rates = pass_rates(TransformersSampler(model, tok), [{"prompt": "hi", "answer": "x"}], 2, max_new_tokens=2)
     assert len(rates) == 1 and len(rates[0].replies) == 2 and rates[0].rate == 0.0
+    assert not hasattr(rates[0], "generations")  # one name for the replies
+    with pytest.raises(TypeError, match="Sampler"):
+        pass_rates(model, tok, [{"prompt": "hi", "answer": "x"}])  # the old (model, tokenizer, records) form
 
 
 # ----------------------------------------------------------------------------------------------- the endpoint

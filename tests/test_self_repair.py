@@ -9,9 +9,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from train.core.modes import QWEN3_THINK, parse_response
 from train.sampling.base import SamplerConfig, SamplingParams, make_sampler
-from train.sampling.generation import generate
 from train.sampling.reply import Reply
-from train.sampling.self_repair import LoopStoppingCriteria, RepairConfig, RepairingSampler, generate_with_repair
+from train.sampling.self_repair import LoopStoppingCriteria, RepairConfig, RepairingSampler
+from train.sampling.transformers import TransformersSampler
 from train.world.tiny import build_tokenizer
 
 PHRASE = "\nWait, I am going in circles. Let me move on.\n"
@@ -74,15 +74,15 @@ def scripted(tok, policy):
 
 
 def test_plain_generation_of_the_scripted_model_loops(tok):
-    gen = generate(scripted(tok, looping), tok, ["hi"], max_new_tokens=60, progress=False)[0][0]
+    gen = TransformersSampler(scripted(tok, looping), tok).sample(["hi"], SamplingParams(max_new_tokens=60))[0][0]
     assert gen.truncated and parse_response(gen.text, QWEN3_THINK).mode == "unclosed"
     assert "xyzxyzxyz" in gen.text and gen.num_tokens == 60
 
 
 def test_repair_breaks_the_loop_then_closes_the_block(tok):
     config = RepairConfig(ngram=6, min_repeats=3, check_every=1, max_repairs=2, control_phrase=PHRASE)
-    gen = generate_with_repair(
-        scripted(tok, looping), tok, ["hi", "ho"], max_new_tokens=300, repair=config, progress=False
+    gen = RepairingSampler(scripted(tok, looping), tok, repair=config).sample(
+        ["hi", "ho"], SamplingParams(max_new_tokens=300)
     )
     assert len(gen) == 2
     g = gen[0][0]
@@ -100,18 +100,16 @@ def test_repair_breaks_the_loop_then_closes_the_block(tok):
 
 def test_no_repairs_allowed_closes_at_the_first_loop(tok):
     config = RepairConfig(ngram=6, check_every=1, max_repairs=0)
-    g = generate_with_repair(scripted(tok, looping), tok, ["hi"], max_new_tokens=100, repair=config, progress=False)[
-        0
-    ][0]
+    sampler = RepairingSampler(scripted(tok, looping), tok, repair=config)
+    g = sampler.sample(["hi"], SamplingParams(max_new_tokens=100))[0][0]
     assert g.repairs == 1 and g.text == "<think>xyzxyz\n</think>\n\n42"
 
 
 def test_non_repeating_output_is_unchanged(tok):
     model = scripted(tok, straight)
-    plain = generate(model, tok, ["a", "b"], max_new_tokens=80, progress=False)
-    repaired = generate_with_repair(
-        model, tok, ["a", "b"], max_new_tokens=80, progress=False, repair=RepairConfig(ngram=4, check_every=1)
-    )
+    params = SamplingParams(max_new_tokens=80)
+    plain = TransformersSampler(model, tok).sample(["a", "b"], params)
+    repaired = RepairingSampler(model, tok, repair=RepairConfig(ngram=4, check_every=1)).sample(["a", "b"], params)
     assert [g[0].text for g in repaired] == [g[0].text for g in plain] == [SCRIPT, SCRIPT]
     assert [(g[0].num_tokens, g[0].truncated) for g in repaired] == [(g[0].num_tokens, g[0].truncated) for g in plain]
     assert all(g[0].repairs == 0 for g in repaired)
@@ -119,19 +117,21 @@ def test_non_repeating_output_is_unchanged(tok):
 
 def test_budget_is_respected_and_num_samples_repeats_greedy(tok):
     config = RepairConfig(ngram=6, check_every=2, max_repairs=5)
-    gens = generate_with_repair(
-        scripted(tok, looping), tok, ["hi"], num_samples=3, max_new_tokens=40, repair=config, progress=False
+    gens = RepairingSampler(scripted(tok, looping), tok, repair=config).sample(
+        ["hi"], SamplingParams(n=3, max_new_tokens=40)
     )
     assert len(gens[0]) == 3 and all(g.num_tokens <= 40 for g in gens[0])
 
 
-def test_repairing_sampler_is_the_wrapper_form(tok):
+def test_repairing_sampler_repeats_greedy_replies_whatever_the_batch_size(tok):
     model = scripted(tok, looping)
     config = RepairConfig(ngram=6, min_repeats=3, check_every=1, max_repairs=2, control_phrase=PHRASE)
     sampler = RepairingSampler(model, tok, batch_size=2, repair=config)
     replies = sampler.sample(["hi", "ho"], SamplingParams(n=2, max_new_tokens=300))
-    old = generate_with_repair(model, tok, ["hi", "ho"], max_new_tokens=300, repair=config, progress=False)
-    assert [[r.text for r in rs] for rs in replies] == [[g[0].text] * 2 for g in old]
+    one = RepairingSampler(model, tok, batch_size=1, repair=config).sample(
+        ["hi", "ho"], SamplingParams(max_new_tokens=300)
+    )
+    assert [[r.text for r in rs] for rs in replies] == [[g[0].text] * 2 for g in one]
     assert all(r.repairs == 3 and r.token_ids is not None and len(r.token_ids) == r.num_tokens for r in replies[0])
     assert sampler.think == QWEN3_THINK
     # make_sampler wraps a loaded model in the repairing sampler when the config asks for self-repair.

@@ -29,9 +29,9 @@ from train.core.checks import exact_match
 from train.core.cli import run_script, setup_logging
 from train.core.data import read_records, write_jsonl
 from train.core.loading import load_model_and_tokenizer
-from train.core.modes import QWEN3_THINK, Mode, ThinkFormat, apply_mode
+from train.core.modes import QWEN3_THINK, Mode, apply_mode
 from train.eval.evaluation import markdown_table, per_prompt_scores, results_from_scores
-from train.sampling.generation import generate
+from train.sampling import SamplerConfig, SamplingParams, make_sampler
 from train.world.arithmetic import ArithmeticTeacher, make_dataset, make_problems
 from train.world.tiny import make_tiny
 
@@ -186,13 +186,12 @@ def evaluate_model(
     """
     t = time.perf_counter()
     model, tok = load_model_and_tokenizer(path)
+    sampler = make_sampler(SamplerConfig(batch_size=300), model=model, tokenizer=tok)
     scores = {}
     for mode in modes:
         asked = None if (mode == "slow" and not slow_tag) else mode
-        gens = generate(
-            model, tok, [r["prompt"] for r in test], mode=asked, max_new_tokens=128, batch_size=300, progress=False
-        )
-        scores[mode] = per_prompt_scores(test, gens, mode, exact_match, think=ThinkFormat.from_tokenizer(tok))
+        gens = sampler.sample([r["prompt"] for r in test], SamplingParams(max_new_tokens=128), asked)
+        scores[mode] = per_prompt_scores(test, gens, mode, exact_match, think=sampler.think)
     return scores, time.perf_counter() - t
 
 

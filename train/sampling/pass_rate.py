@@ -14,7 +14,6 @@ from train.core.checks import Checker, exact_match
 from train.core.modes import Mode
 from train.sampling.params import Sampler, SamplingParams
 from train.sampling.reply import Reply
-from train.sampling.transformers import TransformersSampler
 
 
 @dataclass(frozen=True)
@@ -32,35 +31,28 @@ class PassRate:
     def complexity(self) -> float:
         return 1.0 - self.rate
 
-    @property
-    def generations(self) -> list[Reply]:
-        """Transitional name of :attr:`replies`."""
-        return self.replies
-
 
 def pass_rates(
-    sampler: Sampler | Any,
-    records: Sequence[dict[str, Any]] | Any,
-    k: int | Sequence[dict[str, Any]] = 8,
+    sampler: Sampler,
+    records: Sequence[dict[str, Any]],
+    k: int = 8,
     check: Checker = exact_match,
     mode: Mode | str | None = None,
     temperature: float = 1.0,
     max_new_tokens: int = 256,
     seed: int | None = None,
-    **legacy: Any,
 ) -> list[PassRate]:
     """Sample ``k`` replies per record (in ``mode``) and check each reply's answer (parsed with ``sampler.think``).
 
-    ``k == 1`` decodes greedily; more replies are sampled at ``temperature``. Transitional: the old call
-    ``pass_rates(model, tokenizer, records, num_samples=..., batch_size=..., ...)`` still works.
+    ``k == 1`` decodes greedily; more replies are sampled at ``temperature``. Build the sampler with
+    :func:`train.sampling.make_sampler` (or wrap a loaded model in a
+    :class:`~train.sampling.transformers.TransformersSampler`).
     """
-    if not isinstance(sampler, Sampler):  # the old (model, tokenizer, records) form
-        model, tokenizer, records = sampler, records, k
-        k = legacy.pop("num_samples", 8)
-        batch_size = legacy.pop("batch_size", 64)
-        sampler = TransformersSampler(model, tokenizer, batch_size, generate_kwargs=legacy)
-    elif legacy:
-        raise TypeError(f"pass_rates got unexpected arguments {sorted(legacy)}")
+    if not isinstance(sampler, Sampler):
+        raise TypeError(
+            f"pass_rates takes a Sampler (train.sampling.make_sampler), not {type(sampler).__name__}; "
+            "wrap a loaded model in TransformersSampler(model, tokenizer)"
+        )
     params = SamplingParams(n=k, temperature=temperature if k > 1 else 0.0, max_new_tokens=max_new_tokens, seed=seed)
     replies = sampler.sample([r["prompt"] for r in records], params, mode)
     think = sampler.think

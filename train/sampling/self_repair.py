@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from train.core.modes import Mode, ThinkFormat
+from train.core.modes import ThinkFormat
 from train.sampling.loops import LoopInfo, detect_loop
 from train.sampling.params import SamplingParams
 from train.sampling.reply import Reply
@@ -232,38 +232,6 @@ class RepairingSampler(TransformersSampler):
         for i, r in enumerate(active):
             stopped = i in criterion.stopped
             _absorb(r, new[i], stopped, criterion, config, self.control, self.close, eos, pad, params.max_new_tokens)
-
-
-def generate_with_repair(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[Any],
-    mode: Mode | str | None = None,
-    num_samples: int = 1,
-    max_new_tokens: int = 256,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    batch_size: int = 64,
-    enable_thinking: bool | None = None,
-    progress: bool = True,
-    repair: RepairConfig | None = None,
-    **generate_kwargs: Any,
-) -> list[list[Reply]]:
-    """Transitional: :class:`RepairingSampler` called with the arguments of the old ``generate``-style function."""
-    sampler = RepairingSampler(
-        model,
-        tokenizer,
-        batch_size,
-        progress,
-        repair=repair,
-        chat_template_kwargs=None if enable_thinking is None else {"enable_thinking": enable_thinking},
-        generate_kwargs=generate_kwargs,
-    )
-    params = SamplingParams(
-        n=num_samples, temperature=temperature if do_sample else 0.0, top_p=top_p, max_new_tokens=max_new_tokens
-    )
-    return sampler.sample(prompts, params, mode)
 
 
 def _open_at_end(prompt: list[int], ts_ids: list[int], te_ids: list[int]) -> bool:
