@@ -7,8 +7,6 @@ import pytest
 from train.core.loading import load_tokenizer
 from train.core.modes import (
     PANGU_THINK,
-    PANGU_THINK_END,
-    PANGU_THINK_START,
     QWEN3_THINK,
     Mode,
     ThinkFormat,
@@ -192,13 +190,24 @@ def test_format_and_parse_take_a_think_format():
     assert ThinkFormat.from_tokenizer(build_tokenizer(think=PANGU_THINK)) == PANGU_THINK
     with pytest.raises(ValueError, match="records no think delimiters"):
         ThinkFormat.from_tokenizer(object())
-    assert format_response("7", "3+4", PANGU_THINK) == format_response("7", "3+4", PANGU_THINK_START, PANGU_THINK_END)
-    assert parse_response("[unused16]x[unused17]y", PANGU_THINK_START, PANGU_THINK_END).answer == "y"  # transitional
+    assert format_response("7", "3+4", PANGU_THINK) == "[unused16]\n3+4\n[unused17]\n\n7"
+    assert parse_response("[unused16]x[unused17]y", PANGU_THINK).answer == "y"
+    # A (start, end) string pair is no format, as two arguments, as a tuple or as a lone start tag.
+    with pytest.raises(TypeError):
+        format_response("7", "3+4", "[unused16]", "[unused17]")
+    with pytest.raises(TypeError):
+        parse_response("[unused16]x[unused17]y", "[unused16]", "[unused17]")
+    with pytest.raises(TypeError, match="format_response takes a ThinkFormat"):
+        format_response("7", "3+4", ("[unused16]", "[unused17]"))
+    with pytest.raises(TypeError, match="parse_response takes a ThinkFormat"):
+        parse_response("<think>x</think>y", ("<think>", "</think>"))
+    with pytest.raises(TypeError, match="parse_response takes a ThinkFormat"):
+        parse_response("<think>x</think>y", "<think>")
     with pytest.raises(TypeError):
         parse_response("<think>x</think>y")  # no default format
     with pytest.raises(TypeError):
         format_response("7", "3+4")
     with pytest.raises(TypeError, match="ThinkFormat"):
         chat_template("<think>")
-    with pytest.raises(TypeError, match="not both"):
-        parse_response("x", PANGU_THINK, "</think>")
+    with pytest.raises(TypeError):
+        parse_response("x", PANGU_THINK, "</think>")  # a format and a stray end tag

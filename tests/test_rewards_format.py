@@ -6,7 +6,7 @@ import pytest
 
 from rewards.base import ThinkFormatNotSet
 from rewards.format import FormatReward, ModeReward
-from train.core.modes import PANGU_THINK, PANGU_THINK_END, PANGU_THINK_START, QWEN3_THINK, format_response
+from train.core.modes import PANGU_THINK, QWEN3_THINK, format_response
 
 SLOW = format_response("42", "6 times 7", QWEN3_THINK)  # "<think>\n6 times 7\n</think>\n\n42"
 FAST = format_response("42", "", QWEN3_THINK)  # "<think>\n\n</think>\n\n42"
@@ -39,7 +39,7 @@ def test_format_reward(completion, prompt, expected):
 
 def test_format_reward_with_pangu_delimiters():
     pangu = FormatReward(think=PANGU_THINK)
-    text = f"{PANGU_THINK_START}reason{PANGU_THINK_END}42"
+    text = f"{PANGU_THINK.start}reason{PANGU_THINK.end}42"
     assert pangu([text, SLOW]) == [1.0, 0.0]
     assert FormatReward(think=QWEN3_THINK)([text]) == [0.0]
 
@@ -106,4 +106,4 @@ def test_a_reward_without_a_think_format_refuses_to_guess():
         ModeReward()([SLOW], prompts=["Q /think"])
     reward = FormatReward()
     reward.think = PANGU_THINK  # what MARSRouter.set_think_format does
-    assert reward([f"{PANGU_THINK_START}r{PANGU_THINK_END}42"]) == [1.0]
+    assert reward([f"{PANGU_THINK.start}r{PANGU_THINK.end}42"]) == [1.0]

@@ -26,11 +26,6 @@ from tokenizers import AddedToken
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_THINK_START = "<think>"
-DEFAULT_THINK_END = "</think>"
-PANGU_THINK_START = "[unused16]"
-PANGU_THINK_END = "[unused17]"
-
 
 @dataclass(frozen=True)
 class ThinkFormat:
@@ -79,9 +74,9 @@ class ThinkFormat:
 
 
 #: Qwen3's delimiters (and DeepSeek-R1's): the format of a tokenizer that has ``<think>`` in its vocabulary.
-QWEN3_THINK = ThinkFormat(DEFAULT_THINK_START, DEFAULT_THINK_END)
+QWEN3_THINK = ThinkFormat("<think>", "</think>")
 #: openPangu-Embedded's delimiters.
-PANGU_THINK = ThinkFormat(PANGU_THINK_START, PANGU_THINK_END)
+PANGU_THINK = ThinkFormat("[unused16]", "[unused17]")
 #: The formats by name, for command-line options (``--think-format qwen3``).
 THINK_FORMATS = {"qwen3": QWEN3_THINK, "pangu": PANGU_THINK}
 
@@ -355,23 +350,19 @@ def record_think_format(tokenizer: Any, think: ThinkFormat) -> Any:
     return tokenizer
 
 
-def _think_format(think: ThinkFormat | str, think_end: str | None, caller: str) -> ThinkFormat:
-    """``think`` as a ThinkFormat; the (start, end) string pair is accepted while callers are converted."""
-    if isinstance(think, ThinkFormat):
-        if think_end is not None:
-            raise TypeError(f"{caller}: give a ThinkFormat or a (start, end) pair, not both")
-        return think
-    if isinstance(think, str) and isinstance(think_end, str):
-        return ThinkFormat(think, think_end)
-    raise TypeError(f"{caller} takes a ThinkFormat (e.g. ThinkFormat.from_tokenizer(tokenizer)), got {think!r}")
+def _check_format(think: Any, caller: str) -> ThinkFormat:
+    """``think`` when it is a ThinkFormat; a TypeError naming ``caller`` for anything else (a string pair too)."""
+    if not isinstance(think, ThinkFormat):
+        raise TypeError(f"{caller} takes a ThinkFormat (e.g. ThinkFormat.from_tokenizer(tokenizer)), got {think!r}")
+    return think
 
 
-def format_response(answer: str, thinking: str, think: ThinkFormat | str, think_end: str | None = None) -> str:
+def format_response(answer: str, thinking: str, think: ThinkFormat) -> str:
     """An assistant reply: ``<think>\\nthinking\\n</think>\\n\\nanswer``; empty ``thinking`` gives a fast reply.
 
-    ``think`` is the run's :class:`ThinkFormat` (a ``(start, end)`` string pair is still accepted, transitionally).
+    ``think`` is the run's :class:`ThinkFormat` (its delimiters replace ``<think>``/``</think>``).
     """
-    think = _think_format(think, think_end, "format_response")
+    think = _check_format(think, "format_response")
     body = f"\n{thinking.strip(chr(10))}\n" if thinking.strip() else "\n\n"
     return f"{think.start}{body}{think.end}\n\n{answer.strip()}"
 
@@ -398,16 +389,16 @@ class ParsedResponse:
         return self.mode != "unclosed"
 
 
-def parse_response(text: str, think: ThinkFormat | str, think_end: str | None = None) -> ParsedResponse:
+def parse_response(text: str, think: ThinkFormat) -> ParsedResponse:
     """Split a reply into ``(thinking, answer, mode)``.
 
-    ``think`` is the run's :class:`ThinkFormat` (a ``(start, end)`` string pair is still accepted, transitionally).
+    ``think`` is the run's :class:`ThinkFormat` (the delimiters the reply is read with).
     The block opens at the first ``think.start`` and closes at its *matching* ``think.end`` (nested blocks are
     counted, and make the reply not well formed). An unclosed block is reported as ``mode="unclosed"`` with no
     answer; it is never silently taken for an answer. A closing tag with no opening one (the opening tag was in
     the prompt) closes a block that began at the start of the text.
     """
-    fmt = _think_format(think, think_end, "parse_response")
+    fmt = _check_format(think, "parse_response")
     think_start, think_end = fmt.start, fmt.end
     if not isinstance(text, str):
         text = _content_text(text)
