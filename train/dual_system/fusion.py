@@ -31,7 +31,7 @@ import logging
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from rewards.math import verify_answer
 from rewards.verify import check as rule_check
 from train.core.checks import exact_match
 from train.core.data import base_id, difficulty_bucket, record_id, write_jsonl
+from train.core.fingerprint import RUN_CONFIG, check_run_config
 from train.core.modes import Mode, ThinkFormat, tagged, untagged
 from train.core.plots import pyplot, save_figure
 from train.eval.evaluation import bucket_sort_key
@@ -537,7 +538,8 @@ def build_fusion(
     and teacher replies rewritten, in the sampler's think format.
 
     Writes ``labels.jsonl`` (one :class:`PromptResult` per prompt, appended chunk by chunk so an interrupted
-    build resumes where it stopped), ``fusion.jsonl`` (the tagged training records), ``stats.json`` and
+    build resumes where it stopped, under the configuration recorded in ``run_config.json``), ``fusion.jsonl``
+    (the tagged training records), ``stats.json`` and
     ``labels.png``. Returns the statistics.
     """
     out = Path(out_dir)
@@ -547,6 +549,8 @@ def build_fusion(
     sampler = sampler or make_sampler(config.sampler_config(), model=model, tokenizer=tokenizer)
     records = merge_prompts(records)
     ids = [r["id"] for r in records]
+    # Labels of another configuration must not be mixed with this one's (ResumeConfigError names the keys).
+    check_run_config(out / RUN_CONFIG, fusion_run_config(config, seed, sampler.think))
     done = _read_done(out / "labels.jsonl")
     # Rewrite what was kept, so a torn last line never glues itself to the first new one.
     write_jsonl(out / "labels.jsonl", [asdict(r) for r in done.values()])
@@ -605,19 +609,34 @@ def _label_chunk(
 
 
 def _read_done(path: Path) -> dict[str, PromptResult]:
-    """Results of an earlier, interrupted build (a torn last line is ignored)."""
+    """Results of an earlier, interrupted build.
+
+    Read as bytes: a kill mid-write can tear the last line inside a multi-byte character, which a text read would
+    fail to decode. A torn last line (no newline) is dropped and logged; a malformed complete line is an error.
+    """
     done: dict[str, PromptResult] = {}
     if not path.exists():
         return done
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                logger.warning("%s: ignoring a torn line from an interrupted build", path)
-                continue
-            done[row["id"]] = PromptResult(**row)
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        logger.warning("%s: ignoring a torn last line (%d bytes) from an interrupted build", path, len(data) - end)
+    for line_no, line in enumerate(data[:end].decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}, row {line_no}: malformed JSON ({exc.msg})") from None
+        done[row["id"]] = PromptResult(**row)
     return done
+
+
+def fusion_run_config(config: FusionBuildConfig, seed: int | None, think: ThinkFormat) -> dict[str, Any]:
+    """The keys that decide a fusion build's labels: the build config's own fields (not those of a subclass such as
+    the dual-system config), the seed and the think format."""
+    keys = {f.name: getattr(config, f.name) for f in fields(FusionBuildConfig)}
+    return {**keys, "seed": seed, "think_start": think.start, "think_end": think.end}
 
 
 # ------------------------------------------------------------------------------------------- phase-2 data mix

@@ -1,0 +1,104 @@
+"""Honest resume and self-cleaning commits: torn multi-byte lines, changed configurations, resumed random generators,
+kills inside a merge's commit window, non-finite tensors (see docs/reliability.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import train.dual_system.fusion as fusion
+from train.core.fingerprint import (
+    RUN_CONFIG,
+    ResumeConfigError,
+    check_run_config,
+    config_fingerprint,
+    fault_point,
+)
+from train.core.modes import Mode
+from train.dual_system.fusion import FusionBuildConfig
+from train.sampling.reply import Reply
+from train.sampling.transformers import TransformersSampler
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -------------------------------------------------------------------------------------------- the fingerprint
+
+
+def test_fingerprint_ignores_patterns_and_names_differing_keys(tmp_path):
+    a = config_fingerprint({"learning_rate": 1e-3, "logging_steps": 4, "seed": 0}, ignore=("logging_*",))
+    b = config_fingerprint({"learning_rate": 1e-3, "logging_steps": 9, "seed": 0}, ignore=("logging_*",))
+    assert a == b and set(a["keys"]) == {"learning_rate", "seed"} and len(a["hash"]) == 64
+    record = tmp_path / "out" / RUN_CONFIG
+    check_run_config(record, {"learning_rate": 1e-3, "seed": 0, "mode": (1, 2)})
+    assert json.loads(record.read_text())["keys"] == {"learning_rate": 1e-3, "mode": [1, 2], "seed": 0}
+    check_run_config(record, {"learning_rate": 1e-3, "seed": 0, "mode": [1, 2]})  # tuples record as lists
+    with pytest.raises(ResumeConfigError, match=r"learning_rate: 0\.001 -> 0\.01.*delete .*out to start over"):
+        check_run_config(record, {"learning_rate": 1e-2, "seed": 0, "mode": [1, 2]})
+    assert not list(record.parent.glob("*.tmp*"))
+
+
+def test_fault_point_exits_137_at_the_nth_reach():
+    code = "from train.core.fingerprint import fault_point as f\nfor i in range(3):\n print(i, flush=True)\n f('x')"
+    env = {**os.environ, "FASTSLOW_FAULT": "x@2"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 137 and proc.stdout.split() == ["0", "1"]
+    fault_point("x")  # unset here: nothing happens
+
+
+# ------------------------------------------------------------------------------------------- fusion resume
+
+
+RECORDS = [
+    {"id": "e", "prompt": "Compute 1+1.", "task": "math", "answer": "2", "difficulty": 1},
+    {"id": "h", "prompt": "Compute 123+456.", "task": "math", "answer": "579", "difficulty": 3},
+]
+
+
+def _fake_sampling(monkeypatch) -> list:
+    calls = []
+
+    def fake(sampler, recs, mode, config, tokenizer=None, seed=None):
+        calls.append([r["id"] for r in recs])
+        reply = "<think>\n\n</think>\n\n2" if mode == Mode.FAST else "<think>\ns\n</think>\n\n579"
+        return [[Reply(reply, len(reply))] * config.num_samples for _ in recs]
+
+    monkeypatch.setattr(fusion, "sample_replies", fake)
+    return calls
+
+
+def test_fusion_resume_survives_a_torn_multibyte_line(tmp_path, monkeypatch, tiny_model_dir):
+    from train.core.loading import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    calls = _fake_sampling(monkeypatch)
+    config = FusionBuildConfig(check="exact", chunk_size=1)
+    sampler = TransformersSampler(None, tok)
+    stats = fusion.build_fusion(None, tok, RECORDS, config, tmp_path, sampler=sampler, seed=3)
+    labels = (tmp_path / "labels.jsonl").read_bytes()
+    # A kill tore the last line inside "é" (two bytes in UTF-8): a text read fails with UnicodeDecodeError.
+    (tmp_path / "labels.jsonl").write_bytes(labels + '{"id": "x", "note": "é'.encode()[:-1])
+    calls.clear()
+    again = fusion.build_fusion(None, tok, RECORDS, config, tmp_path, sampler=sampler, seed=3)
+    assert again["labels"] == stats["labels"] and calls == []
+    assert (tmp_path / "labels.jsonl").read_bytes() == labels  # the torn bytes are gone
+
+
+def test_fusion_refuses_to_resume_under_another_config(tmp_path, monkeypatch, tiny_model_dir):
+    from train.core.loading import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    _fake_sampling(monkeypatch)
+    sampler = TransformersSampler(None, tok)
+    fusion.build_fusion(None, tok, RECORDS, FusionBuildConfig(check="exact"), tmp_path, sampler=sampler, seed=3)
+    recorded = json.loads((tmp_path / RUN_CONFIG).read_text())["keys"]
+    assert recorded["num_samples"] == 4 and recorded["seed"] == 3 and recorded["think_start"] == "<think>"
+    with pytest.raises(ResumeConfigError, match=r"num_samples: 4 -> 2; seed: 3 -> 4"):
+        fusion.build_fusion(
+            None, tok, RECORDS, FusionBuildConfig(check="exact", num_samples=2), tmp_path, sampler=sampler, seed=4
+        )
