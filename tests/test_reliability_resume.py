@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import train.dual_system.fusion as fusion
+from train.core.data import validate_record
 from train.core.fingerprint import (
     RUN_CONFIG,
     ResumeConfigError,
@@ -19,10 +20,12 @@ from train.core.fingerprint import (
     config_fingerprint,
     fault_point,
 )
-from train.core.modes import Mode
+from train.core.modes import QWEN3_THINK, Mode
+from train.distill.teacher import ArithmeticBackend, generate_teacher
 from train.dual_system.fusion import FusionBuildConfig
 from train.sampling.reply import Reply
 from train.sampling.transformers import TransformersSampler
+from train.world.arithmetic import make_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,3 +105,61 @@ def test_fusion_refuses_to_resume_under_another_config(tmp_path, monkeypatch, ti
         fusion.build_fusion(
             None, tok, RECORDS, FusionBuildConfig(check="exact", num_samples=2), tmp_path, sampler=sampler, seed=4
         )
+
+
+# ------------------------------------------------------------------------------------------- teacher resume
+
+
+class KilledAt:
+    """Wraps a backend and raises on its ``n``-th call: a run killed after ``n - 1`` flushed chunks."""
+
+    name = "arithmetic"
+
+    def __init__(self, backend, n: int):
+        self.backend, self.n, self.calls = backend, n, 0
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def generate(self, recs, k):
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt
+        return self.backend.generate(recs, k)
+
+
+def _teacher_records(n: int) -> list[dict]:
+    return [validate_record(p) for p in make_problems(n, levels=(1, 2, 3), seed=11)]
+
+
+def _arith(**kw) -> ArithmeticBackend:
+    return ArithmeticBackend(**{"verbosity": 0.5, "error_rate": 0.2, "seed": 0, **kw}, think=QWEN3_THINK)
+
+
+def test_teacher_refuses_to_resume_under_another_config(tmp_path):
+    recs, out = _teacher_records(20), tmp_path / "teacher.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        generate_teacher(recs, KilledAt(_arith(), 2), out, k=4, chunk_size=8, progress=False)
+    before = out.read_bytes()
+    with pytest.raises(ResumeConfigError, match=r"error_rate: 0\.2 -> 0\.9; k: 4 -> 1.*delete"):
+        generate_teacher(recs, _arith(error_rate=0.9), out, k=1, chunk_size=8, progress=False)
+    assert out.read_bytes() == before  # nothing was appended
+    recorded = json.loads((tmp_path / "teacher.jsonl.run_config.json").read_text())["keys"]
+    assert recorded["k"] == 4 and recorded["backend"] == "arithmetic" and "chunk_size" not in recorded
+
+
+@pytest.mark.parametrize("kill", ["raise", "torn_after_fsync"])
+def test_resumed_arithmetic_teacher_is_byte_identical(tmp_path, kill):
+    recs = _teacher_records(600)
+    whole = tmp_path / "whole.jsonl"
+    generate_teacher(recs, _arith(), whole, k=4, chunk_size=64, progress=False)
+    out = tmp_path / "killed.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        generate_teacher(recs, KilledAt(_arith(), 4), out, k=4, chunk_size=64, progress=False)
+    assert len(out.read_bytes().splitlines()) == 3 * 64
+    if kill == "torn_after_fsync":  # chunk 4 flushed and half of chunk 5 torn, but the state of chunk 4 not saved
+        out.write_bytes(
+            whole.read_bytes()[: len(b"".join(whole.read_bytes().splitlines(True)[: 4 * 64]))] + b'{"i\xc3'
+        )
+    generate_teacher(recs, _arith(), out, k=4, chunk_size=64, progress=False)
+    assert out.read_bytes() == whole.read_bytes()

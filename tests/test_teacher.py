@@ -48,6 +48,9 @@ class FailAfter:
     def __init__(self, backend, n: int):
         self.backend, self.n, self.calls = backend, n, 0
 
+    def __getattr__(self, name):  # run_config, state, restore: the wrapped backend's
+        return getattr(self.backend, name)
+
     def generate(self, recs, k):
         self.calls += 1
         if self.calls == self.n:
@@ -66,8 +69,8 @@ def test_generation_resumes_without_duplicates(tmp_path):
     assert len(first) == 6  # two finished chunks of three prompts survive
     with out.open("a") as f:
         f.write('{"id": "torn", "sampl')  # a kill in the middle of a write
-    report = generate_teacher(
-        recs, ArithmeticBackend(seed=1, think=QWEN3_THINK), out, k=2, chunk_size=3, progress=False
+    report = generate_teacher(  # the resume continues under the recorded configuration (seed 0)
+        recs, ArithmeticBackend(seed=0, think=QWEN3_THINK), out, k=2, chunk_size=3, progress=False
     )
     assert (report.skipped, report.generated, report.samples) == (6, 4, 8)
     lines = out.read_text().splitlines()
@@ -79,7 +82,7 @@ def test_generation_resumes_without_duplicates(tmp_path):
     assert report.tokens == sum(s["num_tokens"] for r in rows[6:] for s in r["samples"])
     assert all(set(s) == {"text", "num_tokens", "truncated"} for r in rows for s in r["samples"])
     # A third run has nothing left to do.
-    again = generate_teacher(recs, ArithmeticBackend(seed=2, think=QWEN3_THINK), out, k=2, progress=False)
+    again = generate_teacher(recs, ArithmeticBackend(seed=0, think=QWEN3_THINK), out, k=2, progress=False)
     assert (again.skipped, again.generated) == (10, 0)
     assert finished_ids(out) == {r["id"] for r in recs}
 

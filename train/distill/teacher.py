@@ -12,6 +12,12 @@ Backends (all with ``generate(records, k) -> list[list[Reply]]``, one list of ``
 "truncated"}, ...], "teacher": name}``, appended and flushed as soon as its chunk is done. A rerun reads the file,
 skips the prompts already there (by the record's stable ``id``) and drops a torn last line left by a kill mid-write,
 so an interrupted run resumes without duplicates.
+
+A resume is honest: ``<out>.run_config.json`` records the keys that change the replies (backend, ``k``, the
+backend's sampling settings, the chunk size where chunks are seeded) and a rerun under other ones is refused
+(:class:`train.core.fingerprint.ResumeConfigError`; delete the file and its sidecars to start over). A stateful
+backend (the arithmetic teacher's random generator) saves its state in ``<out>.state.json`` after each flushed
+chunk and continues from it, so a killed and resumed file is byte-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Any, Protocol
 from tqdm.auto import tqdm
 
 from train.core.data import DataError, to_messages
+from train.core.fingerprint import ResumeConfigError, check_run_config, write_json_atomic
 from train.core.loading import load_tokenizer
 from train.core.modes import QWEN3_THINK, Mode, ThinkFormat
 from train.sampling.base import Sampler, SamplerConfig, SamplingParams, make_sampler
@@ -47,6 +54,9 @@ class TeacherBackend(Protocol):
     name: str
 
     def generate(self, records: Sequence[dict[str, Any]], k: int) -> list[list[Reply]]: ...
+
+    # Optional: ``run_config() -> dict`` (the settings that change replies, recorded for an honest resume), and for
+    # a backend with a random state of its own, ``state()`` / ``restore(state)`` (JSON), saved with each chunk.
 
 
 @dataclass
@@ -210,6 +220,18 @@ class ArithmeticBackend:
     def count(self, text: str) -> int:
         return len(text) if self.tokenizer is None else len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
+    def run_config(self) -> dict[str, Any]:
+        t = self.teacher
+        return {"verbosity": t.verbosity, "error_rate": t.error_rate, "seed": t.seed, "mode": str(self.mode),
+                "think_start": self.think.start, "think_end": self.think.end,
+                "tokenizer": getattr(self.tokenizer, "name_or_path", None)}  # fmt: skip
+
+    def state(self) -> list:
+        return self.teacher.get_state()
+
+    def restore(self, state: list) -> None:
+        self.teacher.set_state(state)
+
     def generate(self, records: Sequence[dict[str, Any]], k: int) -> list[list[Reply]]:
         out = []
         for r in records:
@@ -238,6 +260,12 @@ class SamplerBackend:
         self.sampler, self.config = sampler, config
         self.name = config.backend
         self.think = sampler.think
+
+    def run_config(self) -> dict[str, Any]:
+        cfg = self.config
+        return {"model": cfg.model, "mode": cfg.mode, "temperature": cfg.temperature, "top_p": cfg.top_p,
+                "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "dtype": cfg.dtype,
+                "think_start": self.think.start, "think_end": self.think.end}  # fmt: skip
 
     def generate(self, records: Sequence[dict[str, Any]], k: int) -> list[list[Reply]]:
         if not records:
@@ -275,6 +303,38 @@ def finished_ids(path: str | Path) -> set[str]:
             except (json.JSONDecodeError, KeyError):
                 raise DataError(f"{path}, row {line_no}: not a teacher record with an 'id'") from None
     return ids
+
+
+def sidecar(out_path: str | Path, kind: str) -> Path:
+    """``<out>.<kind>.json``: the recorded configuration (``run_config``) or random state (``state``) of a file."""
+    out_path = Path(out_path)
+    return out_path.with_name(f"{out_path.name}.{kind}.json")
+
+
+def _restore_state(backend: Any, out_path: Path, recorded_before: bool) -> None:
+    """Continue a stateful backend from the state saved with the last flushed chunk; rows written after that state
+    (a kill between a chunk's fsync and its state) are cut, to be drawn again identically."""
+    size = out_path.stat().st_size if out_path.exists() else 0
+    state_path = sidecar(out_path, "state")
+    if not state_path.exists():
+        if size and not recorded_before:
+            raise ResumeConfigError(
+                f"{out_path}: written without a saved random state, so the {backend.name!r} teacher cannot continue "
+                f"it; delete {out_path} to start over"
+            )
+        if size:
+            logger.warning("%s: no state saved with the first chunk (a kill); starting the file again", out_path)
+            out_path.write_bytes(b"")
+        return
+    saved = json.loads(state_path.read_text(encoding="utf-8"))
+    if size < saved["bytes"]:
+        raise DataError(f"{out_path}: {size} bytes, shorter than the {saved['bytes']} its saved state continues")
+    if size > saved["bytes"]:
+        logger.warning("%s: cutting %d bytes written after the last saved state (redrawn identically)", out_path,
+                       size - saved["bytes"])  # fmt: skip
+        with out_path.open("r+b") as f:
+            f.truncate(saved["bytes"])
+    backend.restore(saved["rng"])
 
 
 @dataclass
@@ -316,6 +376,15 @@ def generate_teacher(
         seen[r["id"]] = i
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    stateful = callable(getattr(backend, "restore", None))
+    run_config = {"backend": backend.name, "k": k, **(backend.run_config() if hasattr(backend, "run_config") else {})}
+    if not stateful:
+        run_config["chunk_size"] = chunk_size  # each chunk is seeded from its first id: chunks decide the replies
+    record = sidecar(out_path, "run_config")
+    recorded_before = record.exists()
+    check_run_config(record, run_config, output=f"{out_path} and its sidecars {out_path.name}.*.json")
+    if stateful:
+        _restore_state(backend, out_path, recorded_before)
     done = finished_ids(out_path)
     todo = [r for r in records if r["id"] not in done]
     report = GenerationReport(prompts=len(records), skipped=len(records) - len(todo))
@@ -323,17 +392,19 @@ def generate_teacher(
         logger.info("%s: %d of %d prompts already done; resuming", out_path, report.skipped, len(records))
     start = time.perf_counter()
     bar = tqdm(total=len(todo), desc=f"teacher ({backend.name})", unit="prompt", disable=not progress)
-    with out_path.open("a", encoding="utf-8") as f:
+    with out_path.open("ab") as f:
         for lo in range(0, len(todo), chunk_size):
             chunk = todo[lo : lo + chunk_size]
             samples = backend.generate(chunk, k)
             for r, ss in zip(chunk, samples):
                 row = {**r, "samples": [s.as_sample() for s in ss], "teacher": backend.name}
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
                 report.samples += len(ss)
                 report.tokens += sum(s.num_tokens for s in ss)
             f.flush()
             os.fsync(f.fileno())  # a finished chunk survives a crash
+            if stateful:  # after the fsync: the state never runs ahead of the rows it continues
+                write_json_atomic(sidecar(out_path, "state"), {"bytes": f.tell(), "rng": backend.state()})
             report.generated += len(chunk)
             bar.update(len(chunk))
             bar.set_postfix(tokens=report.tokens)

@@ -170,6 +170,16 @@ class ArithmeticTeacher:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         self._rng = random.Random(self.seed)
 
+    def get_state(self) -> list:
+        """The random generator's state as plain JSON (lists), to save with a flushed chunk of replies."""
+        version, internal, gauss = self._rng.getstate()
+        return [version, list(internal), gauss]
+
+    def set_state(self, state: list) -> None:
+        """Continue from a state :meth:`get_state` saved: a resumed run draws what an uninterrupted one would."""
+        version, internal, gauss = state
+        self._rng.setstate((version, tuple(internal), gauss))
+
     def trace(self, problem: dict) -> tuple[str, int]:
         lines, result = solve_steps(problem["a"], problem["op"], problem["b"])
         if self._rng.random() < self.error_rate:
