@@ -1,0 +1,301 @@
+"""``FastslowGRPOTrainer``: trl's ``GRPOTrainer`` plus DAPO-style dynamic sampling and a prioritized prompt queue.
+
+trl 1.16 gives the losses, clipping, truncation masking and the ``frac_reward_zero_std`` metric; it trains on every
+group it generates, including those whose rewards are all equal (zero advantage: no gradient, yet they count in
+the token normaliser). This subclass changes one thing, the generation batch that
+``_generate_and_score_completions`` returns:
+
+* **Dynamic sampling** (``dynamic_sampling=True``): a group is *informative* when at least two of its completions
+  were scored and their total rewards differ (:func:`informative_groups`). Uninformative groups are dropped and
+  fresh prompts are generated and scored, up to ``max_resample_rounds`` rounds, until the batch holds
+  ``generation_batch_size`` completions of informative groups. When the rounds run out the batch is filled with
+  dropped groups whose loss mask is zeroed (a warning and ``dynamic_sampling/exhausted`` say so): shapes stay what
+  trl expects and training goes on. ``num_items_in_batch`` (dapo/cispo's token normaliser) is recomputed over the
+  kept tokens only. With several ranks every rank runs the same number of rounds: the shortfall is gathered and the
+  ranks resample while any rank is short, since generation and scoring hold collective calls.
+* **Prompt queue** (``prompt_queue=...``, :class:`train.rl.queue.PromptQueue`): the prompts of every generation round
+  come from the queue instead of the dataloader's batch, and every scored group updates its prompt's pass rate.
+  Every rank holds the same queue: it draws the global batch and takes its slice, and the updates are gathered
+  and applied in the same order everywhere. The queue's state is saved in every checkpoint
+  (``queue_state.json``) and restored by ``train(resume_from_checkpoint=...)``.
+
+Metrics (train mode, per generation batch): ``dynamic_sampling/zero_std_frac_raw`` (share of uninformative groups
+among all generated), ``dynamic_sampling/zero_std_frac_trained`` (in the trained batch: 0 when enough were found),
+``dynamic_sampling/resample_rounds``, ``dynamic_sampling/extra_completions`` (the resampling cost),
+``dynamic_sampling/exhausted``, and the queue's ``queue/*``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate.utils import gather_object
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from trl import GRPOTrainer
+
+from train.rl.queue import PromptQueue
+
+logger = logging.getLogger(__name__)
+
+# Output keys of trl's _generate_and_score_completions, by how a row is padded when rounds are merged.
+LEFT_PADDED = ("prompt_ids", "prompt_mask")
+RIGHT_PADDED = (
+    "completion_ids",
+    "completion_mask",
+    "tool_mask",
+    "old_per_token_logps",
+    "ref_per_token_logps",
+    "sampling_per_token_logps",
+    "importance_sampling_ratio",
+)
+PER_ROW = ("advantages",)
+RECOMPUTED = ("num_items_in_batch",)
+
+
+def informative_groups(rewards: torch.Tensor, group_size: int, atol: float = 1e-6) -> torch.Tensor:
+    """Which groups carry a learning signal: at least two scored (non-NaN) rewards that differ by more than ``atol``.
+
+    ``rewards`` holds one total reward per completion, groups of ``group_size`` consecutive rows; a NaN is a
+    completion no reward function could score. Returns one bool per group.
+    """
+    grouped = rewards.view(-1, group_size)
+    scored = ~torch.isnan(grouped)
+    high = torch.where(scored, grouped, torch.full_like(grouped, -math.inf)).max(dim=1).values
+    low = torch.where(scored, grouped, torch.full_like(grouped, math.inf)).min(dim=1).values
+    return (scored.sum(dim=1) >= 2) & (high - low > atol)
+
+
+class QueueStateCallback(TrainerCallback):
+    """Writes the prompt queue's state into every checkpoint folder (main process; atomically)."""
+
+    def __init__(self, queue: PromptQueue):
+        self.queue = queue
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.queue.save(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+
+
+class PromptStream:
+    """Dataset positions in seeded random order, epoch after epoch: fresh prompts for resample rounds."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.rng, self.order = size, np.random.default_rng(seed), []
+
+    def draw(self, n: int) -> list[int]:
+        out = []
+        while len(out) < n:
+            if not self.order:
+                self.order = self.rng.permutation(self.size).tolist()
+            out.append(self.order.pop())
+        return out
+
+
+class FastslowGRPOTrainer(GRPOTrainer):
+    """``GRPOTrainer`` with dynamic sampling and a prioritized prompt queue (see the module docstring)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        dynamic_sampling: bool = False,
+        max_resample_rounds: int = 4,
+        prompt_queue: PromptQueue | None = None,
+        success_threshold: float = 0.5,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        if max_resample_rounds < 0:
+            raise ValueError(f"max_resample_rounds={max_resample_rounds}: expected a count >= 0")
+        self.dynamic_sampling = dynamic_sampling
+        self.max_resample_rounds = max_resample_rounds
+        self.prompt_queue = prompt_queue
+        self.success_threshold = success_threshold
+        local = self.args.per_device_train_batch_size * self.args.steps_per_generation
+        if (dynamic_sampling or prompt_queue is not None) and local % self.num_generations:
+            raise ValueError(
+                f"dynamic sampling and the prompt queue keep whole groups on each rank: per_device_train_batch_size "
+                f"x steps_per_generation ({local}) must be a multiple of num_generations ({self.num_generations})"
+            )
+        if prompt_queue is not None:
+            if len(prompt_queue) != len(self.train_dataset):
+                n, m = len(prompt_queue), len(self.train_dataset)
+                raise ValueError(f"the prompt queue has {n} prompts, the training dataset {m}")
+            self.add_callback(QueueStateCallback(prompt_queue))
+        self._stream = PromptStream(len(self.train_dataset), self.args.seed + 1)  # apart from trl's sampler order
+        self._last_rewards_per_func: torch.Tensor | None = None
+
+    # -- resume: the queue's state comes back with the checkpoint
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        if self.prompt_queue is not None and checkpoint and self.prompt_queue.load(checkpoint):
+            logger.info("prompt queue restored from %s", checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    # -- scoring hooks
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        # Kept for the keep mask and the queue: trl folds the rewards into advantages and does not return them.
+        self._last_rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        return self._last_rewards_per_func
+
+    def _local_totals(self, n_local: int) -> torch.Tensor:
+        """This rank's completions' weighted total rewards, NaN where no reward function scored (as trl sums them)."""
+        rpf = self._last_rewards_per_func
+        totals = (rpf * self.reward_weights.to(rpf.device).unsqueeze(0)).nansum(dim=1)
+        totals[torch.isnan(rpf).all(dim=1)] = math.nan
+        start = self.accelerator.process_index * n_local
+        return totals[start : start + n_local].float().cpu()
+
+    def _draw(self, n_groups_local: int) -> tuple[list[dict[str, Any]], list[int]]:
+        """Fresh prompts for ``n_groups_local`` groups per rank (the queue's or the seeded stream's global draw,
+        this rank's slice of it): the rows, each repeated num_generations times, and their dataset positions."""
+        n = n_groups_local * self.accelerator.num_processes
+        positions = self.prompt_queue.draw(n) if self.prompt_queue is not None else self._stream.draw(n)
+        start = self.accelerator.process_index * n_groups_local
+        mine = positions[start : start + n_groups_local]
+        return [dict(self.train_dataset[i]) for i in mine for _ in range(self.num_generations)], mine
+
+    def _score_round(self, inputs: list[dict[str, Any]], positions: list[int] | None) -> tuple[dict, torch.Tensor]:
+        """One trl generation round, its informative-group mask, and the queue's update from it."""
+        output = super()._generate_and_score_completions(inputs)
+        totals = self._local_totals(len(inputs))
+        keep = informative_groups(totals, self.num_generations)
+        if self.prompt_queue is not None and positions is not None:
+            grouped = totals.view(-1, self.num_generations)
+            scored = (~torch.isnan(grouped)).sum(dim=1)
+            wins = (torch.nan_to_num(grouped, nan=-math.inf) > self.success_threshold).sum(dim=1)
+            local = list(zip(positions, wins.tolist(), scored.tolist(), strict=True))
+            for i, s, t in gather_object(local):  # every rank applies every rank's groups, in rank order
+                self.prompt_queue.update(i, s, t)
+        return output, keep
+
+    # -- the generation batch
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        if not self.model.training or (not self.dynamic_sampling and self.prompt_queue is None):
+            return super()._generate_and_score_completions(inputs)
+        target = len(inputs) // self.num_generations
+        positions = None
+        if self.prompt_queue is not None:
+            inputs, positions = self._draw(target)
+        output, keep = self._score_round(inputs, positions)
+        if not self.dynamic_sampling:
+            self._log_queue()
+            return output
+        rounds, outputs, keeps = 0, [output], [keep]
+        while True:
+            kept, generated = self._global_counts(keeps)
+            short = self._global_max(max(target - int(sum(int(k.sum()) for k in keeps)), 0))
+            if short == 0 or rounds == self.max_resample_rounds:
+                break
+            rounds += 1
+            # Draw for the shortfall, scaled up by the informative share so far (at most one full batch).
+            rate = kept / generated
+            n = target if rate == 0 else min(target, max(short, math.ceil(short / rate)))
+            round_inputs, positions = self._draw(n)
+            output, keep = self._score_round(round_inputs, positions)
+            outputs.append(output)
+            keeps.append(keep)
+        batch, filler = self._assemble(outputs, keeps, target)
+        self._log_dynamic(keeps, rounds, filler, target, short)
+        self._log_queue()
+        return batch
+
+    def _global_counts(self, keeps: list[torch.Tensor]) -> tuple[int, int]:
+        counts = [sum(int(k.sum()) for k in keeps), sum(len(k) for k in keeps)]
+        local = torch.tensor(counts, device=self.accelerator.device)
+        kept, generated = self.accelerator.gather(local).view(-1, 2).sum(dim=0).tolist()
+        return int(kept), int(generated)
+
+    def _global_max(self, value: int) -> int:
+        return int(self.accelerator.gather(torch.tensor([value], device=self.accelerator.device)).max().item())
+
+    def _assemble(self, outputs: list[dict], keeps: list[torch.Tensor], target: int) -> tuple[dict[str, Any], int]:
+        """The first ``target`` informative groups of all rounds, padded to one width; short: dropped groups, masked.
+
+        Returns the batch and how many of its groups are such fillers.
+        """
+        unknown = set(outputs[0]) - set(LEFT_PADDED + RIGHT_PADDED + PER_ROW + RECOMPUTED)
+        if unknown:
+            raise NotImplementedError(f"dynamic sampling cannot merge generation outputs with keys {sorted(unknown)}")
+        chosen = [(r, g) for r, keep in enumerate(keeps) for g in torch.nonzero(keep).flatten().tolist()][:target]
+        filler = target - len(chosen)
+        if filler:
+            dropped = [(r, g) for r, keep in enumerate(keeps) for g in torch.nonzero(~keep).flatten().tolist()]
+            chosen += dropped[:filler]
+        G = self.num_generations
+        rows = [(r, g * G + j) for r, g in chosen for j in range(G)]
+        is_filler = torch.tensor([k >= target - filler for k in range(len(chosen)) for _ in range(G)])
+        batch: dict[str, Any] = {}
+        for key in outputs[0]:
+            if key in RECOMPUTED:
+                continue
+            pieces = [outputs[r][key][i] for r, i in rows]
+            batch[key] = self._stack(key, pieces, outputs)
+        device = batch["completion_mask"].device
+        is_filler = is_filler.to(device)
+        for key in ("completion_mask", "tool_mask"):
+            if key in batch:
+                batch[key] = batch[key] * (~is_filler).unsqueeze(1).to(batch[key].dtype)
+        batch["advantages"] = batch["advantages"].masked_fill(
+            is_filler.view(-1, *[1] * (batch["advantages"].dim() - 1)), 0.0
+        )
+        loss_mask = batch["completion_mask"] * batch["tool_mask"] if "tool_mask" in batch else batch["completion_mask"]
+        batch["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()  # kept loss tokens only
+        return batch, filler
+
+    def _stack(self, key: str, pieces: list[torch.Tensor], outputs: list[dict]) -> torch.Tensor:
+        """Rows from several rounds as one tensor: sequences padded to the widest round (prompts on the left)."""
+        if key in PER_ROW or pieces[0].dim() == 0:
+            return torch.stack(pieces)
+        width = max(p.size(-1) for p in pieces)
+        if key in RIGHT_PADDED and pieces[0].size(-1) == 1 and outputs[0]["completion_ids"].size(1) != 1:
+            return torch.stack(pieces)  # a sequence-level importance ratio: one value per row
+        value = self._tokenizer.pad_token_id if key in ("prompt_ids", "completion_ids") else 0
+        padded = [
+            F.pad(p, (width - p.size(-1), 0) if key in LEFT_PADDED else (0, width - p.size(-1)), value=value)
+            for p in pieces
+        ]
+        return torch.stack(padded)
+
+    # -- metrics
+
+    def _log_dynamic(self, keeps: list[torch.Tensor], rounds: int, filler: int, target: int, short: int) -> None:
+        kept, generated = self._global_counts(keeps)
+        groups_trained = target * self.accelerator.num_processes
+        filler_total = self._global_sum(filler)
+        metrics = self._metrics["train"]
+        metrics["dynamic_sampling/zero_std_frac_raw"].append(1.0 - kept / generated)
+        metrics["dynamic_sampling/zero_std_frac_trained"].append(filler_total / groups_trained)
+        metrics["dynamic_sampling/resample_rounds"].append(float(rounds))
+        extra = (generated - groups_trained) * self.num_generations  # completions beyond the first round
+        metrics["dynamic_sampling/extra_completions"].append(float(extra))
+        metrics["dynamic_sampling/exhausted"].append(float(short > 0))
+        if short > 0:
+            logger.warning(
+                "dynamic sampling: %d resample round(s) found %d informative group(s) of %d needed; training on "
+                "them with %d uninformative group(s) masked out of the loss (raise max_resample_rounds, or filter "
+                "prompts by pass rate)",
+                rounds,
+                groups_trained - filler_total,
+                groups_trained,
+                filler_total,
+            )
+
+    def _global_sum(self, value: int) -> int:
+        return int(self.accelerator.gather(torch.tensor([value], device=self.accelerator.device)).sum().item())
+
+    def _log_queue(self) -> None:
+        if self.prompt_queue is not None:
+            for name, value in self.prompt_queue.stats().items():
+                self._metrics["train"][name].append(value)
