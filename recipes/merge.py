@@ -54,6 +54,11 @@ _SCRIPT_FIELDS = [
     ("overwrite", bool, field(default=False, metadata={"help": "Replace an existing non-empty output folder."})),
     ("show_progress", bool, field(default=True, metadata={"help": "Show a progress bar over tensors."})),
     ("hash_files", bool, field(default=True, metadata={"help": "Record the sha256 of every input and output file."})),
+    (
+        "allow_non_finite",
+        bool,
+        field(default=False, metadata={"help": "Merge inputs holding NaN/inf (refused by default)."}),
+    ),
 ]
 
 
@@ -113,7 +118,12 @@ def main(argv: list[str] | None = None) -> Path | None:
         logger.info("not the main process; the main process merges")
         return None
     out = merge_from_config(
-        cfg, args.out, overwrite=args.overwrite, show_progress=args.show_progress, hash_files=args.hash_files
+        cfg,
+        args.out,
+        overwrite=args.overwrite,
+        show_progress=args.show_progress,
+        hash_files=args.hash_files,
+        allow_non_finite=args.allow_non_finite,
     )
     logger.info("merged model written to %s", out)
     return out

@@ -19,6 +19,7 @@ from train.merging import (
     MANIFEST_NAME,
     IncompatibleModelsError,
     MergeConfig,
+    MergeError,
     TensorMismatchError,
     merge_checkpoints,
     merge_from_config,
@@ -465,3 +466,90 @@ def test_api_drops_parameters_of_other_methods_but_refuses_typos(ckpts, tmp_path
     assert all(torch.allclose(v, 0.5 * a[k] + 0.5 * b[k]) for k, v in state(out).items())
     with pytest.raises(ValueError, match="unknown merge parameter 'lamda'"):
         merge_checkpoints("ema", ckpts[:2], tmp_path / "x", parameters={"lamda": 1.0}, show_progress=False)
+
+
+# -- a kill in the commit window; non-finite tensors -------------------------------------------------------------
+
+
+def _strays(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name != "out")
+
+
+@pytest.mark.parametrize("kill", ["before_first_rename", "after_first_rename", "while_removing_old"])
+def test_killed_commit_is_recovered_or_removed_at_the_next_start(ckpts, tmp_path, kill):
+    """An overwrite swaps out -> .out.old-PID, .out.partial-PID -> out, then removes the old one. A kill at each
+    point leaves the old output (restored) or the new one (kept), never neither; the next start removes the rest."""
+    out = tmp_path / "out"
+    old = (merge_checkpoints("linear", ckpts[:2], out, show_progress=False) / "model.safetensors").read_bytes()
+    script = textwrap.dedent(
+        f"""
+        import os, shutil
+        from train.merging import api
+        renames, real_rename, real_rmtree = [0], os.rename, shutil.rmtree
+        def rename(src, dst):
+            renames[0] += 1
+            if {kill!r} == "before_first_rename" or ({kill!r} == "after_first_rename" and renames[0] == 2):
+                os._exit(137)  # no cleanup handlers run
+            return real_rename(src, dst)
+        def rmtree(path, *a, **k):
+            if {kill!r} == "while_removing_old" and ".old-" in str(path):
+                os.remove(os.path.join(path, "config.json"))  # half removed
+                os._exit(137)
+            return real_rmtree(path, *a, **k)
+        os.rename, shutil.rmtree = rename, rmtree
+        api.merge_checkpoints("linear", {[str(p) for p in ckpts]!r}, {str(out)!r}, overwrite=True, show_progress=False)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 137, proc.stderr
+    assert _strays(tmp_path)  # the kill left something behind
+    # The next start, before it refuses to replace the output, restores or removes the leftovers.
+    with pytest.raises(FileExistsError, match="overwrite"):
+        merge_checkpoints("linear", ckpts, out, show_progress=False)
+    assert _strays(tmp_path) == []
+    survivor = (out / "model.safetensors").read_bytes()
+    assert survivor == old if kill != "while_removing_old" else survivor != old  # complete either way
+    assert json.loads((out / "merge_manifest.json").read_text())["merge_method"] == "linear"
+    new = merge_checkpoints("linear", ckpts, out, overwrite=True, show_progress=False)
+    assert _strays(tmp_path) == [] and (new / "model.safetensors").is_file()
+
+
+def _with_nan(src: Path, dst: Path, name: str, value: float = float("nan")) -> Path:
+    shutil.copytree(src, dst)
+    sd = state(dst)
+    sd[name] = sd[name].clone()
+    sd[name].view(-1)[3] = value
+    save_file(sd, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def test_non_finite_inputs_are_refused_unless_allowed(ckpts, tmp_path):
+    name = "model.layers.0.mlp.up_proj.weight"
+    bad = _with_nan(ckpts[1], tmp_path / "bad", name)
+    message = rf"{bad}.*model\.safetensors.*tensor '{name}' has 1 non-finite.*allow_non_finite"
+    with pytest.raises(MergeError, match=message):
+        merge_checkpoints("linear", [ckpts[0], bad], tmp_path / "out", show_progress=False)
+    assert _strays(tmp_path) == ["bad"]  # nothing written
+    out = merge_checkpoints("linear", [ckpts[0], bad], tmp_path / "out", allow_non_finite=True, show_progress=False)
+    assert torch.isnan(state(out)[name]).sum() == 1
+
+
+def test_non_finite_output_is_refused(ckpts, tmp_path):
+    """Finite inputs can still give an infinite output (a cast that overflows): the merge checks what it writes."""
+    name = "model.norm.weight"
+    big = _with_nan(ckpts[1], tmp_path / "big", name, value=1e6)  # finite in float32, inf in float16
+    with pytest.raises(MergeError, match=rf"output tensor '{name}'.*non-finite"):
+        merge_checkpoints("linear", [ckpts[0], big], tmp_path / "out", out_dtype="float16", show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_recipe_fails_on_nan_input(ckpts, tmp_path):
+    bad = _with_nan(ckpts[1], tmp_path / "bad", "model.norm.weight")
+    script = ROOT / "recipes" / "merge.py"
+    models = f"[{{model: {ckpts[0]}, parameters: {{weight: 0.5}}}}, {{model: {bad}, parameters: {{weight: 0.5}}}}]"
+    args = ["--merge_method", "linear", "--models", models, "--out", str(tmp_path / "out"), "--show_progress", "false"]
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode != 0 and "non-finite" in proc.stderr and not (tmp_path / "out").exists()
+    proc = subprocess.run([sys.executable, str(script), *args, "--allow_non_finite", "true"], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)  # fmt: skip
+    assert proc.returncode == 0 and torch.isnan(state(tmp_path / "out")["model.norm.weight"]).any()

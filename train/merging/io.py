@@ -17,6 +17,7 @@ import math
 import mmap
 import os
 import re
+import shutil
 import struct
 import sys
 from collections import deque
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from train.core.fingerprint import fault_point
 
 logger = logging.getLogger(__name__)
 
@@ -428,14 +431,77 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+# -- atomic, self-cleaning commits of an output folder ------------------------------------------------------------
+#
+# An output folder is written whole into ``.<name>.partial-<pid>`` and renamed into place. Replacing an existing one
+# takes three steps: ``out -> .<name>.old-<pid>``, ``partial -> out``, remove the old folder. A kill between them
+# leaves ``out`` missing (the old one hidden) or a whole checkpoint behind; :func:`recover_commit`, run at the next
+# start, restores the old folder when the new one never arrived and removes it when it did, and removes the partial
+# folders of dead processes. Renames are atomic, so ``out`` is either the whole old folder or the whole new one.
+
+
+def partial_dir(out: Path) -> Path:
+    """Where this process writes ``out`` before committing it."""
+    return out.parent / f".{out.name}.partial-{os.getpid()}"
+
+
+def _dead_siblings(out: Path, kind: str) -> list[Path]:
+    """``.<name>.<kind>-<pid>`` folders next to ``out`` whose process is gone (another user's live one is kept)."""
+    found = []
+    for p in sorted(out.parent.glob(f".{out.name}.{kind}-*")):
+        try:
+            os.kill(int(p.name.rsplit("-", 1)[1]), 0)
+        except (ValueError, ProcessLookupError):
+            found.append(p)
+        except PermissionError:
+            pass
+    return found
+
+
+def recover_commit(out: str | Path) -> None:
+    """Finish or undo a commit into ``out`` that a kill interrupted, and remove the partial outputs of dead runs."""
+    out = Path(out)
+    for old in _dead_siblings(out, "old"):
+        if out.exists():  # the new folder arrived whole: the old one is a leftover
+            logger.warning("removing %s, left by a commit into %s that was killed", old, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:  # killed between the two renames: the old output comes back
+            logger.warning("restoring %s from %s, hidden by a commit that was killed", out, old)
+            os.rename(old, out)
+    for partial in _dead_siblings(out, "partial"):
+        logger.info("removing stale partial output %s", partial)
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def commit_dir(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished folder ``tmp`` into place; an existing ``out`` is swapped out only after ``tmp`` is whole.
+
+    ``FASTSLOW_FAULT=commit`` kills the process just before the final rename (the reliability tests).
+    """
+    if out.exists():
+        if any(out.iterdir()) and not overwrite:
+            raise FileExistsError(f"{out} appeared while writing it; not replacing it")
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.rename(out, old)
+        fault_point("commit")
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        fault_point("commit")
+        os.rename(tmp, out)
+
+
 __all__ = [
     "CheckpointError",
     "OutputTensor",
     "SafetensorsCheckpoint",
     "ShardedWriter",
     "TensorInfo",
+    "commit_dir",
     "parse_size",
+    "partial_dir",
     "read_header",
+    "recover_commit",
     "sha256_file",
     "weight_files",
 ]
