@@ -26,6 +26,8 @@ from train.core.modes import ThinkFormat
 from train.rl.config import ARG_CLASSES, resume_checkpoint
 from train.rl.data import load_grpo_data, mode_counts
 from train.rl.mars import build_rewards, mars_config, merge_mars_override, validate_config
+from train.rl.queue import prepare_prompts
+from train.rl.trainer import FastslowGRPOTrainer
 from train.sft import load_for_training, save_trained
 
 logger = logging.getLogger("recipes.grpo")
@@ -43,6 +45,11 @@ def main(argv: list[str] | None = None) -> tuple[Path, GRPOTrainer]:
     model, tokenizer = load_for_training(model_args, script_args.think_start, script_args.think_end)
     think = ThinkFormat.from_tokenizer(tokenizer)
     train_dataset, eval_dataset = load_grpo_data(script_args, seed=training_args.seed)
+    # The pass-rate band and the prioritized prompt queue (when asked for): train/rl/queue.py.
+    queue_config = script_args.queue_config(training_args.seed)
+    train_dataset, queue = prepare_prompts(
+        train_dataset, script_args.pass_rate_file, script_args.pass_rate_range, script_args.prompt_queue, queue_config
+    )
     logger.info("GRPO on %d prompts; modes %s", len(train_dataset), mode_counts(train_dataset))
 
     # 2. The MARS router; refuse data whose tasks the config does not route before spending any compute.
@@ -57,8 +64,8 @@ def main(argv: list[str] | None = None) -> tuple[Path, GRPOTrainer]:
         router.load_state(resume)
         logger.info("resuming from %s", resume)
 
-    # 3. Train.
-    trainer = GRPOTrainer(
+    # 3. Train: trl's GRPOTrainer with dynamic sampling and the prompt queue (train/rl/trainer.py).
+    trainer = FastslowGRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
         args=training_args,
@@ -66,6 +73,10 @@ def main(argv: list[str] | None = None) -> tuple[Path, GRPOTrainer]:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
+        dynamic_sampling=script_args.dynamic_sampling,
+        max_resample_rounds=script_args.max_resample_rounds,
+        prompt_queue=queue,
+        success_threshold=script_args.queue_success_threshold,
         callbacks=[router.state_callback()],
     )
     trainer.train(resume_from_checkpoint=resume)

@@ -10,6 +10,7 @@ from trl import ModelConfig
 
 from train.core.args import DataArguments
 from train.core.configs import GRPOConfig
+from train.rl.queue import QueueConfig
 
 
 @dataclass
@@ -41,6 +42,88 @@ class GRPOScriptArguments(DataArguments):
     auto_resume: bool = field(
         default=True, metadata={"help": "Resume from the last checkpoint in output_dir when there is one."}
     )
+    # Dynamic sampling and the prompt queue (train/rl/trainer.py, train/rl/queue.py; docs/grpo.md)
+    dynamic_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "DAPO dynamic sampling: drop groups whose rewards do not vary (or are unscorable) and generate "
+            "fresh prompts' groups until the batch holds only informative groups."
+        },
+    )
+    max_resample_rounds: int = field(
+        default=4,
+        metadata={
+            "help": "Dynamic sampling: extra generation rounds per batch at most; when they run out the batch is "
+            "trained with the missing groups masked out (logged as dynamic_sampling/exhausted)."
+        },
+    )
+    pass_rate_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSONL of per-prompt pass rates keyed by id: the distillation stage's complexity.jsonl "
+            "(complexity = 1 - pass rate) or records {id, pass_rate}. Feeds pass_rate_range and the queue's start."
+        },
+    )
+    pass_rate_range: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "[lo, hi]: train only on prompts whose pass rate in pass_rate_file lies in this band (inclusive; "
+            "unlisted prompts are dropped). None: no filter."
+        },
+    )
+    prompt_queue: bool = field(
+        default=False,
+        metadata={
+            "help": "Draw prompts by priority p(1-p) + exploration + age from an EMA pass rate per prompt, mastered "
+            "ones in a replay pool; its state is saved in each checkpoint (queue_state.json)."
+        },
+    )
+    queue_ema: float = field(default=0.3, metadata={"help": "Queue: EMA weight of a new group's success rate."})
+    queue_prior: float = field(
+        default=0.5, metadata={"help": "Queue: starting pass rate of a prompt pass_rate_file does not list."}
+    )
+    queue_mastered: float = field(
+        default=0.9, metadata={"help": "Queue: EMA pass rate from which a prompt is in the replay pool."}
+    )
+    queue_replay_prob: float = field(
+        default=0.05, metadata={"help": "Queue: share of each draw's slots given to the replay pool."}
+    )
+    queue_exploration: float = field(
+        default=0.05, metadata={"help": "Queue: bonus exploration / sqrt(1 + times drawn) for rarely drawn prompts."}
+    )
+    queue_age: float = field(
+        default=0.05,
+        metadata={"help": "Queue: weight added per pass over the queue a prompt has waited (nothing starves)."},
+    )
+    queue_success_threshold: float = field(
+        default=0.5,
+        metadata={
+            "help": "Queue: a reply counts as a success when its weighted total reward exceeds this (use an "
+            "unnormalised 0/1 accuracy source, `normalize: false` in mars, for a true pass rate)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.pass_rate_range is not None:
+            band = self.pass_rate_range
+            if len(band) != 2 or not 0.0 <= band[0] <= band[1] <= 1.0:
+                raise ValueError(f"pass_rate_range={band}: expected [lo, hi] with 0 <= lo <= hi <= 1")
+            if self.pass_rate_file is None:
+                raise ValueError("pass_rate_range needs pass_rate_file (the pass rates to filter by)")
+        if self.max_resample_rounds < 0:
+            raise ValueError(f"max_resample_rounds={self.max_resample_rounds}: expected a count >= 0")
+
+    def queue_config(self, seed: int) -> QueueConfig:
+        """The prompt queue's knobs from the ``queue_*`` keys."""
+        return QueueConfig(
+            ema=self.queue_ema,
+            prior=self.queue_prior,
+            mastered=self.queue_mastered,
+            replay_prob=self.queue_replay_prob,
+            exploration=self.queue_exploration,
+            age=self.queue_age,
+            seed=seed,
+        )
 
 
 # The config dataclasses of the GRPO recipe, in the order TrlParser fills them.

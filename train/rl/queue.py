@@ -19,6 +19,7 @@ a resumed run draw what the uninterrupted one would have.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -27,8 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from datasets import Dataset
 
 from train.core.data import record_id
+
+logger = logging.getLogger(__name__)
 
 STATE_FILE = "queue_state.json"
 
@@ -222,3 +226,22 @@ class PromptQueue:
 def informative_probability(p: float, group_size: int) -> float:
     """Chance that a group of ``group_size`` replies to a prompt of pass rate ``p`` has 0 < successes < G."""
     return 1.0 - p**group_size - (1.0 - p) ** group_size if 0 <= p <= 1 else math.nan
+
+
+def prepare_prompts(
+    dataset: Dataset,
+    pass_rate_file: str | Path | None,
+    band: Sequence[float] | None,
+    use_queue: bool,
+    config: QueueConfig,
+) -> tuple[Dataset, PromptQueue | None]:
+    """The training prompts inside the pass-rate band (when one is set) and, with ``use_queue``, their queue."""
+    rates = load_pass_rates(pass_rate_file) if pass_rate_file else None
+    keys = [prompt_key(row) for row in dataset]
+    if band is not None:
+        kept = band_indices(keys, rates or {}, band)
+        if not kept:
+            raise ValueError(f"{pass_rate_file}: no training prompt has a pass rate in {list(band)}")
+        logger.info("pass-rate band %s keeps %d of %d prompts", list(band), len(kept), len(keys))
+        dataset, keys = dataset.select(kept), [keys[i] for i in kept]
+    return dataset, (PromptQueue(keys, rates, config) if use_queue else None)
