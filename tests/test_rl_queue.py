@@ -10,7 +10,7 @@ import pytest
 from test_rl_dynamic import make_trainer, prompts
 
 from train.core.data import record_id, write_jsonl
-from train.rl.queue import STATE_FILE, PromptQueue, QueueConfig, band_indices, load_pass_rates
+from train.rl.queue import STATE_FILE, PromptQueue, QueueConfig, band_indices, load_pass_rates, prepare_prompts
 
 G = 4
 
@@ -160,3 +160,16 @@ def test_trainer_draws_from_the_queue_updates_it_and_checkpoints_it(tiny_model_d
     expected = PromptQueue(dataset["id"], None, QueueConfig(seed=0))
     expected.load(tmp_path / "checkpoint-1")
     assert restored.clock == 8 and drawn == [expected.draw(4)]
+
+
+def test_prepare_prompts_filters_the_training_set_and_starts_the_queue_from_the_file(tmp_path):
+    dataset = prompts(["live"] * 5)  # ids p0..p4
+    rows = [{"id": f"p{i}", "complexity": c} for i, c in enumerate([0, 0.3, 0.5, 0.9])]
+    file = write_jsonl(tmp_path / "c.jsonl", rows)
+    kept, queue = prepare_prompts(dataset, file, [0.5, 0.7], True, QueueConfig())
+    assert kept["id"] == ["p1", "p2"] and queue.keys == ["p1", "p2"]  # p4 is unlisted: out of the band
+    assert queue.pass_rate.tolist() == [0.7, 0.5]
+    same, none = prepare_prompts(dataset, None, None, False, QueueConfig())
+    assert len(same) == 5 and none is None
+    with pytest.raises(ValueError, match=r"c.jsonl: no training prompt has a pass rate in \[0.95, 0.96\]"):
+        prepare_prompts(dataset, file, [0.95, 0.96], False, QueueConfig())
