@@ -15,8 +15,10 @@ Each of ``iterations`` rounds:
 4. evaluate the merged model on held-out prompts (and on the first iteration's data, to see forgetting) and write
    ``iteration_<t>/`` with the data statistics, checkpoint, metrics and a manifest (see ``train/distill/loop.py``).
 
-A rerun resumes after the last complete iteration. Measurement, selection, merging and evaluation run on the main
-process while the others wait; training runs on all of them. Every key can be overridden on the command line.
+A rerun resumes after the last complete iteration, and only under the configuration recorded in
+``<output_dir>/run_config.json`` (another is refused, naming the keys; delete ``output_dir`` to start over).
+Measurement, selection, merging and evaluation run on the main process while the others wait; training runs on all
+of them. Every key can be overridden on the command line.
 """
 
 from __future__ import annotations
@@ -31,12 +33,20 @@ from trl import ModelConfig
 
 from train.core.cli import parse_args, setup_logging
 from train.core.configs import SFTConfig
-from train.core.data import DataError, read_records
+from train.core.data import read_records
+from train.core.fingerprint import fault_point
 from train.core.loading import load_tokenizer
 from train.core.modes import ThinkFormat
 from train.distill.config import DistillConfig
-from train.distill.loop import iteration_dir, merge_models, resume_point, write_json, write_manifest
-from train.distill.stage import eval_records, evaluate_checkpoint, select_iteration, train_student
+from train.distill.loop import (
+    check_distill_config,
+    iteration_dir,
+    merge_models,
+    resume_point,
+    write_json,
+    write_manifest,
+)
+from train.distill.stage import eval_records, evaluate_checkpoint, read_pool, select_iteration, train_student
 
 logger = logging.getLogger("recipes.distill")
 
@@ -56,16 +66,17 @@ def main(argv: list[str] | None = None) -> Path:
     output_dir, seed = Path(training_args.output_dir), training_args.seed
 
     # 1. The pool of verified teacher data, the held-out records and the run's think format.
-    if not cfg.train_file:
-        raise DataError("train_file: give the pool of verified teacher data (records with a `response`)")
-    pool = read_records(cfg.train_file)
-    if missing := [i for i, r in enumerate(pool, 1) if not r.get("response")]:
-        raise DataError(f"{cfg.train_file}, row {missing[0]}, key 'response': the pool needs teacher responses")
+    pool = read_pool(cfg)  # refused here, naming the file, when empty or without responses
     held_out = eval_records(cfg)
     initial = Path(model_args.model_name_or_path)
     think = ThinkFormat.from_tokenizer(load_tokenizer(initial, think_start=cfg.think_start, think_end=cfg.think_end))
 
-    # 2. Resume after the last complete iteration; evaluate the starting model once.
+    # 2. Resume after the last complete iteration, under the recorded configuration only (delete output_dir to start
+    # over under another); evaluate the starting model once.
+    if state.is_main_process:
+        check_distill_config(output_dir, cfg, training_args, model_args)
+    state.wait_for_everyone()
+    check_distill_config(output_dir, cfg, training_args, model_args, write=False)
     start = resume_point(output_dir, cfg.iterations)
     current = initial if start == 0 else iteration_dir(output_dir, start - 1) / "model"
     if start:
@@ -80,6 +91,7 @@ def main(argv: list[str] | None = None) -> Path:
         # 3. Complexity and selection (main process; the others wait for the selected set).
         if state.is_main_process and not (it_dir / "selected.jsonl").exists():
             select_iteration(current, pool, cfg, it_dir, t, seed, think, state.device)
+            fault_point("selection")  # FASTSLOW_FAULT (train/core/fingerprint.py): the reliability tests' kill
         state.wait_for_everyone()
         # 4. Training (all processes).
         student = train_student(current, it_dir, training_args, model_args, cfg)
@@ -95,6 +107,7 @@ def main(argv: list[str] | None = None) -> Path:
                 record_sets["first_iteration_data"] = first
             metrics = {"iteration": t, **evaluate_checkpoint(it_dir / "model", record_sets, cfg, think, state.device)}
             write_json(it_dir / "metrics.json", metrics)
+            fault_point("evaluation")
             write_manifest(it_dir, iteration=t, started_from=str(current), student=str(student), merge_method=method,
                            seconds=round(time.time() - began, 1), config=asdict(cfg))  # fmt: skip
             logger.info("iteration %d done: %s", t, metrics["held_out"])

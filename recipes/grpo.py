@@ -22,6 +22,7 @@ from trl import GRPOTrainer, get_peft_config
 
 from rewards.router import MARSRouter
 from train.core.cli import parse_args, setup_logging
+from train.core.guards import FiniteTrainingGuard
 from train.core.modes import ThinkFormat
 from train.rl.config import ARG_CLASSES, resume_checkpoint
 from train.rl.data import load_grpo_data, mode_counts
@@ -42,7 +43,9 @@ def main(argv: list[str] | None = None) -> tuple[Path, GRPOTrainer]:
 
     # 1. Model, tokenizer (with the fastslow template and the run's think format) and chat-formatted prompts with
     #    their reward columns.
-    model, tokenizer = load_for_training(model_args, script_args.think_start, script_args.think_end)
+    model, tokenizer = load_for_training(
+        model_args, script_args.think_start, script_args.think_end, script_args.allow_nonfinite_weights
+    )
     think = ThinkFormat.from_tokenizer(tokenizer)
     train_dataset, eval_dataset = load_grpo_data(script_args, seed=training_args.seed)
     # The pass-rate band and the prioritized prompt queue (when asked for): train/rl/queue.py.
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> tuple[Path, GRPOTrainer]:
         max_resample_rounds=script_args.max_resample_rounds,
         prompt_queue=queue,
         success_threshold=script_args.queue_success_threshold,
-        callbacks=[router.state_callback()],
+        callbacks=[router.state_callback(), FiniteTrainingGuard()],  # a NaN loss or gradient stops the run
     )
     trainer.train(resume_from_checkpoint=resume)
 

@@ -98,7 +98,8 @@ MergeScriptArguments = make_dataclass(
     + [_cli_field(f, _hints[f.name]) for f in fields(MergeConfig)]
     + [(name, str | None, field(default=None, metadata={"help": h})) for name, h in _MERGEKIT_KEYS.items()]
     + _SCRIPT_FIELDS[2:],
-    namespace={"merge_config": _merge_config, "__module__": __name__},
+    # Keys whose config-file value is a list or mapping, parsed by merge_config (train.core.cli lets any through).
+    namespace={"merge_config": _merge_config, "__module__": __name__, "yaml_fields": {*_YAML_FIELDS, *_MERGEKIT_KEYS}},
 )
 
 

@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> Path:
     setup_logging(training_args)
 
     # 1. Setup: model, tokenizer (with the fastslow template) and chat-formatted data.
-    model, tokenizer = load_for_training(model_args, script_args.think_start, script_args.think_end)
+    model, tokenizer = load_for_training(
+        model_args, script_args.think_start, script_args.think_end, script_args.allow_nonfinite_weights
+    )
     train_dataset, eval_dataset = load_sft_data(script_args, seed=training_args.seed)
     logger.info("training on %d examples", len(train_dataset))
 

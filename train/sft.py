@@ -19,6 +19,7 @@ from trl import ModelConfig, SFTTrainer, get_peft_config
 from train.core.args import DataArguments
 from train.core.configs import SFTConfig
 from train.core.data import DataError, load_records, mix, to_messages
+from train.core.guards import FiniteTrainingGuard, check_finite_model
 from train.core.loading import load_model, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -51,11 +52,13 @@ def load_training_data(
 
     Each file's records become examples with ``to_examples(records, source)`` (SFT conversations, GRPO prompts),
     then the files are mixed: by ``train_weights``, else in proportion to their sizes. ``max_train_samples`` cuts
-    the mixture. The one loader of the SFT and GRPO recipes, so both read these keys the same way.
+    the mixture; ``max_record_bytes`` refuses larger records. The one loader of the SFT and GRPO recipes, so both
+    read these keys the same way.
     """
     if not args.train_files:
         raise DataError("train_files: give at least one record file")
-    parts = [to_examples(load_records(f), f) for f in args.train_files]
+    limit = args.max_record_bytes
+    parts = [to_examples(load_records(f, max_record_bytes=limit), f) for f in args.train_files]
     if args.train_weights:
         if len(args.train_weights) != len(parts):
             raise DataError(f"train_weights: {len(args.train_weights)} weights for {len(parts)} train_files")
@@ -64,7 +67,9 @@ def load_training_data(
         train = parts[0] if len(parts) == 1 else mix(parts, [len(p) for p in parts], seed=seed)
     if args.max_train_samples:
         train = train.select(range(min(args.max_train_samples, len(train))))
-    evals = to_examples(load_records(args.eval_file), args.eval_file) if args.eval_file else None
+    evals = None
+    if args.eval_file:
+        evals = to_examples(load_records(args.eval_file, max_record_bytes=limit), args.eval_file)
     return train, evals
 
 
@@ -74,12 +79,16 @@ def load_sft_data(args: SFTScriptArguments, seed: int = 0) -> tuple[Dataset, Dat
 
 
 def load_for_training(
-    model_args: ModelConfig, think_start: str | None = None, think_end: str | None = None
+    model_args: ModelConfig,
+    think_start: str | None = None,
+    think_end: str | None = None,
+    allow_nonfinite_weights: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model and tokenizer from ``model_args`` (local paths stay offline; embeddings follow the tokenizer).
 
     ``think_start``/``think_end`` are the config's override of the think delimiters; the tokenizer loader resolves
-    them, and the run's format is then ``ThinkFormat.from_tokenizer(tokenizer)``.
+    them, and the run's format is then ``ThinkFormat.from_tokenizer(tokenizer)``. A checkpoint with NaN/inf weights
+    is refused unless ``allow_nonfinite_weights``.
     """
     tokenizer = load_tokenizer(
         model_args.model_name_or_path, revision=model_args.model_revision, think_start=think_start, think_end=think_end
@@ -92,6 +101,7 @@ def load_for_training(
         tokenizer=tokenizer,
         revision=model_args.model_revision,
         attn_implementation=model_args.attn_implementation,
+        allow_nonfinite_weights=allow_nonfinite_weights,
     )
     return model, tokenizer
 
@@ -105,7 +115,11 @@ def build_sft_trainer(
     eval_dataset: Dataset | None = None,
     callbacks: list | None = None,
 ) -> SFTTrainer:
-    """trl's SFTTrainer, with a LoRA adapter when ``model_args.use_peft`` is set."""
+    """trl's SFTTrainer, with a LoRA adapter when ``model_args.use_peft`` is set.
+
+    Training stops with an error on a non-finite loss or gradient (:class:`train.core.guards.FiniteTrainingGuard`)
+    instead of training on to NaN weights.
+    """
     return SFTTrainer(
         model=model,
         args=training_args,
@@ -113,16 +127,18 @@ def build_sft_trainer(
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), FiniteTrainingGuard()],
     )
 
 
 def save_trained(trainer: SFTTrainer, output_dir: str | Path, merge_lora: bool = True) -> Path:
     """Save the trained model and tokenizer; a LoRA run also gets ``merged/``, a full loadable model.
 
-    Returns the folder downstream stages should load (the merged one for LoRA).
+    Returns the folder downstream stages should load (the merged one for LoRA). A model with NaN/inf weights is
+    refused (:class:`train.core.guards.NonFiniteError`): nothing is saved.
     """
     output_dir = Path(output_dir)
+    check_finite_model(trainer.model, str(output_dir))
     trainer.save_model(str(output_dir))
     model = trainer.model
     if hasattr(model, "merge_and_unload") and merge_lora:

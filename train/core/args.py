@@ -2,12 +2,15 @@
 
 * :class:`ModelFormatArguments`: the think-delimiter override and how a LoRA run is saved (SFT, GRPO, distillation,
   the dual system);
-* :class:`DataArguments`: training and held-out record files (SFT, GRPO), plus the above.
+* :class:`DataArguments`: training and held-out record files, their size limit and the non-finite weights switch
+  (SFT, GRPO), plus the above.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from train.core.data import MAX_RECORD_BYTES
 
 
 @dataclass
@@ -52,3 +55,14 @@ class DataArguments(ModelFormatArguments):
         metadata={"help": "Held-out records: the eval loss for SFT, the same rewards for GRPO."},
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
+    max_record_bytes: int | None = field(
+        default=MAX_RECORD_BYTES,
+        metadata={
+            "help": "Refuse a record whose text (UTF-8, code tests aside) is larger than this, naming its file and "
+            "row (default 1 MiB: one runaway row stalls tokenisation); null: no limit."
+        },
+    )
+    allow_nonfinite_weights: bool = field(
+        default=False,
+        metadata={"help": "Load a checkpoint with NaN/inf weights (refused by default, naming the tensor)."},
+    )

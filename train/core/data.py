@@ -16,21 +16,30 @@ key             meaning
 ``id``          a stable id; derived from the prompt when missing. Optional.
 ==============  =================================================================================================
 
-Every error names the file, the row (1-based line for JSONL) and the key.
+Every error names the file, the row (1-based line for JSONL) and the key. Files must be UTF-8 (an error names the
+row and byte that is not). A record whose text (every string in it but the code ``tests``) is larger than
+``max_record_bytes`` (:data:`MAX_RECORD_BYTES`, 1 MiB, by default) is refused: one runaway row would stall
+tokenisation for minutes. Ids name prompts: two rows with one id must ask the same problem (they may differ in mode
+tag or target response), and two identical rows are a duplicate; both are errors naming the two rows.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
+import math
 import random
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, concatenate_datasets
+
+from train.core.modes import untagged
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +47,8 @@ REQUIRED = ("prompt", "task")
 OPTIONAL = ("answer", "tests", "response", "difficulty", "source", "id")
 KNOWN_TASKS = ("math", "code", "general")
 _ROLES = {"system", "user", "assistant", "tool"}
+#: The default largest record, in bytes of text (UTF-8) outside the code ``tests``: 1 MiB.
+MAX_RECORD_BYTES = 1 << 20
 
 
 class DataError(ValueError):
@@ -105,6 +116,8 @@ def validate_record(row: dict[str, Any], source: str = "<records>", index: int |
         raise DataError(f"{_where(source, index, 'task')}: expected a string such as {KNOWN_TASKS}")
     rec["task"] = row["task"].strip().lower()
     answer = row.get("answer")
+    if answer is not None and (isinstance(answer, (dict, list, tuple)) or not isinstance(answer, (str, int, float))):
+        raise DataError(f"{_where(source, index, 'answer')}: expected a string or a number, got {answer!r:.80}")
     rec["answer"] = None if answer is None else str(answer)
     rec["tests"] = _check_tests(row.get("tests"), _where(source, index, "tests"))
     if rec["task"] == "code" and not rec["tests"]:
@@ -119,73 +132,186 @@ def validate_record(row: dict[str, Any], source: str = "<records>", index: int |
             difficulty = float(difficulty)
         except (TypeError, ValueError):
             raise DataError(f"{_where(source, index, 'difficulty')}: expected a number, got {difficulty!r}") from None
+        if not math.isfinite(difficulty):
+            raise DataError(f"{_where(source, index, 'difficulty')}: expected a finite number, got {difficulty!r}")
     rec["difficulty"] = difficulty
     rec["source"] = None if row.get("source") is None else str(row["source"])
     rec["id"] = str(row["id"]) if row.get("id") is not None else record_id(rec["prompt"])
     return rec
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
+def record_bytes(row: Any) -> int:
+    """The UTF-8 size of a row's text: every string in it, nested ones included, except the code ``tests``."""
+    if isinstance(row, str):
+        return len(row.encode("utf-8"))
+    if isinstance(row, dict):
+        return sum(record_bytes(v) for k, v in row.items() if k != "tests")
+    if isinstance(row, (list, tuple)):
+        return sum(record_bytes(v) for v in row)
+    return 0
+
+
+def _check_size(row: Any, where: str, max_bytes: int | None, bound: int | None = None) -> None:
+    # ``bound`` (a JSONL line's length) is an upper bound of the text's size: most rows need no counting.
+    if not max_bytes or (bound is not None and bound <= max_bytes):
+        return
+    size = record_bytes(row)
+    if size > max_bytes:
+        raise DataError(
+            f"{where}: the record's text is {size} bytes, over max_record_bytes={max_bytes} (a row this large stalls "
+            "tokenisation; raise max_record_bytes, or set it to null for no limit, if it is meant)"
+        )
+
+
+def _not_utf8(raw: bytes, exc: UnicodeDecodeError, where: str, offset: int = 0) -> DataError:
+    return DataError(
+        f"{where}: byte {offset + exc.start} (0x{raw[exc.start]:02x}) is not valid UTF-8 ({exc.reason}); "
+        "convert the file to UTF-8"
+    )
+
+
+def _decode(raw: bytes, where: str, offset: int = 0) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(raw, exc, where, offset) from None
+
+
+def _decode_file(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise _not_utf8(raw, exc, f"{path}, line {line}") from None
+
+
+def _read_jsonl(path: Path, max_bytes: int | None) -> list[tuple[int, Any]]:
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
+    offset = 0
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            line = _decode(raw, f"{path}, row {line_no}", offset)
+            offset += len(raw)
             if not line.strip():
                 continue
             try:
-                rows.append((line_no, json.loads(line)))
+                row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}, row {line_no}: malformed JSON ({exc.msg})") from None
+            _check_size(row, f"{path}, row {line_no}", max_bytes, bound=len(raw))
+            rows.append((line_no, row))
     return rows
 
 
-def _read_rows(path: Path) -> list[tuple[int, Any]]:
+def _read_csv(path: Path, max_bytes: int | None) -> list[tuple[int, Any]]:
+    reader = csv.DictReader(io.StringIO(_decode_file(path), newline=""))
+    old = csv.field_size_limit()
+    # csv's own field limit (128 KiB) would refuse a large cell with an error that names no row; ours names it.
+    csv.field_size_limit(max(old, min(sys.maxsize, 4 * max_bytes + 1) if max_bytes else sys.maxsize))
+    try:
+        return list(enumerate(reader, 2))  # row numbers as a spreadsheet shows them
+    except csv.Error as exc:
+        raise DataError(f"{path}, line {reader.line_num}: malformed CSV ({exc})") from None
+    finally:
+        csv.field_size_limit(old)
+
+
+def _read_rows(path: Path, max_bytes: int | None) -> list[tuple[int, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return _read_jsonl(path)
+        return _read_jsonl(path, max_bytes)
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(_decode_file(path))
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: malformed JSON at line {exc.lineno} ({exc.msg})") from None
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a list of records (or {{'data': [...]}})")
-        return list(enumerate(data, 1))
-    if suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as f:
-            return list(enumerate(csv.DictReader(f), 2))  # row numbers as a spreadsheet shows them
-    if suffix == ".parquet":
-        return list(enumerate(Dataset.from_parquet(str(path)).to_list(), 1))
-    raise DataError(f"{path}: unsupported file type {suffix!r}; expected .jsonl, .json, .csv or .parquet")
+        rows = list(enumerate(data, 1))
+    elif suffix == ".csv":
+        rows = _read_csv(path, max_bytes)
+    elif suffix == ".parquet":
+        rows = list(enumerate(Dataset.from_parquet(str(path)).to_list(), 1))
+    else:
+        raise DataError(f"{path}: unsupported file type {suffix!r}; expected .jsonl, .json, .csv or .parquet")
+    for i, row in rows:
+        _check_size(row, f"{path}, row {i}", max_bytes)
+    return rows
 
 
-def read_records(path: str | Path, validate: bool = True) -> list[dict[str, Any]]:
-    """The records of a local file as validated dicts."""
+def check_ids(records: Sequence[dict[str, Any]], source: str, rows: Sequence[int] | None = None) -> None:
+    """Refuse an id shared by two different prompts (a collision) or by two identical rows (a duplicate).
+
+    One problem asked in two modes, or with two target responses, may share its id. Errors name both rows.
+    """
+    rows = list(range(1, len(records) + 1)) if rows is None else rows
+    first: dict[str, tuple[int, Any, str]] = {}
+    seen: dict[tuple[str, str, Any], int] = {}
+    for row, rec in zip(rows, records):
+        rid = rec["id"]
+        prompt = json.dumps(untagged(rec["prompt"]), sort_keys=True, ensure_ascii=False)
+        if rid in first and first[rid][1] != prompt:
+            raise DataError(
+                f"{_where(source, row, 'id')}: id {rid!r} is also row {first[rid][0]}'s, a different prompt "
+                f"({rec['prompt']!r:.60} vs {first[rid][2]!r:.60}); give every problem its own id"
+            )
+        first.setdefault(rid, (row, prompt, rec["prompt"]))
+        key = (rid, json.dumps(rec["prompt"], sort_keys=True, ensure_ascii=False), rec.get("response"))
+        if key in seen:
+            raise DataError(
+                f"{_where(source, row, 'id')}: duplicate id {rid!r} (also row {seen[key]}): the same prompt and "
+                "response twice; remove one"
+            )
+        seen[key] = row
+
+
+def read_records(
+    path: str | Path, validate: bool = True, max_record_bytes: int | None = MAX_RECORD_BYTES
+) -> list[dict[str, Any]]:
+    """The records of a local file as validated dicts (:func:`validate_record`, ids checked by :func:`check_ids`).
+
+    ``max_record_bytes`` refuses a larger record (see :func:`record_bytes`); None accepts any size.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such data file")
-    rows = _read_rows(path)
+    rows = _read_rows(path, max_record_bytes)
     if not validate:
         return [r for _, r in rows]
-    return [validate_record(row, str(path), i) for i, row in rows]
+    records = [validate_record(row, str(path), i) for i, row in rows]
+    check_ids(records, str(path), [i for i, _ in rows])
+    return records
 
 
-def load_records(spec: str | Path, split: str = "train", validate: bool = True, limit: int | None = None) -> Dataset:
+def load_records(
+    spec: str | Path,
+    split: str = "train",
+    validate: bool = True,
+    limit: int | None = None,
+    max_record_bytes: int | None = MAX_RECORD_BYTES,
+) -> Dataset:
     """A :class:`datasets.Dataset` of records from a local file or a hub dataset name.
 
     Local paths never touch the network. A hub name is loaded with ``datasets.load_dataset(spec, split=split)``.
+    ``max_record_bytes`` is :func:`read_records`'.
     """
     path = Path(spec)
     if path.exists():
-        records = read_records(path, validate=validate)
+        records = read_records(path, validate=validate, max_record_bytes=max_record_bytes)
         source = str(path)
     else:
         from datasets import load_dataset
 
-        hub = load_dataset(str(spec), split=split)
-        records = [validate_record(r, str(spec), i) for i, r in enumerate(hub, 1)] if validate else hub.to_list()
         source = str(spec)
+        records = load_dataset(source, split=split).to_list()
+        for i, r in enumerate(records, 1):
+            _check_size(r, f"{source}, row {i}", max_record_bytes)
+        if validate:
+            records = [validate_record(r, source, i) for i, r in enumerate(records, 1)]
+            check_ids(records, source)
     if limit is not None:
         records = records[:limit]
     if not records:

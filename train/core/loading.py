@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -9,8 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+from tokenizers import AddedToken
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from train.core.guards import NonFiniteError, first_nonfinite
 from train.core.modes import (
     PANGU_THINK,
     QWEN3_THINK,
@@ -32,12 +37,60 @@ def is_local(name_or_path: str | os.PathLike) -> bool:
     return Path(name_or_path).expanduser().exists()
 
 
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` is meant as a local path: ``./``, ``../``, ``/`` or ``~`` first, more than one ``/``, or a
+    first component that exists here (``outputs/sft`` with an ``outputs/`` folder). A hub id is ``org/name``."""
+    if name.startswith(("./", "../", "/", "~", ".\\", "..\\")) or name in (".", "..") or name.count("/") > 1:
+        return True
+    return "/" in name and Path(name.split("/", 1)[0]).exists()
+
+
 def _hub_kwargs(name_or_path: str | os.PathLike, revision: str | None) -> dict[str, Any]:
+    """``from_pretrained`` options for a local folder or a hub id; a missing local path is an error naming it.
+
+    A string that looks like a path (:func:`looks_like_path`) and does not exist is never sent to the hub, where a
+    typo becomes a misleading repo-id error or a minute of network retries. A hub id is looked up only when it is a
+    valid repo id; with ``HF_HUB_OFFLINE`` set, only in the local hub cache.
+    """
     if is_local(name_or_path):
         # local_files_only stops transformers from asking the hub about a local folder (e.g. for a missing
         # generation config), which on an offline machine would hang until it times out.
         return {"local_files_only": True}
-    return {"revision": revision} if revision else {}
+    name = str(name_or_path)
+    if isinstance(name_or_path, Path) or looks_like_path(name):
+        raise FileNotFoundError(f"{name}: no such model folder (resolved to {Path(name).expanduser().resolve()})")
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise FileNotFoundError(f"{name}: no such model folder, and not a valid hub id (org/name)") from None
+    kwargs: dict[str, Any] = {"revision": revision} if revision else {}
+    return {**kwargs, "local_files_only": True} if hub_offline() else kwargs
+
+
+def _from_pretrained(load: Any, name_or_path: str | os.PathLike, revision: str | None, **kwargs: Any) -> Any:
+    hub = _hub_kwargs(name_or_path, revision)
+    try:
+        return load(str(name_or_path), **hub, **kwargs)
+    except OSError as exc:
+        if is_local(name_or_path) or not hub_offline():
+            raise
+        raise OSError(
+            f"{name_or_path}: not a local folder, and not in the hub cache (HF_HUB_OFFLINE is set, so the hub is "
+            f"not asked): {exc}"
+        ) from exc
+
+
+def _ensure_single_tokens(tokenizer: PreTrainedTokenizerBase, fmt: ThinkFormat) -> None:
+    """Make each think delimiter one token: a saved template can name ``<think>`` in a vocabulary without it, where
+    it would be split into seven character tokens and never learnt as one delimiter."""
+    split = [t for t in (fmt.start, fmt.end) if len(tokenizer.encode(t, add_special_tokens=False)) != 1]
+    if split:
+        logger.info("adding the think delimiters %s as tokens (the tokenizer split them)", split)
+        tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in split])
 
 
 def load_tokenizer(
@@ -58,7 +111,7 @@ def load_tokenizer(
     """
     if think is not None and not isinstance(think, ThinkFormat):
         raise TypeError(f"load_tokenizer: think must be a ThinkFormat (or think_start=/think_end=), not {think!r}")
-    tok = AutoTokenizer.from_pretrained(str(name_or_path), **_hub_kwargs(name_or_path, revision))
+    tok = _from_pretrained(AutoTokenizer.from_pretrained, name_or_path, revision)
     fmt = resolve_think_format(tok, think, think_start=think_start, think_end=think_end)
     template = tok.chat_template
     # A template is kept when it has generation markers and this format's delimiters (e.g. trl's qwen3_training);
@@ -68,6 +121,7 @@ def load_tokenizer(
         install_chat_template(tok, fmt)
     else:
         record_think_format(tok, fmt)
+    _ensure_single_tokens(tok, fmt)
     tok.padding_side = "left"  # decoder-only generation pads on the left
     return tok
 
@@ -116,16 +170,26 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     tokenizer: PreTrainedTokenizerBase | None = None,
     revision: str | None = None,
+    allow_nonfinite_weights: bool = False,
     **kwargs: Any,
 ) -> PreTrainedModel:
-    """A causal LM; embeddings are resized when ``tokenizer`` has grown (think tags added)."""
+    """A causal LM; embeddings are resized when ``tokenizer`` has grown (think tags added).
+
+    A checkpoint with a NaN or infinite weight is refused (:class:`train.core.guards.NonFiniteError` naming the file
+    and the tensor): it would train to NaN everywhere and still save. ``allow_nonfinite_weights=True`` loads it.
+    """
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
         dtype = _DTYPES[dtype]
-    model = AutoModelForCausalLM.from_pretrained(
-        str(name_or_path), dtype=dtype, **_hub_kwargs(name_or_path, revision), **kwargs
-    )
+    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name_or_path, revision, dtype=dtype, **kwargs)
+    bad = None if allow_nonfinite_weights else first_nonfinite([*model.named_parameters(), *model.named_buffers()])
+    if bad:
+        name, count = bad
+        raise NonFiniteError(
+            f"{checkpoint_file(name_or_path, name)}: tensor {name!r} has {count} NaN/inf value(s) as loaded in {dtype}"
+            " (a corrupt checkpoint, or values beyond that dtype's range); allow_nonfinite_weights loads it anyway"
+        )
     if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         logger.info("resizing embeddings %d -> %d", model.get_input_embeddings().weight.shape[0], len(tokenizer))
         model.resize_token_embeddings(len(tokenizer))
@@ -133,6 +197,21 @@ def load_model(
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def checkpoint_file(name_or_path: str | os.PathLike, tensor: str = "") -> str:
+    """The weights file of a local checkpoint (the shard holding ``tensor`` when indexed), else ``name_or_path``."""
+    folder = Path(name_or_path).expanduser()
+    if not folder.is_dir():
+        return str(name_or_path)
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / index).exists():
+            weight_map = json.loads((folder / index).read_text(encoding="utf-8")).get("weight_map", {})
+            return str(folder / weight_map[tensor]) if tensor in weight_map else str(folder / index)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).exists():
+            return str(folder / name)
+    return str(folder)
 
 
 def load_model_and_tokenizer(

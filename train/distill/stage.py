@@ -24,6 +24,7 @@ from trl import ModelConfig
 from rewards.verify import check
 from train.core.configs import SFTConfig
 from train.core.data import DataError, difficulty_bucket, read_records, records_to_dataset, write_jsonl
+from train.core.fingerprint import fault_point
 from train.core.loading import load_model, load_tokenizer
 from train.core.modes import Mode, ThinkFormat
 from train.distill.config import DistillConfig
@@ -45,6 +46,19 @@ def load_generation_model(
 
 
 # ------------------------------------------------------------------------------------------- candidates
+
+
+def read_pool(cfg: DistillConfig) -> list[dict]:
+    """The pool of verified teacher data, refused up front (naming the file) when it is empty or a record has no
+    response, rather than after the first evaluation when the first iteration finds no prompts to draw."""
+    if not cfg.train_file:
+        raise DataError("train_file: give the pool of verified teacher data (records with a `response`)")
+    pool = read_records(cfg.train_file)
+    if not pool:
+        raise DataError(f"{cfg.train_file}: the pool has no records")
+    if missing := [i for i, r in enumerate(pool, 1) if not r.get("response")]:
+        raise DataError(f"{cfg.train_file}, row {missing[0]}, key 'response': the pool needs teacher responses")
+    return pool
 
 
 def used_ids(output_dir: str | Path, t: int) -> set[str]:
@@ -135,6 +149,7 @@ def measure_and_select(
         else:
             complexities = measure(model_path, candidates, cfg, think, seed + iteration, device)
         write_jsonl(out_dir / "complexity.jsonl", [{**r, "complexity": c} for r, c in zip(candidates, complexities)])
+        fault_point("complexity")  # reliability tests: killed with the complexities written, nothing selected
     sel_cfg = cfg.selection_config(iteration)
     selection = select([0.5] * len(candidates) if cfg.selection == "random" else complexities, sel_cfg)
     chosen = [candidates[i] for i in selection.indices]
@@ -203,6 +218,7 @@ def train_student(
     train = sft_dataset(records_to_dataset(read_records(it_dir / "selected.jsonl")), str(it_dir / "selected.jsonl"))
     trainer = build_sft_trainer(model, tokenizer, args, margs, train)
     result = trainer.train()
+    fault_point("training")  # reliability tests: killed after training, before the student is saved
     out = save_trained(trainer, it_dir / "student", cfg.merge_lora)
     if trainer.accelerator.is_main_process:
         write_json(done, {"student": str(out), "train_loss": result.training_loss, "steps": result.global_step,
