@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from safetensors.torch import load_file
 
 from rewards.verify import Verifier, rejection_sample
 from train.core.data import read_records, validate_record, write_jsonl
+from train.core.fingerprint import ResumeConfigError
 from train.core.modes import QWEN3_THINK
 from train.distill import stage
 from train.distill.config import DistillConfig
@@ -128,6 +131,15 @@ def test_two_iterations_in_process_then_resume(tiny_model_dir, pool_dir, tmp_pat
     assert main(argv) == final and is_complete(iteration_dir(out, 1))
     assert (iteration_dir(out, 0) / "manifest.json").stat().st_mtime_ns == first
     assert torch.allclose(weights(final)[name], 0.25 * prev + 0.75 * student, atol=1e-6)
+    # A rerun under another configuration is refused, naming the keys; logging and reporting keys do not count.
+    recorded = json.loads((out / "run_config.json").read_text())["keys"]
+    assert recorded["training.learning_rate"] == 3e-3 and "training.logging_steps" not in recorded
+    for extra, key in ((["--learning_rate", "1e-2"], "training.learning_rate"),
+                       (["--merge_method", "ema"], "distill.merge_method"),
+                       (["--selection", "random"], "distill.selection")):  # fmt: skip
+        with pytest.raises(ResumeConfigError, match=rf"{key}: .*delete .*run to start over"):
+            main(argv + extra)
+    assert main(argv + ["--logging_steps", "1", "--report_to", "none", "--disable_tqdm", "false"]) == final
 
 
 @pytest.mark.slow
@@ -218,3 +230,55 @@ def test_held_out_metrics_keys():
     assert metrics == {"n": 4, "accuracy": 0.5, "mean_tokens": 5.0, "accuracy_hard": 0.5, "n_hard": 2,
                        "accuracy_by_difficulty": {"1": 1.0, "3": 0.5, "all": 0.0}}  # fmt: skip
     assert "accuracy_hard" not in stage.held_out_metrics(records, scores)
+
+
+def _fault_run(model: Path, data: Path, out: Path, fault: str | None) -> subprocess.CompletedProcess:
+    """Two CPU processes under `accelerate launch`; FASTSLOW_FAULT=<phase> makes a process exit 137 at that phase."""
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(ROOT / "recipes/accelerate/cpu_ddp.yaml"), str(ROOT / "recipes/distill.py"),
+        "--config", str(ROOT / "recipes/configs/tiny/distill.yaml"), "--model_name_or_path", str(model),
+        "--train_file", str(data / "pool.jsonl"), "--eval_file", str(data / "test.jsonl"), "--output_dir", str(out),
+        "--candidates_per_iteration", "16", "--target_size", "16", "--max_new_tokens", "12", "--eval_max_samples", "4",
+        "--track_first_iteration", "4", "--max_steps", "2", "--per_device_train_batch_size", "4",
+        "--eval_initial", "false",
+    ]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+    env.pop("FASTSLOW_FAULT", None)
+    if fault:
+        env["FASTSLOW_FAULT"] = fault
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
+
+
+def _results(out: Path) -> dict[str, str]:
+    """What must not depend on a kill: each iteration's merged weights, selected set and metrics (sha256)."""
+    found = {}
+    for t in (0, 1):
+        it = iteration_dir(out, t)
+        for name in ("model/model.safetensors", "selected.jsonl", "metrics.json"):
+            found[f"{it.name}/{name}"] = hashlib.sha256((it / name).read_bytes()).hexdigest()
+    return found
+
+
+def _strays(out: Path) -> list[str]:
+    stray = re.compile(r"\.(partial|old)-\d+$|\.tmp(-\d+)?$")
+    return [str(p.relative_to(out)) for p in out.rglob("*") if stray.search(p.name)]
+
+
+@pytest.mark.slow
+def test_a_kill_at_each_phase_resumes_to_the_same_model(tiny_model_dir, pool_dir, tmp_path):
+    """Kill a two-process run at each phase (complexity written, selection written, after training, inside the
+    iteration-1 merge's commit, metrics written); the rerun ends byte-identical to an uninterrupted run, no strays."""
+    reference = _fault_run(tiny_model_dir, pool_dir, tmp_path / "reference", None)
+    assert reference.returncode == 0, reference.stderr[-4000:]
+    expected = _results(tmp_path / "reference")
+    for fault in ("complexity", "selection", "training", "commit@2", "evaluation"):
+        out = tmp_path / fault.replace("@", "-")
+        killed = _fault_run(tiny_model_dir, pool_dir, out, fault)
+        assert killed.returncode != 0, f"{fault}: the run was not killed"
+        assert not (out / "final.json").exists()
+        rerun = _fault_run(tiny_model_dir, pool_dir, out, None)
+        assert rerun.returncode == 0, f"{fault}: {rerun.stderr[-4000:]}"
+        assert _results(out) == expected, fault
+        assert _strays(out) == [], fault

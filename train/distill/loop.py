@@ -14,7 +14,10 @@ Each iteration ``t`` writes ``<output_dir>/iteration_<t>/``:
 =====================  ===================================================================================
 
 A rerun starts after the last complete iteration; inside an unfinished one, measured complexities and the
-selected set are reused when present (they are written atomically).
+selected set are reused when present (they are written atomically). ``<output_dir>/run_config.json`` records the
+configuration that changes results (:func:`check_distill_config`): a rerun under another one is refused, naming the
+keys; delete ``output_dir`` to start over. The merge step commits ``model/`` atomically and recovers the leftovers
+of a commit killed half-way (:func:`train.merging.io.recover_commit`).
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from train.core.fingerprint import RUN_CONFIG, TRAINING_IGNORE, check_run_config
 from train.merging import merge_checkpoints
+from train.merging.io import commit_dir, partial_dir, recover_commit
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +67,28 @@ def resume_point(output_dir: str | Path, iterations: int) -> int:
     while t < iterations and is_complete(iteration_dir(output_dir, t)):
         t += 1
     return t
+
+
+# Distillation keys that change no result: where the pool of an identical run lives is still recorded (a different
+# file is another run), but the per-process local rank is not.
+DISTILL_IGNORE = tuple(f"training.{p}" for p in (*TRAINING_IGNORE, "local_rank"))
+
+
+def check_distill_config(
+    output_dir: str | Path, cfg: Any, training_args: Any, model_args: Any, *, write: bool = True
+) -> dict[str, Any]:
+    """Record (main process, ``write``) or check the run's configuration in ``<output_dir>/run_config.json``.
+
+    Keys are ``distill.*`` (:class:`DistillConfig`), ``training.*`` (the SFT arguments, less logging, reporting,
+    saving and output paths: :data:`DISTILL_IGNORE`) and ``model.*``. Raises
+    :class:`train.core.fingerprint.ResumeConfigError` naming the keys that differ from the recorded ones.
+    """
+    mapping = {
+        **{f"distill.{k}": v for k, v in asdict(cfg).items()},
+        **{f"training.{k}": v for k, v in training_args.to_dict().items()},
+        **{f"model.{k}": v for k, v in asdict(model_args).items()},
+    }
+    return check_run_config(Path(output_dir) / RUN_CONFIG, mapping, DISTILL_IGNORE, write=write)
 
 
 def write_json(path: str | Path, data: Any) -> Path:
@@ -135,8 +163,14 @@ def merge_models(
 
 
 def _copy_model(src: str | Path, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
+    """Copy the student's loadable files to ``dst``, committed like a merge's output (atomic, self-cleaning)."""
+    dst = Path(dst).resolve()
+    recover_commit(dst)
+    tmp = partial_dir(dst)
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("checkpoint-*", "runs", "merged"))
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.replace(dst)
+    try:
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("checkpoint-*", "runs", "merged"))
+        commit_dir(tmp, dst, overwrite=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
