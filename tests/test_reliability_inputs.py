@@ -266,5 +266,52 @@ def test_an_empty_distillation_pool_fails_up_front(tiny_model_dir, arithmetic_da
     out = tmp_path / "distill"
     with pytest.raises(DataError, match=rf"{pool}: the pool has no records"):
         main(["--config", str(ROOT / "recipes/configs/tiny/distill.yaml"), "--model_name_or_path", str(tiny_model_dir),
-              "--train_file", str(pool), "--eval_file", str(arithmetic_data_dir / "test.jsonl"), "--output_dir", str(out)])  # fmt: skip
+              "--train_file", str(pool), "--eval_file", str(arithmetic_data_dir / "test.jsonl"),
+              "--output_dir", str(out)])  # fmt: skip
     assert not (out / "initial_metrics.json").exists()
+
+
+# ------------------------------------------------------------------------------------------- the guard
+
+
+def test_guard_stops_before_an_optimizer_step_with_a_nan_gradient():
+    from types import SimpleNamespace
+
+    from train.core.guards import FiniteTrainingGuard, check_finite_model
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    model(torch.ones(1, 2)).sum().backward()
+    state, control = SimpleNamespace(global_step=6), SimpleNamespace(should_save=False)
+    guard = FiniteTrainingGuard()
+    guard.on_pre_optimizer_step(None, state, control, model=model)  # finite: nothing happens
+    model[1].weight.grad[0, 1] = math.inf
+    with pytest.raises(NonFiniteError, match=r"step 7: the gradient of '1\.weight' has 1 NaN/inf"):
+        guard.on_pre_optimizer_step(None, state, control, model=model)
+    with pytest.raises(NonFiniteError, match=r"step 6: \{'loss': nan\}"):
+        guard.on_log(None, state, control, logs={"loss": math.nan, "learning_rate": 1e-3})
+    with torch.no_grad():
+        model[0].bias[1] = math.nan
+    guard.on_step_end(None, state, control, model=model)  # no checkpoint this step: weights not read
+    control.should_save = True
+    with pytest.raises(NonFiniteError, match=r"step 6: checkpoint: parameter '0\.bias'"):
+        guard.on_step_end(None, state, control, model=model)
+    with pytest.raises(NonFiniteError, match=r"out/x: parameter '0\.bias' has 1 NaN/inf value\(s\); refusing to save"):
+        check_finite_model(model, "out/x")
+
+
+def test_grpo_trainer_gets_the_guard(tiny_model_dir, tmp_path, monkeypatch):
+    grpo = load_script("recipes/grpo.py")
+    seen = []
+
+    class Recorder(grpo.FastslowGRPOTrainer):
+        def train(self, *args, **kwargs):
+            seen.extend(type(c).__name__ for c in self.callback_handler.callbacks)
+            raise KeyboardInterrupt  # stop before training
+
+    monkeypatch.setattr(grpo, "FastslowGRPOTrainer", Recorder)
+    rows = [{"prompt": f"Compute {i}+2.", "task": "math", "answer": str(i + 2)} for i in range(4)]
+    data = write_jsonl(tmp_path / "rl.jsonl", rows)
+    with pytest.raises(KeyboardInterrupt):
+        grpo.main(["--config", str(GRPO_CONFIG), "--model_name_or_path", str(tiny_model_dir), "--train_files",
+                   str(data), "--output_dir", str(tmp_path / "grpo"), "--max_steps", "1"])  # fmt: skip
+    assert "FiniteTrainingGuard" in seen
