@@ -72,6 +72,13 @@ class JudgeConfig:
     )
     max_backoff: float = field(default=30.0, metadata={"help": "Upper bound on one back-off wait, in seconds."})
     concurrency: int = field(default=16, metadata={"help": "HTTP requests in flight at once."})
+    batch_budget: float | None = field(
+        default=None,
+        metadata={
+            "help": "Seconds one batch of judge requests may take in all (http backend); requests unfinished by "
+            "then score None, logged (None: no limit beyond timeout and max_retries per request)."
+        },
+    )
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call (transformers backend)."})
     max_new_tokens: int = field(default=256, metadata={"help": "Longest judge reply, in tokens."})
     temperature: float = field(default=0.0, metadata={"help": "Sampling temperature; 0 is greedy (reproducible)."})
@@ -108,6 +115,8 @@ class JudgeConfig:
             raise ValueError("JudgeConfig: set both reply_think_start and reply_think_end, or neither")
         if self.max_retries < 0 or self.concurrency < 1 or self.batch_size < 1:
             raise ValueError("JudgeConfig: max_retries >= 0, concurrency >= 1 and batch_size >= 1 are required")
+        if self.batch_budget is not None and self.batch_budget <= 0:
+            raise ValueError(f"JudgeConfig.batch_budget must be > 0 or None, got {self.batch_budget}")
 
     @property
     def generation_params(self) -> dict[str, Any]:
@@ -194,7 +203,9 @@ def _fmt(x: float) -> str:
 
 # ---------------------------------------------------------------------------------------------------- parsing
 
-_NUM = r"(-?\d+(?:\.\d+)?)"
+# A number starts where a digit run starts (the lookbehind): "7/10" searched at every digit of a long run of digits
+# rescanned the run from each one, quadratic in its length (40,000 digits took minutes). Same matches as without it.
+_NUM = r"(-?(?<!\d)\d+(?:\.\d+)?)"
 _VERDICT = re.compile(
     r"\b(not\s+equivalent|non-?equivalent|inequivalent|not\s+the\s+same|equivalent|the\s+same)\b", re.IGNORECASE
 )
@@ -344,6 +355,7 @@ class HTTPBackend:
                 backoff=config.backoff,
                 max_backoff=config.max_backoff,
                 concurrency=config.concurrency,
+                batch_budget=config.batch_budget,
             ),
             self.reply_think,
         )

@@ -8,10 +8,24 @@ its length rewards.
 
 Each reference is parsed once per process (an LRU cache keyed on the reference string), short answer texts are
 cached too, and integer answers skip math-verify's LaTeX parser (they parse alike, see ``_integer_answer``).
-math-verify's own time limits use ``signal.alarm``, which fails off the main thread, so they are switched off and
-replaced by ``run_with_time_limit``: a watchdog thread that raises ``VerifyTimeout`` in the verifying thread when
-the limit passes. That works on any thread and in worker processes (the watchdog restarts after a fork). It
-interrupts Python code (all of sympy's simplification); a single long C call (a huge integer power) finishes first.
+
+Nothing a completion holds can stall the caller (issue #15). sympy evaluates integer powers and factorials in
+single C calls that no Python-level time limit interrupts (``\\boxed{2^{2^{64}}}`` ran for minutes, eating GBs), so:
+
+* a number too large to compute (a power tower or an exponent over ``MAX_EXPONENT``, a factorial over
+  ``MAX_FACTORIAL``, a digit run over ``MAX_DIGITS``; see ``_too_large``) in the answer makes it wrong (0.0)
+  before sympy sees it; in the reference, the reference is unparseable (None);
+* parsing and verifying run in worker processes (``ISOLATE``): persistent (their caches are the per-process caches
+  above), at most ``MAX_WORKERS`` at once, each with its address space capped (``WORKER_MEMORY_MB``). A worker
+  still busy ``KILL_GRACE_S`` after the time limit is killed, its sample gets None, and a fresh worker starts at
+  once. Integer answers to integer references are compared in the caller (no round trip). Log records of a worker
+  are re-emitted in the caller.
+
+Inside a worker (and in the caller when ``ISOLATE`` is off), math-verify's own time limits, which use
+``signal.alarm`` and fail off the main thread, are switched off and replaced by ``run_with_time_limit``: a watchdog
+thread that raises ``VerifyTimeout`` in the verifying thread when the limit passes. That works on any thread (the
+watchdog restarts after a fork) and interrupts Python code (all of sympy's simplification), so a slow simplification
+costs the worker nothing; only a single long C call gets it killed.
 
 Scores: 1.0 correct, 0.0 wrong or missing answer (an unclosed think block has no answer), ``None`` when the sample
 is not a math task, has no reference, or the reference cannot be parsed, and ``None`` on a time-out or an error.
@@ -19,13 +33,21 @@ is not a math task, has no reference, or the reference cannot be parsed, and ``N
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
 import heapq
 import itertools
+import json
 import logging
+import math
 import os
 import re
+import resource
+import select
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -50,6 +72,22 @@ ANSWER_CACHE_MAX_CHARS = 2000
 DEFAULT_TIMEOUT_S = 5.0
 #: Task-column values the math rewards apply to (compared case-insensitively).
 MATH_TASKS = ("math",)
+#: Numbers too large to compute: an exponent (or power tower) over this is refused before sympy sees it...
+MAX_EXPONENT = 10**5
+#: ...and so are a factorial of more than this, and a run of more digits than this.
+MAX_FACTORIAL = 1000
+MAX_DIGITS = 1000
+#: Verify in worker processes (killed at the time limit, memory capped); False verifies in the calling thread,
+#: where only Python code is interrupted at the limit (the tests that spy on the functions below use that).
+ISOLATE = True
+#: Address-space limit of one verification worker, in MiB (0: none).
+WORKER_MEMORY_MB = 2048
+#: Most verification workers per process; more concurrent callers wait for one.
+MAX_WORKERS = max(1, min(4, os.cpu_count() or 1))
+#: Seconds a worker may take to start (importing sympy and math-verify); not part of a call's time limit.
+WORKER_START_TIMEOUT_S = 120.0
+#: Seconds past the time limit to wait for a worker's own time-out reply before killing it.
+KILL_GRACE_S = 0.25
 
 # Boxed answers win over anything else; otherwise math-verify takes the last expression it can parse.
 _CONFIG = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
@@ -175,6 +213,78 @@ def _absorb_pending() -> None:
     raise VerifyTimeout
 
 
+# ------------------------------------------------------------------------------------- numbers too large
+
+# A power operator whose exponent starts with a number ("^{64", "** 2", "^{-1000"), and whether that number is
+# raised again (a tower). A lookahead, so that a tower's next operator is matched too.
+_POWER_NUMBER = re.compile(r"(?:\^|\*\*)(?=[\s{(+\-]*(\d+)(?:\.\d+)?(\s*(?:\^|\*\*))?)")
+_FACTORIAL = re.compile(r"(?<!\d)(\d+)[\s}]*!")  # "100000!", "{100000}!"; the lookbehind keeps it linear
+_DIGIT_RUN = re.compile(r"\d+")
+_BRACE = re.compile(r"[{}]")
+
+
+def _too_large(text: str) -> str | None:
+    """Why ``text`` holds a number too large to compute, or None. Linear in the text; literal numbers only.
+
+    Refused: a power whose exponent is a number or a numeric tower (``2^{2^{64}}``, ``2**2**64``) over
+    ``MAX_EXPONENT``, whatever the base; a factorial of a literal number over ``MAX_FACTORIAL``; a run of more than
+    ``MAX_DIGITS`` digits. Symbolic exponents (``e^{-x^2}``) and computed operands (``(2^{64})!``) are not read:
+    the worker's time limit is the guarantee, this filter only spares it the known bombs.
+    """
+    runs = _DIGIT_RUN.findall(text)
+    if runs and max(map(len, runs)) > MAX_DIGITS:
+        return f"a number of more than {MAX_DIGITS} digits"
+    for match in _FACTORIAL.finditer(text):
+        if int(match[1]) > MAX_FACTORIAL:
+            return f"the factorial {match[0]!r}"
+    logs: dict[int, float] = {}  # operator end -> log10 of its exponent, when that is a number or numeric tower
+    limit = math.log10(MAX_EXPONENT)
+    for op in reversed(list(_POWER_NUMBER.finditer(text))):  # right to left: a tower's upper exponents come first
+        digits = op[1].lstrip("0")
+        log = len(digits) - 1 + math.log10(int(digits[:15]) / 10 ** (min(len(digits), 15) - 1)) if digits else 0.0
+        if op[2] is not None:  # raised again: the tower above was read already (absent: not a number)
+            upper = logs.get(op.start(2) + len(op[2]))
+            if upper is None:
+                continue
+            log = 0.0 if log <= 0 else math.inf if upper > 300 else 10**upper * log  # 0 or 1 to any power is small
+        if log > limit:
+            return f"the power {text[max(0, op.start() - 10) : op.end() + 20]!r}"
+        logs[op.end()] = log
+    return None
+
+
+def _boxed_contents(text: str) -> list[str]:
+    """The contents of the outermost ``\\boxed{...}`` groups of ``text`` (an unclosed one runs to the end)."""
+    out, pos = [], 0
+    while (start := text.find("\\boxed", pos)) != -1:
+        i = start + len("\\boxed")
+        while i < len(text) and text[i] in " \t":
+            i += 1
+        if i >= len(text) or text[i] != "{":
+            pos = i
+            continue
+        depth = 0
+        for brace in _BRACE.finditer(text, i):
+            depth += 1 if brace[0] == "{" else -1
+            if depth == 0:
+                out.append(text[i + 1 : brace.start()])
+                pos = brace.end()
+                break
+        else:
+            out.append(text[i + 1 :])
+            break
+    return out
+
+
+def _too_large_answer(answer: str) -> str | None:
+    """:func:`_too_large` on what math-verify reads first: the boxed parts when there are any, else the text."""
+    for part in _boxed_contents(answer) or [answer]:
+        reason = _too_large(part)
+        if reason is not None:
+            return reason
+    return None
+
+
 # ----------------------------------------------------------------------------------------- parse and verify
 
 
@@ -193,6 +303,10 @@ def parse_reference(gold: str) -> tuple[Any, ...]:
     A time-out raises and is not cached.
     """
     gold = gold.strip()
+    reason = _too_large(gold)
+    if reason is not None:
+        logger.warning("math reference %.80r holds %s: the math rewards give None for its samples", gold, reason)
+        return ()
     bare = not _DELIMITED.search(gold) and not _WORD.search(_LATEX_TEXT.sub(" ", gold))
     for candidate in [f"${gold}$", gold] if bare else [gold]:
         parsed = _parse(candidate)
@@ -223,7 +337,7 @@ def _integer_answer(answer: str) -> list[Any] | None:
     match = _PLAIN_INT.fullmatch(answer)
     if match is None and answer.count("boxed") == 1 and "fbox" not in answer:
         match = _BOXED_INT.search(answer)
-    if match is None:
+    if match is None or len(match[1]) > MAX_DIGITS:
         return None
     return [Integer(int(match[1])), match[1]]
 
@@ -233,14 +347,21 @@ def _parse_answer_cached(answer: str) -> tuple[Any, ...]:
     return tuple(_parse(answer))
 
 
-def clear_cache(math_verify_caches: bool = False) -> None:
-    """Forget the parsed references and answers; ``math_verify_caches=True`` also empties math-verify's own small
-    LaTeX caches. Benchmarks call it with ``True`` to time a truly fresh parse.
+def clear_cache(math_verify_caches: bool = False, *, references: bool = True, answers: bool = True) -> None:
+    """Forget the parsed references and answers, here and in the idle verification workers.
+
+    ``math_verify_caches=True`` also empties math-verify's own small LaTeX caches; benchmarks call it to time a
+    truly fresh parse (``references=False`` keeps the parsed references, for the GRPO case).
     """
-    parse_reference.cache_clear()
-    _parse_answer_cached.cache_clear()
+    if references:
+        parse_reference.cache_clear()
+    if answers:
+        _parse_answer_cached.cache_clear()
     if math_verify_caches:
         _clear_math_verify_caches()
+    _POOL.broadcast(
+        {"op": "clear", "math_verify_caches": math_verify_caches, "references": references, "answers": answers}
+    )
 
 
 def _clear_math_verify_caches() -> None:
@@ -254,11 +375,27 @@ def _verify(gold: str, answer: str | None, strict: bool, use_cache: bool) -> boo
         return None  # checked before the answer: an unparseable reference is None whatever the completion
     if answer is None or not answer.strip():
         return False
+    reason = _too_large_answer(answer)
+    if reason is not None:
+        logger.info("math answer holds %s: wrong without parsing it", reason)
+        return False
     parsed = parse_answer(answer)
     if not parsed:
         return False
     # Order matters: verify(gold, target). timeout_seconds=None for the same reason as parsing_timeout=None.
     return bool(verify(list(reference), parsed, strict=strict, timeout_seconds=None))
+
+
+def _integer_verdict(gold: str, answer: str | None) -> bool | None:
+    """The verdict for an integer reference and an integer (or missing) answer, as math-verify gives it; None for
+    anything else. Saves the round trip to a worker for the commonest case."""
+    gold = gold.strip()
+    if _PLAIN_INT.fullmatch(gold) is None or len(gold) > MAX_DIGITS:
+        return None
+    if answer is None or not answer.strip():
+        return False
+    parsed = _integer_answer(answer)
+    return None if parsed is None else bool(parsed[0] == Integer(int(gold)))
 
 
 def verify_answer(
@@ -272,16 +409,236 @@ def verify_answer(
     """Whether ``answer`` (an answer text, already outside any think block) matches the reference ``gold``.
 
     Returns True or False, or ``None`` when the reference is missing or cannot be parsed, or when parsing and
-    verifying took longer than ``timeout_s`` seconds (logged). A missing or empty answer is False. Thread- and
-    process-safe. ``use_cache=False`` parses the reference afresh (for benchmarks).
+    verifying took longer than ``timeout_s`` seconds (logged; None or <= 0: no limit). A missing or empty answer,
+    or one holding a number too large to compute, is False. Runs in a verification worker (``ISOLATE``), so the
+    call returns within ``timeout_s + KILL_GRACE_S`` (plus a worker's start-up, once) and the caller's memory stays
+    flat whatever the answer. Thread- and process-safe. ``use_cache=False`` parses the reference afresh.
     """
     if gold is None or str(gold).strip() == "":
         return None
+    gold = str(gold)
+    limit = timeout_s if timeout_s is not None and timeout_s > 0 else None
+    if not ISOLATE:
+        try:
+            return run_with_time_limit(_verify, limit, gold, answer, strict, use_cache)
+        except VerifyTimeout:
+            logger.warning("math verification timed out after %ss (reference %.80r)", timeout_s, gold)
+            return None
+    verdict = _integer_verdict(gold, answer)
+    if verdict is not None:
+        return verdict
+    message = {"op": "verify", "gold": gold, "answer": answer, "strict": strict, "use_cache": use_cache}
     try:
-        return run_with_time_limit(_verify, timeout_s, str(gold), answer, strict, use_cache)
-    except VerifyTimeout:
-        logger.warning("math verification timed out after %ss (reference %.80r)", timeout_s, str(gold))
+        reply = _POOL.run({**message, "timeout": limit}, None if limit is None else limit + KILL_GRACE_S)
+    except _WorkerDied as exc:
+        logger.warning("math verification worker died (%s) (reference %.80r): the sample gets None", exc, gold)
         return None
+    if reply is None or reply.get("timeout"):
+        logger.warning("math verification timed out after %ss (reference %.80r)", timeout_s, gold)
+        return None
+    if "error" in reply:
+        raise RuntimeError(f"math verification failed in its worker: {reply['error']}")
+    return reply["ok"]
+
+
+# ---------------------------------------------------------------------------------------- worker processes
+
+
+class _WorkerDied(RuntimeError):
+    """A verification worker exited (killed by its memory limit, say) or stopped answering before it started."""
+
+
+class _Worker:
+    """One verification process (:func:`_serve`): a JSON request per line in, a JSON reply per line out."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from rewards.math import _serve; _serve()", str(WORKER_MEMORY_MB)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+            start_new_session=True,  # a Ctrl-C meant for the trainer is not delivered mid-request
+        )
+        self.buffer = b""
+        self.ready = False
+
+    def _line(self, deadline: float) -> bytes | None:
+        """The worker's next line, or None when ``deadline`` (monotonic) passes first."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise _WorkerDied(f"exit status {self.proc.wait()}")
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line
+
+    def call(self, message: dict[str, Any], timeout: float | None) -> dict[str, Any] | None:
+        """The reply to ``message``, or None when ``timeout`` seconds passed first (the worker is then useless)."""
+        assert self.proc.stdin is not None
+        if not self.ready:
+            if self._line(time.monotonic() + WORKER_START_TIMEOUT_S) is None:
+                raise _WorkerDied(f"not started after {WORKER_START_TIMEOUT_S}s")
+            self.ready = True
+        try:
+            self.proc.stdin.write(json.dumps(message).encode() + b"\n")
+            self.proc.stdin.flush()
+        except OSError as exc:  # it exited while idle
+            raise _WorkerDied(f"{type(exc).__name__}: {exc}") from exc
+        line = self._line(math.inf if timeout is None else time.monotonic() + timeout)
+        if line is None:
+            return None
+        reply = json.loads(line)
+        for level, name, text in reply.pop("logs", []):
+            logging.getLogger(name).log(level, "%s", text)
+        return reply
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            self.proc.kill()
+        self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+class _Pool:
+    """The verification workers of this process: started on first use, reused, replaced when killed."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.idle: list[_Worker] = []
+        self.size = 0  # workers alive, idle or busy
+
+    def run(self, message: dict[str, Any], timeout: float | None) -> dict[str, Any] | None:
+        """A worker's reply to ``message``; None when it did not come within ``timeout`` (that worker is killed)."""
+        worker = self._take()
+        reply = None
+        try:
+            reply = worker.call(message, timeout)
+        finally:
+            self._give(worker, healthy=reply is not None)
+        return reply
+
+    def broadcast(self, message: dict[str, Any]) -> None:
+        """Send ``message`` to every idle worker (busy ones miss it); none is started for it."""
+        with self.cond:
+            workers, self.idle = self.idle, []
+        for worker in workers:
+            reply = None
+            try:
+                reply = worker.call(message, WORKER_START_TIMEOUT_S)
+            except _WorkerDied:
+                pass
+            finally:
+                self._give(worker, healthy=reply is not None)
+
+    def _take(self) -> _Worker:
+        with self.cond:
+            while not self.idle and self.size >= MAX_WORKERS:
+                self.cond.wait()
+            worker = self.idle.pop() if self.idle else None
+            if worker is None:
+                self.size += 1
+        if worker is not None and worker.alive():
+            return worker
+        if worker is not None:
+            worker.kill()  # exited while idle: replaced
+        try:
+            return _Worker()
+        except BaseException:
+            with self.cond:
+                self.size -= 1
+                self.cond.notify()
+            raise
+
+    def _give(self, worker: _Worker, healthy: bool) -> None:
+        replacement: _Worker | None = worker
+        if not healthy:
+            worker.kill()
+            try:
+                replacement = _Worker()  # starts importing now, ready by the time it is needed
+            except OSError:
+                replacement = None
+        with self.cond:
+            if replacement is None:
+                self.size -= 1
+            else:
+                self.idle.append(replacement)
+            self.cond.notify()
+
+    def close(self) -> None:
+        with self.cond:
+            workers, self.idle = self.idle, []
+            self.size -= len(workers)
+        for worker in workers:
+            worker.kill()
+
+
+_POOL = _Pool()
+atexit.register(lambda: _POOL.close())
+
+
+class _LogRecords(logging.Handler):
+    """Keeps a worker's log records for the caller, which re-emits them with its own handlers."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[tuple[int, str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append((record.levelno, record.name, record.getMessage()))
+
+
+def _serve() -> None:
+    """A verification worker's main loop (``python -c "from rewards.math import _serve; _serve()" MEMORY_MB``)."""
+    memory = int(sys.argv[1]) << 20
+    if memory > 0:
+        hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+        resource.setrlimit(resource.RLIMIT_AS, (memory if hard < 0 else min(memory, hard), hard))
+    # SIGALRM's default action ends the process, even mid C call: a worker whose caller died stops on its own.
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a stray print goes to stderr, not into the replies
+    handler = _LogRecords()
+    for name in ("rewards", "math_verify"):
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).propagate = False
+    logger.setLevel(logging.INFO)
+    out.write(b'{"ready": true}\n')
+    out.flush()
+    for line in sys.stdin.buffer:
+        reply = _handle(json.loads(line))
+        reply["logs"], handler.records = handler.records, []
+        out.write(json.dumps(reply).encode() + b"\n")
+        out.flush()
+
+
+def _handle(message: dict[str, Any]) -> dict[str, Any]:
+    if message["op"] == "clear":
+        clear_cache(message["math_verify_caches"], references=message["references"], answers=message["answers"])
+        return {}
+    limit = message["timeout"]
+    if limit is not None:  # the caller kills this process KILL_GRACE_S after the limit; if it is gone, this does
+        signal.setitimer(signal.ITIMER_REAL, limit + 10 * KILL_GRACE_S + 5.0)
+    try:
+        ok = run_with_time_limit(
+            _verify, limit, message["gold"], message["answer"], message["strict"], message["use_cache"]
+        )
+        return {"ok": ok}
+    except VerifyTimeout:
+        return {"timeout": True}
+    except Exception as exc:  # MemoryError included: the caller logs it, the sample gets None
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def applies_to_task(task: Any, tasks: Iterable[str]) -> bool:
@@ -329,3 +686,17 @@ class MathReward(Reward):
     def score(self, completion: Any, answer: Any = None, task: Any = None, **_: Any) -> float | None:
         ok = self.correct(completion, answer, task)
         return None if ok is None else float(ok)
+
+
+def _after_fork_in_child() -> None:
+    # A forked child starts its own workers. Its copies of the parent's pipes are closed, so that a worker still
+    # sees the end of its input when the parent exits; the parent's workers are left alone.
+    global _POOL
+    for worker in _POOL.idle:
+        for pipe in (worker.proc.stdin, worker.proc.stdout):
+            if pipe is not None:
+                os.close(pipe.fileno())
+    _POOL = _Pool()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -28,6 +28,13 @@ from train.core.modes import QWEN3_THINK
 MSG = [{"role": "assistant", "content": "<think>2+2</think>\\boxed{4}"}]
 
 
+@pytest.fixture
+def in_process(monkeypatch):
+    """Verify in this process: the tests that spy on (or patch) the verifying functions see them run. The worker
+    processes run the same functions (tests/test_reliability_rewards.py checks the two agree)."""
+    monkeypatch.setattr(rmath, "ISOLATE", False)
+
+
 @pytest.mark.parametrize(
     ("completion", "answer", "expected"),
     [
@@ -78,7 +85,7 @@ def test_argument_order_matters_and_is_gold_first():
     assert reward(["<think></think>$(1,2)$", "<think></think>$1<x<2$"], answer=["1<x<2", "(1,2)"]) == [1.0, 0.0]
 
 
-def test_verify_receives_gold_then_answer(monkeypatch):
+def test_verify_receives_gold_then_answer(monkeypatch, in_process):
     calls = []
 
     def spy(gold, target, **kwargs):
@@ -103,7 +110,7 @@ def test_task_routing(task, expected):
     ) == [1.0]
 
 
-def test_each_reference_is_parsed_once():
+def test_each_reference_is_parsed_once(in_process):
     clear_cache()
     reward = MathReward(think=QWEN3_THINK)
     out = reward(["\\boxed{1}", "\\boxed{2}", "\\boxed{3}", "3"], answer=["3"] * 4)
@@ -177,7 +184,7 @@ def test_time_limit_never_leaks_into_the_caller_nor_deadlocks():
     assert run_with_time_limit(sum, 1.0, [1, 2]) == 3
 
 
-def test_verification_timeout_gives_none(monkeypatch, caplog):
+def test_verification_timeout_gives_none(monkeypatch, caplog, in_process):
     monkeypatch.setattr(rmath, "verify", _busy)
     reward = MathReward(timeout_s=0.1, think=QWEN3_THINK)
     assert reward(["\\boxed{1}"], answer=["1"]) == [None]
@@ -203,7 +210,7 @@ def test_measure_cost_reports_each_setting():
     assert all(v > 0 for v in cost.values())
 
 
-def test_answer_texts_are_cached_up_to_a_length(monkeypatch):
+def test_answer_texts_are_cached_up_to_a_length(monkeypatch, in_process):
     clear_cache()
     calls = []
     real = rmath._parse

@@ -93,6 +93,13 @@ class SamplerConfig:
     requests_per_second: float | None = field(
         default=None, metadata={"help": "Rate limit on endpoint request starts (None: no limit)."}
     )
+    batch_budget: float | None = field(
+        default=None,
+        metadata={
+            "help": "Seconds one batch of endpoint requests (chat_many) may take in all, retries included; requests "
+            "not finished by then are given up and their replies are None, logged (None: no limit)."
+        },
+    )
     self_repair: bool = field(
         default=False, metadata={"help": "Cut and repair loops in the think block while generating (transformers)."}
     )
@@ -104,3 +111,5 @@ class SamplerConfig:
             raise ValueError(f"self_repair needs the transformers backend, not {self.backend!r}")
         if self.timeout <= 0 or self.max_retries < 0 or self.concurrency < 1 or self.batch_size < 1:
             raise ValueError("SamplerConfig: timeout > 0, max_retries >= 0, concurrency >= 1, batch_size >= 1 needed")
+        if self.batch_budget is not None and self.batch_budget <= 0:
+            raise ValueError(f"SamplerConfig.batch_budget must be > 0 or None, got {self.batch_budget}")
