@@ -24,6 +24,7 @@ from rewards.router import MARSRouter
 from train.core.cli import parse_args, setup_logging
 from train.core.guards import FiniteTrainingGuard
 from train.core.modes import ThinkFormat
+from train.rl.async_trl import async_grpo_config, build_async_trainer
 from train.rl.config import ARG_CLASSES, resume_checkpoint
 from train.rl.data import load_grpo_data, mode_counts
 from train.rl.mars import build_rewards, mars_config, merge_mars_override, validate_config
@@ -67,21 +68,33 @@ def main(argv: list[str] | None = None) -> tuple[Path, GRPOTrainer]:
         router.load_state(resume)
         logger.info("resuming from %s", resume)
 
-    # 3. Train: trl's GRPOTrainer with dynamic sampling and the prompt queue (train/rl/trainer.py).
-    trainer = FastslowGRPOTrainer(
-        model=model,
-        reward_funcs=reward_funcs,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
-        dynamic_sampling=script_args.dynamic_sampling,
-        max_resample_rounds=script_args.max_resample_rounds,
-        prompt_queue=queue,
-        success_threshold=script_args.queue_success_threshold,
-        callbacks=[router.state_callback(), FiniteTrainingGuard()],  # a NaN loss or gradient stops the run
-    )
+    # 3. Train: trl's GRPOTrainer with dynamic sampling, the prompt queue and bounded-staleness rollouts
+    #    (train/rl/trainer.py); ssp with vLLM is trl's AsyncGRPOTrainer (train/rl/async_trl.py; needs a GPU).
+    callbacks = [router.state_callback(), FiniteTrainingGuard()]  # a NaN loss or gradient stops the run
+    if script_args.rollout_mode == "ssp" and training_args.use_vllm:
+        config = async_grpo_config(script_args, training_args)
+        path = model_args.model_name_or_path
+        trainer = build_async_trainer(path, reward_funcs, config, train_dataset, tokenizer, callbacks)
+    else:
+        trainer = FastslowGRPOTrainer(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=training_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            peft_config=get_peft_config(model_args),
+            dynamic_sampling=script_args.dynamic_sampling,
+            max_resample_rounds=script_args.max_resample_rounds,
+            prompt_queue=queue,
+            success_threshold=script_args.queue_success_threshold,
+            rollout_mode=script_args.rollout_mode,
+            max_staleness=script_args.max_staleness,
+            importance_cap=script_args.importance_cap,
+            actor=script_args.rollout_actor,
+            heartbeat_timeout=script_args.actor_heartbeat_timeout,
+            callbacks=callbacks,
+        )
     trainer.train(resume_from_checkpoint=resume)
 
     # 4. Save a folder the next stage can load, with the router's statistics beside it.

@@ -103,6 +103,41 @@ class GRPOScriptArguments(DataArguments):
         },
     )
 
+    # Bounded-staleness rollouts (train/rl/ssp.py, train/rl/actor.py; docs/grpo.md "Bounded-staleness rollouts")
+    rollout_mode: str = field(
+        default="sync",
+        metadata={
+            "help": "`sync`: trl generates each batch with the current weights; `ssp`: an actor generates groups with "
+            "the last published weights while the learner trains, at most max_staleness versions ahead (on GPU with "
+            "use_vllm: trl's AsyncGRPOTrainer and a vLLM server, train/rl/async_trl.py)."
+        },
+    )
+    max_staleness: int = field(
+        default=0,
+        metadata={
+            "help": "ssp: s, the most optimizer steps a group may lag the learner; staler groups are dropped "
+            "(0: synchronous, nothing generated while the learner trains)."
+        },
+    )
+    importance_cap: float = field(
+        default=2.0,
+        metadata={
+            "help": "ssp: C in the per-token weight min(exp(logp_learner - logp_actor), C) on stale groups' "
+            "advantages (trl's token_truncate importance sampling; its vllm_importance_sampling_clip_max)."
+        },
+    )
+    rollout_actor: str = field(
+        default="thread",
+        metadata={
+            "help": "ssp on CPU: `thread` (in-process weights) or `process` (a supervised child; weights through an "
+            "atomically replaced file under output_dir/ssp)."
+        },
+    )
+    actor_heartbeat_timeout: float = field(
+        default=60.0,
+        metadata={"help": "ssp: seconds without the actor child's heartbeat before the learner fails (and kills it)."},
+    )
+
     def __post_init__(self) -> None:
         if self.pass_rate_range is not None:
             band = self.pass_rate_range
@@ -112,6 +147,12 @@ class GRPOScriptArguments(DataArguments):
                 raise ValueError("pass_rate_range needs pass_rate_file (the pass rates to filter by)")
         if self.max_resample_rounds < 0:
             raise ValueError(f"max_resample_rounds={self.max_resample_rounds}: expected a count >= 0")
+        if self.rollout_mode not in ("sync", "ssp"):
+            raise ValueError(f"rollout_mode={self.rollout_mode!r}: expected sync or ssp")
+        if self.max_staleness < 0 or self.importance_cap <= 0:
+            raise ValueError(f"max_staleness={self.max_staleness} (>= 0), importance_cap={self.importance_cap} (> 0)")
+        if self.rollout_actor not in ("thread", "process"):
+            raise ValueError(f"rollout_actor={self.rollout_actor!r}: expected thread or process")
 
     def queue_config(self, seed: int) -> QueueConfig:
         """The prompt queue's knobs from the ``queue_*`` keys."""

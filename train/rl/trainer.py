@@ -19,6 +19,15 @@ the token normaliser). This subclass changes one thing, the generation batch tha
   and applied in the same order everywhere. The queue's state is saved in every checkpoint
   (``queue_state.json``) and restored by ``train(resume_from_checkpoint=...)``.
 
+* **Bounded-staleness rollouts** (``rollout_mode="ssp"``, ``max_staleness=s``; train/rl/ssp.py, train/rl/actor.py):
+  an actor (a thread, or a supervised child process) generates groups with the published weights while the
+  learner trains; the weights are published after every optimizer step (version = ``global_step``). Every
+  generation round's groups are taken from the actor (dropping any staler than s) instead of generated here, and
+  trl scores them (``rollout_func`` hands trl the actor's tokens and sampling log-probs). The advantages of the
+  batch are then weighted per token by ``min(exp(logp_learner - logp_actor), importance_cap)`` (advantages become
+  ``(B, T)``, which trl's loss accepts: a non-negative weight on the advantage scales each token's clipped loss
+  term exactly as trl's ``importance_sampling_ratio`` would). Metrics ``ssp/*``.
+
 Metrics (train mode, per generation batch): ``dynamic_sampling/zero_std_frac_raw`` (share of uninformative groups
 among all generated), ``dynamic_sampling/zero_std_frac_trained`` (in the trained batch: 0 when enough were found),
 ``dynamic_sampling/resample_rounds``, ``dynamic_sampling/extra_completions`` (the resampling cost),
@@ -27,8 +36,11 @@ among all generated), ``dynamic_sampling/zero_std_frac_trained`` (in the trained
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +52,25 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import GRPOTrainer
 
+from train.rl.actor import (
+    ActorSettings,
+    GroupGenerator,
+    ProcessActor,
+    ProcessSpec,
+    ThreadActor,
+    actor_loop,
+    load_generator,
+)
 from train.rl.queue import PromptQueue
+from train.rl.ssp import (
+    ROLLOUT_MODES,
+    FileWeightStore,
+    Group,
+    StalenessQueue,
+    WeightStore,
+    truncated_importance_weights,
+)
+from train.sampling.params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +113,23 @@ class QueueStateCallback(TrainerCallback):
             self.queue.save(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
 
 
+class SSPCallback(TrainerCallback):
+    """Starts the actor once the trainer's state is loaded, publishes the weights after every optimizer step, and
+    stops the actor at the end (the trainer's ``train`` also stops it when training raises)."""
+
+    def __init__(self, trainer: FastslowGRPOTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._start_actor()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._publish(state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.trainer._stop_actor()
+
+
 class PromptStream:
     """Dataset positions in seeded random order, epoch after epoch: fresh prompts for resample rounds."""
 
@@ -108,6 +155,12 @@ class FastslowGRPOTrainer(GRPOTrainer):
         max_resample_rounds: int = 4,
         prompt_queue: PromptQueue | None = None,
         success_threshold: float = 0.5,
+        rollout_mode: str = "sync",
+        max_staleness: int = 0,
+        importance_cap: float = 2.0,
+        actor: str = "thread",
+        heartbeat_timeout: float = 60.0,
+        groups_per_call: int | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
@@ -118,10 +171,12 @@ class FastslowGRPOTrainer(GRPOTrainer):
         self.prompt_queue = prompt_queue
         self.success_threshold = success_threshold
         local = self.args.per_device_train_batch_size * self.args.steps_per_generation
-        if (dynamic_sampling or prompt_queue is not None) and local % self.num_generations:
+        whole_groups = dynamic_sampling or prompt_queue is not None or rollout_mode == "ssp"
+        if whole_groups and local % self.num_generations:
             raise ValueError(
-                f"dynamic sampling and the prompt queue keep whole groups on each rank: per_device_train_batch_size "
-                f"x steps_per_generation ({local}) must be a multiple of num_generations ({self.num_generations})"
+                f"dynamic sampling, the prompt queue and ssp keep whole groups on each rank: "
+                f"per_device_train_batch_size x steps_per_generation ({local}) must be a multiple of num_generations "
+                f"({self.num_generations})"
             )
         if prompt_queue is not None:
             if len(prompt_queue) != len(self.train_dataset):
@@ -130,6 +185,7 @@ class FastslowGRPOTrainer(GRPOTrainer):
             self.add_callback(QueueStateCallback(prompt_queue))
         self._stream = PromptStream(len(self.train_dataset), self.args.seed + 1)  # apart from trl's sampler order
         self._last_rewards_per_func: torch.Tensor | None = None
+        self._init_ssp(rollout_mode, max_staleness, importance_cap, actor, heartbeat_timeout, groups_per_call)
 
     # -- resume: the queue's state comes back with the checkpoint
 
@@ -139,7 +195,137 @@ class FastslowGRPOTrainer(GRPOTrainer):
             checkpoint = get_last_checkpoint(self.args.output_dir)
         if self.prompt_queue is not None and checkpoint and self.prompt_queue.load(checkpoint):
             logger.info("prompt queue restored from %s", checkpoint)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        try:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            self._stop_actor()  # also when training raised: no actor thread or child outlives train()
+
+    # -- bounded-staleness rollouts (rollout_mode="ssp")
+
+    def _init_ssp(self, mode: str, s: int, cap: float, actor: str, heartbeat: float, per_call: int | None) -> None:
+        if mode not in ROLLOUT_MODES:
+            raise ValueError(f"rollout_mode={mode!r}: expected one of {ROLLOUT_MODES}")
+        if s < 0 or cap <= 0 or heartbeat <= 0:
+            raise ValueError(f"max_staleness >= 0, importance_cap > 0, heartbeat_timeout > 0 needed: {s}, {cap}")
+        if actor not in ("thread", "process"):
+            raise ValueError(f"actor={actor!r}: expected 'thread' or 'process'")
+        self.ssp = mode == "ssp"
+        self.staleness_bound, self.is_cap, self.actor_kind = s, cap, actor
+        self.heartbeat_timeout = heartbeat
+        self.batch_groups = self.args.generation_batch_size // self.num_generations
+        self.groups_per_call = per_call or self.batch_groups
+        self._actor: ThreadActor | ProcessActor | None = None
+        self._ssp_queue: StalenessQueue | None = None
+        self._ssp_pending: list[Group] = []
+        self._prompt_lock = threading.Lock()  # the actor thread draws from the prompt queue the learner updates
+        if not self.ssp:
+            return
+        if self.accelerator.num_processes > 1 or self.use_vllm:
+            raise NotImplementedError("rollout_mode=ssp runs one learner process with a transformers actor here; on "
+                                      "GPU use trl's AsyncGRPOTrainer (train/rl/async_trl.py)")  # fmt: skip
+        if actor == "process" and self.prompt_queue is not None:
+            raise NotImplementedError("the prompt queue needs the thread actor (a process actor draws its own order)")
+        self.add_callback(SSPCallback(self))
+
+    def _sampling(self) -> tuple[SamplingParams, dict[str, Any]]:
+        """The actor samples the distribution trl's loss scores: softmax(logits / temperature), trl's top-k/p."""
+        params = SamplingParams(
+            n=self.num_generations,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_new_tokens=self.max_completion_length,
+        )
+        extra = {"top_k": self.top_k or None, "min_p": self.min_p, "repetition_penalty": self.repetition_penalty}
+        return params, extra
+
+    def _draw_positions(self, n: int) -> list[int]:
+        with self._prompt_lock:
+            return self.prompt_queue.draw(n) if self.prompt_queue is not None else self._stream.draw(n)
+
+    def _start_actor(self) -> None:
+        if not self.ssp or self._actor is not None:
+            return
+        settings = ActorSettings(self.staleness_bound, self.batch_groups, self.groups_per_call)
+        params, generate_kwargs = self._sampling()
+        prompts = self.train_dataset["prompt"]
+        template = dict(self.chat_template_kwargs or {})
+        model = self.accelerator.unwrap_model(self.model)
+        if self.actor_kind == "thread":
+            store = WeightStore()
+            store.publish(model.state_dict(), self.state.global_step)
+            actor_model = copy.deepcopy(model).eval()
+            generator = GroupGenerator(actor_model, self._tokenizer, prompts, params,
+                                       chat_template_kwargs=template, generate_kwargs=generate_kwargs)  # fmt: skip
+            queue = StalenessQueue(self.staleness_bound, self.batch_groups)
+            run = partial(actor_loop, generator, store, queue.counters, queue.put, self._draw_positions, settings)
+            self._actor = ThreadActor(run)
+        else:
+            root = Path(self.args.output_dir) / "ssp"
+            model.save_pretrained(root / "model")  # architecture and start weights for the child
+            self._tokenizer.save_pretrained(root / "model")
+            store = FileWeightStore(root / "weights.pt")
+            store.publish(model.state_dict(), self.state.global_step)
+            factory = partial(load_generator, str(root / "model"), prompts, params, template, generate_kwargs)
+            spec = ProcessSpec(factory, str(store.path), len(self.train_dataset), self.args.seed + 1, settings)
+            self._actor = ProcessActor(spec, heartbeat_timeout=self.heartbeat_timeout)
+            queue = StalenessQueue(self.staleness_bound, self.batch_groups, self._actor.counters, self._actor.groups)
+        queue.health = self._actor.check_health
+        self._ssp_store, self._ssp_queue = store, queue
+        self._actor.start()
+        logger.info("ssp: %s actor started (max_staleness %d, %d groups a step)", self.actor_kind,
+                    self.staleness_bound, self.batch_groups)  # fmt: skip
+
+    def _publish(self, version: int) -> None:
+        if self._actor is not None:
+            self._ssp_store.publish(self.accelerator.unwrap_model(self.model).state_dict(), version)
+
+    def _stop_actor(self) -> None:
+        if self._actor is not None:
+            self._actor.stop()
+            self._actor = None
+
+    def _ssp_rollout(self, prompts: list, trainer: GRPOTrainer) -> dict[str, list]:
+        """trl's ``rollout_func``: the pending actor groups of this round, as token ids and sampling log-probs."""
+        G = self.num_generations
+        groups, self._ssp_pending = self._ssp_pending[: len(prompts) // G], self._ssp_pending[len(prompts) // G :]
+        if len(groups) * G != len(prompts):
+            raise RuntimeError(f"ssp: {len(groups)} actor groups for {len(prompts)} prompts")
+        return {
+            "prompt_ids": [g.prompt_ids for g in groups for _ in range(G)],
+            "completion_ids": [c for g in groups for c in g.completion_ids],
+            "logprobs": [lp for g in groups for lp in g.logprobs],
+        }
+
+    def _ssp_correct(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Weight the advantages per token by the truncated importance weight of the learner against the actor."""
+        mask = batch["completion_mask"] * batch["tool_mask"] if "tool_mask" in batch else batch["completion_mask"]
+        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+        attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+        with torch.no_grad():
+            learner, _, _ = self._get_per_token_logps_and_entropies(
+                self.model, ids, attention, batch["completion_ids"].size(1),
+                batch_size=self.args.per_device_train_batch_size,
+            )  # fmt: skip
+        weights = truncated_importance_weights(learner, batch["sampling_per_token_logps"], mask, self.is_cap)
+        advantages = batch["advantages"]
+        self._ssp_last = {"advantages": advantages, "weights": weights, "learner_logps": learner}
+        batch["advantages"] = (advantages.unsqueeze(1) if advantages.dim() == 1 else advantages) * weights
+        self._ssp_queue.step_collected()
+        self._log_ssp(weights, mask)
+        return batch
+
+    def _log_ssp(self, weights: torch.Tensor, mask: torch.Tensor) -> None:
+        stats, metrics = self._ssp_queue.stats, self._metrics["train"]
+        kept = weights[mask.bool()]
+        lags = [lag for lag, n in stats.staleness.items() for _ in range(n)]
+        metrics["ssp/staleness_max"].append(float(max(lags, default=0)))
+        metrics["ssp/staleness_mean"].append(float(np.mean(lags)) if lags else 0.0)
+        metrics["ssp/dropped_groups"].append(float(stats.dropped))
+        metrics["ssp/learner_wait_s"].append(stats.wait_s)
+        if kept.numel():
+            metrics["ssp/is_weight_mean"].append(kept.mean().item())
+            metrics["ssp/is_weight_min"].append(kept.min().item())
+            metrics["ssp/is_truncated_frac"].append((kept >= self.is_cap).float().mean().item())
 
     # -- scoring hooks
 
@@ -159,6 +345,11 @@ class FastslowGRPOTrainer(GRPOTrainer):
     def _draw(self, n_groups_local: int) -> tuple[list[dict[str, Any]], list[int]]:
         """Fresh prompts for ``n_groups_local`` groups per rank (the queue's or the seeded stream's global draw,
         this rank's slice of it): the rows, each repeated num_generations times, and their dataset positions."""
+        if self.ssp:  # the actor's groups: their prompts are the rows
+            groups = self._ssp_queue.take(n_groups_local, step=self.state.global_step)
+            self._ssp_pending.extend(groups)
+            rows = [dict(self.train_dataset[g.position]) for g in groups for _ in range(self.num_generations)]
+            return rows, [g.position for g in groups]
         n = n_groups_local * self.accelerator.num_processes
         positions = self.prompt_queue.draw(n) if self.prompt_queue is not None else self._stream.draw(n)
         start = self.accelerator.process_index * n_groups_local
@@ -167,7 +358,12 @@ class FastslowGRPOTrainer(GRPOTrainer):
 
     def _score_round(self, inputs: list[dict[str, Any]], positions: list[int] | None) -> tuple[dict, torch.Tensor]:
         """One trl generation round, its informative-group mask, and the queue's update from it."""
-        output = super()._generate_and_score_completions(inputs)
+        if self.ssp:
+            self.rollout_func = self._ssp_rollout  # only for this round: evaluation still generates here
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            self.rollout_func = None
         totals = self._local_totals(len(inputs))
         keep = informative_groups(totals, self.num_generations)
         if self.prompt_queue is not None and positions is not None:
@@ -175,18 +371,23 @@ class FastslowGRPOTrainer(GRPOTrainer):
             scored = (~torch.isnan(grouped)).sum(dim=1)
             wins = (torch.nan_to_num(grouped, nan=-math.inf) > self.success_threshold).sum(dim=1)
             local = list(zip(positions, wins.tolist(), scored.tolist(), strict=True))
-            for i, s, t in gather_object(local):  # every rank applies every rank's groups, in rank order
-                self.prompt_queue.update(i, s, t)
+            with self._prompt_lock:
+                for i, s, t in gather_object(local):  # every rank applies every rank's groups, in rank order
+                    self.prompt_queue.update(i, s, t)
         return output, keep
 
     # -- the generation batch
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        if not self.model.training or (not self.dynamic_sampling and self.prompt_queue is None):
+        if not self.model.training or (not self.dynamic_sampling and self.prompt_queue is None and not self.ssp):
             return super()._generate_and_score_completions(inputs)
+        batch = self._generation_batch(inputs)
+        return self._ssp_correct(batch) if self.ssp else batch
+
+    def _generation_batch(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         target = len(inputs) // self.num_generations
         positions = None
-        if self.prompt_queue is not None:
+        if self.prompt_queue is not None or self.ssp:
             inputs, positions = self._draw(target)
         output, keep = self._score_round(inputs, positions)
         if not self.dynamic_sampling:

@@ -1,0 +1,392 @@
+"""Bounded-staleness rollouts (train/rl/ssp.py, train/rl/actor.py, FastslowGRPOTrainer's rollout_mode="ssp"):
+log-prob and loss parity at s=0, staleness never above s, exact importance truncation, untorn weight publication,
+and a supervised actor child that fails loudly and leaves nothing behind."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import queue
+import random
+import threading
+import time
+import zlib
+from functools import partial
+
+import pytest
+import torch
+from datasets import Dataset
+from ssp_crash import make_crashing
+from trl import GRPOTrainer
+
+from train.core.configs import GRPOConfig
+from train.core.loading import load_model, load_tokenizer
+from train.rl.actor import ActorSettings, ProcessActor, ProcessSpec, actor_loop, pid_alive
+from train.rl.ssp import (
+    ActorError,
+    FileWeightStore,
+    Group,
+    StalenessQueue,
+    WeightStore,
+    admission_budget,
+    admitted,
+    truncated_importance_weights,
+)
+from train.rl.trainer import FastslowGRPOTrainer
+
+G = 2
+LOCAL_BATCH = 8  # 4 groups a step
+
+
+# ------------------------------------------------------------------------------------------- importance truncation
+
+
+def test_importance_truncation_exact_on_toy_logits():
+    learner_logits = torch.tensor([[[2.0, 0.0, -1.0], [0.5, 0.5, 0.0], [1.0, 3.0, 0.0]]])
+    actor_logits = torch.tensor([[[0.0, 0.0, 0.0], [0.5, 0.5, 0.0], [3.0, 1.0, 0.0]]])
+    tokens = torch.tensor([[0, 1, 1]])
+    pick = lambda logits: logits.log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)  # noqa: E731
+    learner, actor = pick(learner_logits), pick(actor_logits)
+    mask = torch.tensor([[1, 1, 0]])
+    weights = truncated_importance_weights(learner, actor, mask, cap=2.0)
+    p_l0 = math.exp(2) / (math.exp(2) + 1 + math.exp(-1))  # learner: token 0 at step 0
+    ratio0 = p_l0 / (1 / 3)  # 2.63...: above the cap
+    assert ratio0 > 2.0
+    assert weights[0, 0].item() == 2.0  # truncated to C exactly
+    assert weights[0, 1].item() == pytest.approx(1.0, abs=1e-7)  # same distribution: ratio 1
+    assert weights[0, 2].item() == 1.0  # masked (padding): weight 1, whatever the ratio
+    # Below the cap the weight is the ratio itself.
+    low, high = torch.tensor([[math.log(0.3)]]), torch.tensor([[math.log(0.6)]])
+    w = truncated_importance_weights(low, high, mask[:, :1], 2.0)
+    assert w.item() == pytest.approx(0.5, rel=1e-6)
+    nan = truncated_importance_weights(torch.tensor([[0.1]]), torch.tensor([[math.nan]]), mask[:, :1], 2.0)
+    assert nan.item() == 1.0  # a missing sampling log-prob: no correction (trl's rule)
+    with pytest.raises(ValueError):
+        truncated_importance_weights(learner, actor, mask, cap=0.0)
+
+
+# ------------------------------------------------------------------------------------------------ staleness bound
+
+
+def test_admission_is_the_simulators():
+    # s = 0: B groups of version v only once the learner has collected v steps; nothing more until it publishes.
+    assert admitted(0, 0, 0, 0, 4) and admitted(3, 0, 0, 0, 4) and not admitted(4, 0, 0, 0, 4)
+    assert not admitted(0, 0, 1, 0, 4)  # learner trains step 0 on version 0: wait for version 1
+    assert admitted(0, 1, 1, 0, 4)
+    # s = 2: three steps' worth ahead of version 0.
+    assert admitted(11, 0, 0, 2, 4) and not admitted(12, 0, 0, 2, 4)
+    # While the learner collects step c, what it has taken counts against the step (no second batch of version c).
+    assert admission_budget(0, 0, 0, 0, 4, taken_current=4) == 0
+    # A step that needs more than B groups (resample rounds) admits what the learner waits for: no deadlock at s=0.
+    assert admission_budget(0, 0, 0, 0, 4, taken_current=4, wanted=3) == 3
+    assert admission_budget(2, 0, 0, 0, 4, taken_current=4, wanted=3) == 1
+    assert admission_budget(0, 0, 2, 2, 4) == 4 and admission_budget(0, 0, 3, 2, 4, wanted=9) == 0  # too old
+
+
+@pytest.mark.parametrize("s", [0, 1, 2])
+def test_fast_actor_slow_learner_never_trains_staler_than_s(s):
+    B, steps = 4, 12
+    store, stop = WeightStore(), threading.Event()
+    sq = StalenessQueue(s, B)
+    store.publish({"w": torch.zeros(1)}, 0)
+
+    def instant(positions, version, call):  # a fast actor: groups cost nothing
+        return [Group(p, [1], [[2]], [[-0.5]], version, call=call) for p in positions]
+
+    instant.load = lambda state: None
+    draw = partial(lambda n: list(range(n)))
+    settings = ActorSettings(s, B, groups_per_call=3)
+    actor = threading.Thread(target=actor_loop, args=(instant, store, sq.counters, sq.put, draw, settings, stop))
+    actor.start()
+    rng = random.Random(s)
+    seen = []
+    try:
+        for step in range(steps):
+            taken = sq.take(B, step, timeout=10)
+            extra = sq.take(rng.choice([0, 0, 3]), step, timeout=10)  # resample rounds: more than B a step
+            seen += [step - g.version for g in taken + extra]
+            sq.step_collected()
+            time.sleep(0.01)  # a slow learner
+            store.publish({"w": torch.full((1,), float(step + 1))}, step + 1)
+    finally:
+        stop.set()
+        actor.join(5)
+    assert max(seen) <= s and min(seen) >= 0
+    assert max(sq.stats.staleness) <= s
+    if s == 0:
+        assert set(seen) == {0}
+    else:
+        assert max(seen) == s  # the actor does run ahead, up to the bound
+
+
+# -------------------------------------------------------------------------------------------------- publication
+
+
+def test_in_process_publication_is_never_torn():
+    store, stop, errors = WeightStore(), threading.Event(), []
+    store.publish({f"t{i}": torch.zeros(64) for i in range(8)}, 0)
+
+    def reader():
+        while not stop.is_set():
+            version, state = store.latest()
+            if not all(bool((t == version).all()) for t in state.values()):
+                errors.append(version)
+
+    readers = [threading.Thread(target=reader) for _ in range(3)]
+    for r in readers:
+        r.start()
+    live = {f"t{i}": torch.zeros(64) for i in range(8)}
+    for v in range(1, 300):
+        for t in live.values():  # the learner's tensors change in place, one by one
+            t.fill_(v)
+        store.publish(live, v)
+    stop.set()
+    for r in readers:
+        r.join()
+    assert errors == [] and store.version() == 299
+    with pytest.raises(ValueError):
+        store.publish(live, 5)  # versions only go up
+
+
+def _read_file_store(path: str, until: int, results, ready) -> None:
+    store, seen, torn = FileWeightStore(path), set(), 0
+    ready.set()
+    while True:
+        try:
+            version, state = store.latest()
+        except LookupError:
+            continue
+        seen.add(version)
+        torn += sum(not bool((t == version).all()) for t in state.values())
+        if version >= until:
+            break
+    results.put((len(seen), torn))
+
+
+def test_file_publication_is_never_torn_with_threads(tmp_path):
+    path, last = str(tmp_path / "weights.pt"), 80
+    store = FileWeightStore(path)
+    store.publish({"a": torch.zeros(20000), "b": torch.zeros(20000)}, 0)
+    results, ready = queue.Queue(), [threading.Event() for _ in range(2)]
+    readers = [threading.Thread(target=_read_file_store, args=(path, last, results, e)) for e in ready]
+    for r in readers:
+        r.start()
+    for v in range(1, last + 1):
+        store.publish({"a": torch.full((20000,), float(v)), "b": torch.full((20000,), float(v))}, v)
+        time.sleep(0.002)
+    outcomes = [results.get(timeout=60) for _ in readers]
+    for r in readers:
+        r.join(10)
+    assert all(torn == 0 for _, torn in outcomes) and all(n >= 2 for n, _ in outcomes)
+    assert not list(tmp_path.glob(".weights.pt.tmp-*"))
+
+
+@pytest.mark.slow
+def test_file_publication_is_never_torn_across_processes(tmp_path):
+    path, last = str(tmp_path / "weights.pt"), 60
+    store = FileWeightStore(path)
+    store.publish({"a": torch.zeros(20000), "b": torch.zeros(20000)}, 0)
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    ready = [ctx.Event() for _ in range(2)]
+    readers = [ctx.Process(target=_read_file_store, args=(path, last, results, e)) for e in ready]
+    for r in readers:
+        r.start()
+    for e in ready:
+        assert e.wait(120)
+    for v in range(1, last + 1):
+        store.publish({"a": torch.full((20000,), float(v)), "b": torch.full((20000,), float(v))}, v)
+        time.sleep(0.01)  # let the readers race several versions
+    outcomes = [results.get(timeout=120) for _ in readers]
+    for r in readers:
+        r.join(30)
+    assert all(torn == 0 for _, torn in outcomes)
+    assert all(n >= 2 for n, _ in outcomes)  # the readers did race the writer (saw several versions)
+    assert store.version() == last
+    assert not list(tmp_path.glob(".weights.pt.tmp-*"))  # no temporary file left behind
+
+
+# ------------------------------------------------------------------------------------------------ supervision
+
+
+SLOW = pytest.mark.slow  # each spawns a child that imports torch (~20 s on the shared machine)
+
+
+@pytest.mark.parametrize("how", ["raise", pytest.param("exit", marks=SLOW), pytest.param("hang", marks=SLOW)])
+def test_actor_crash_raises_within_heartbeat_timeout_and_leaves_no_process(tmp_path, how):
+    store = FileWeightStore(tmp_path / "weights.pt")
+    store.publish({"w": torch.zeros(1)}, 0)
+    spec = ProcessSpec(
+        partial(make_crashing, 2, how), str(store.path), 10, 0, ActorSettings(1, 2, 1), heartbeat_s=0.1
+    )
+    timeout = 3.0
+    actor = ProcessActor(spec, heartbeat_timeout=timeout, join_timeout=2.0)
+    sq = StalenessQueue(1, 2, actor.counters, actor.groups, health=actor.check_health)
+    actor.start()
+    pid = actor.pid
+    try:
+        first = sq.take(2, 0, timeout=60)  # the child works before it fails
+        assert [g.version for g in first] == [0, 0]
+        sq.step_collected()
+        store.publish({"w": torch.ones(1)}, 1)
+        start = time.monotonic()
+        with pytest.raises(ActorError) as err:
+            sq.take(2, 1, timeout=60)
+        elapsed = time.monotonic() - start
+    finally:
+        actor.stop()
+    assert elapsed < timeout + 2.0  # surfaced within the heartbeat timeout (plus a poll)
+    text = str(err.value)
+    assert f"pid {pid}" in text
+    assert {"raise": "actor boom", "exit": "exited with code 7", "hang": "no heartbeat"}[how] in text
+    assert not pid_alive(pid)  # reaped: no /proc entry, not even a zombie
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+# ------------------------------------------------------------------------------------------ trainer integration
+
+
+def live_reward(prompts, completions, **_):
+    text = lambda c: c[0]["content"] if isinstance(c, list) else c  # noqa: E731
+    return [zlib.crc32(text(c).encode()) / 2**32 for c in completions]
+
+
+def dataset(n: int = 12) -> Dataset:
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": f"add {i} {i + 1}"}]} for i in range(n)])
+
+
+class Recording(FastslowGRPOTrainer):
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        if self.model.training:
+            self.batches = [*getattr(self, "batches", []), dict(out)]
+        return out
+
+
+def grpo_args(out, **kw) -> GRPOConfig:
+    base = dict(
+        output_dir=str(out),
+        max_steps=2,
+        per_device_train_batch_size=LOCAL_BATCH,
+        num_generations=G,
+        max_completion_length=8,
+        temperature=1.0,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        use_cpu=True,
+        dataloader_num_workers=0,
+        loss_type="dapo",
+    )
+    return GRPOConfig(**{**base, **kw})
+
+
+def make(model_dir, out, cls=Recording, **kwargs):
+    return cls(
+        model=load_model(model_dir),
+        reward_funcs=[live_reward],
+        args=grpo_args(out),
+        train_dataset=dataset(),
+        processing_class=load_tokenizer(model_dir),
+        **kwargs,
+    )
+
+
+def test_s0_actor_logprobs_match_learner_and_loss_equals_grpo(tiny_model_dir, tmp_path):
+    trainer = make(tiny_model_dir, tmp_path / "ssp", rollout_mode="ssp", max_staleness=0)
+    trainer.args.max_steps = 1
+    trainer.train()
+    [batch] = trainer.batches
+    mask = batch["completion_mask"].bool()
+    learner = trainer._ssp_last["learner_logps"]
+    # The step's learner weights are version 0, the weights the actor sampled with: same log-probs (fp32).
+    assert (learner[mask] - batch["sampling_per_token_logps"][mask]).abs().max().item() < 1e-5
+    weights = trainer._ssp_last["weights"]
+    assert (weights[mask] - 1).abs().max().item() < 1e-5
+    assert trainer._ssp_queue.stats.staleness == {0: LOCAL_BATCH // G}
+    # The same batch through trl's GRPOTrainer (its advantages unweighted) gives the same loss.
+    plain = make(tiny_model_dir, tmp_path / "plain", cls=GRPOTrainer)
+    fresh = make(tiny_model_dir, tmp_path / "fresh", rollout_mode="ssp", max_staleness=0)
+    raw = dict(batch, advantages=trainer._ssp_last["advantages"])
+    for t in (plain, fresh):
+        t.model.train()
+        t.current_gradient_accumulation_steps = 1  # set by Trainer.train; one micro-batch here
+    with torch.no_grad():
+        expected = plain.compute_loss(plain.model, dict(raw), num_items_in_batch=batch["num_items_in_batch"])
+        got = fresh.compute_loss(fresh.model, dict(batch), num_items_in_batch=batch["num_items_in_batch"])
+    assert got.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
+    assert trainer._actor is None  # stopped at the end of training
+
+
+def test_ssp_training_runs_stale_within_s_and_logs(tiny_model_dir, tmp_path):
+    trainer = make(tiny_model_dir, tmp_path, rollout_mode="ssp", max_staleness=2, dynamic_sampling=True)
+    trainer.args.max_steps = 4
+    trainer.train()
+    lags = trainer._ssp_queue.stats.staleness
+    assert max(lags) <= 2 and sum(lags.values()) >= 4 * LOCAL_BATCH // G
+    logged = [e["ssp/staleness_max"] for e in trainer.state.log_history if "ssp/staleness_max" in e]
+    assert len(logged) == 4 and max(logged) <= 2
+    for batch in trainer.batches:
+        assert batch["advantages"].shape == batch["completion_ids"].shape  # per-token weighted advantages
+
+
+def test_rollout_mode_is_checked(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="rollout_mode"):
+        make(tiny_model_dir, tmp_path, rollout_mode="async")
+    with pytest.raises(ValueError, match="max_staleness"):
+        make(tiny_model_dir, tmp_path, rollout_mode="ssp", max_staleness=-1)
+
+
+# ------------------------------------------------------------------------------- GPU: trl's AsyncGRPOTrainer mapping
+
+
+class FakeConfig:
+    """Stands in for trl's AsyncGRPOConfig (whose real use needs CUDA and vLLM): records its arguments."""
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+
+def test_async_grpo_config_maps_our_keys(script):
+    from train.core.cli import parse_args
+    from train.rl.async_trl import async_grpo_config, build_async_trainer
+
+    recipe = script("recipes/grpo.py")
+    config = "recipes/configs/embedded-7b/grpo_async.yaml"
+    script_args, training_args, model_args = parse_args(recipe.ARG_CLASSES, ["--config", config])
+    assert script_args.rollout_mode == "ssp" and training_args.use_vllm
+    fake = async_grpo_config(script_args, training_args, config_cls=FakeConfig)
+    kw = fake.kwargs
+    assert kw["max_staleness"] == 2 and kw["heartbeat_stale_after_s"] == 300 and kw["weight_sync_steps"] == 1
+    assert kw["vllm_server_base_url"] == "http://127.0.0.1:8000" and kw["vllm_server_timeout"] == 600
+    assert kw["num_generations"] == 16 and kw["max_completion_length"] == 8192 and kw["epsilon_high"] == 0.28
+    assert kw["learning_rate"] == 1e-6 and kw["output_dir"] == "outputs/embedded-7b/grpo-async"
+    # Every key is a field of trl's AsyncGRPOConfig.
+    import dataclasses
+
+    from trl.experimental.async_grpo import AsyncGRPOConfig
+
+    assert set(kw) <= {f.name for f in dataclasses.fields(AsyncGRPOConfig)}
+    # The trainer gets the model by path, our config, rewards, data and tokenizer.
+    seen = {}
+
+    class FakeTrainer:
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+
+    build_async_trainer(model_args.model_name_or_path, ["r"], fake, ["d"], "tok", ["cb"], trainer_cls=FakeTrainer)
+    assert seen == {
+        "model": "outputs/embedded-7b/distill",
+        "reward_funcs": ["r"],
+        "args": fake,
+        "train_dataset": ["d"],
+        "processing_class": "tok",
+        "callbacks": ["cb"],
+    }
+    script_args.dynamic_sampling = True
+    with pytest.raises(NotImplementedError, match="dynamic_sampling"):
+        async_grpo_config(script_args, training_args, config_cls=FakeConfig)

@@ -1,0 +1,118 @@
+"""``rollout_mode: ssp`` on GPU: trl's experimental ``AsyncGRPOTrainer`` with a vLLM server.
+
+On a CPU the recipe runs :class:`~train.rl.trainer.FastslowGRPOTrainer` with a transformers actor
+(train/rl/actor.py). With ``use_vllm: true`` the same keys build trl 1.16's ``AsyncGRPOTrainer``
+(``trl.experimental.async_grpo``): its ``AsyncRolloutWorker`` child sends prompts to a ``trl vllm-serve`` server,
+its ``RolloutQueueDataset`` drops samples more than ``max_staleness`` versions old, and its
+``WeightTransferClient`` streams the weights to the server over NCCL after every step. It needs CUDA, vLLM and a
+flash/tree-attention kernel, so **it has not been run here** (no GPU): :func:`async_grpo_config` is checked by a test
+against a fake config class only.
+
+Mapping (ours -> trl):
+
+* ``max_staleness`` -> ``AsyncGRPOConfig.max_staleness``; ``actor_heartbeat_timeout`` -> ``heartbeat_stale_after_s``;
+  ``weight_sync_steps = 1`` (publish after every optimizer step, as on CPU);
+* GRPOConfig's ``vllm_server_base_url`` (else ``http://{vllm_server_host}:{vllm_server_port}``) and
+  ``vllm_server_timeout``; sampling (``num_generations``, ``max_completion_length``, ``temperature``, ``top_p``,
+  ``top_k``, ``min_p``, ``repetition_penalty``, ``chat_template_kwargs``), clipping (``epsilon``, ``epsilon_high``)
+  and the Trainer keys below, unchanged.
+* Not mapped: ``importance_cap`` (AsyncGRPOTrainer has no truncated importance weight: its loss clips the ratio to
+  the vLLM sampling log-probs, PPO-style, with ``epsilon``/``epsilon_high``); ``dynamic_sampling`` and
+  ``prompt_queue`` (they would need a subclass of its rollout worker's child loop, not written): asking for them
+  with the async trainer is an error rather than a silent no-op.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# TrainingArguments keys copied as they are.
+TRAINER_KEYS = (
+    "output_dir",
+    "seed",
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "max_grad_norm",
+    "logging_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "max_steps",
+    "num_train_epochs",
+    "save_strategy",
+    "save_steps",
+    "save_total_limit",
+    "report_to",
+    "bf16",
+    "gradient_checkpointing",
+)
+SAMPLING_KEYS = (
+    "num_generations",
+    "max_completion_length",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "chat_template_kwargs",
+    "epsilon",
+    "epsilon_high",
+    "log_completions",
+)
+
+
+def async_grpo_kwargs(script_args: Any, training_args: Any) -> dict[str, Any]:
+    """The ``AsyncGRPOConfig`` keyword arguments for our GRPOScriptArguments and GRPOConfig (see the module doc)."""
+    if script_args.rollout_mode != "ssp":
+        raise ValueError(f"the async trainer is rollout_mode: ssp, not {script_args.rollout_mode!r}")
+    unsupported = [k for k in ("dynamic_sampling", "prompt_queue") if getattr(script_args, k)]
+    if unsupported:
+        raise NotImplementedError(
+            f"{', '.join(unsupported)} with trl's AsyncGRPOTrainer (rollout_mode: ssp, use_vllm: true) is not "
+            "implemented: set them false, or run ssp without vLLM (FastslowGRPOTrainer's actor)"
+        )
+    url = training_args.vllm_server_base_url or (
+        f"http://{training_args.vllm_server_host}:{training_args.vllm_server_port}"
+    )
+    kwargs = {k: getattr(training_args, k) for k in TRAINER_KEYS + SAMPLING_KEYS}
+    kwargs.update(
+        max_staleness=script_args.max_staleness,
+        heartbeat_stale_after_s=script_args.actor_heartbeat_timeout,
+        weight_sync_steps=1,
+        vllm_server_base_url=url,
+        vllm_server_timeout=training_args.vllm_server_timeout,
+    )
+    return kwargs
+
+
+def async_grpo_config(script_args: Any, training_args: Any, config_cls: type | None = None) -> Any:
+    """An ``AsyncGRPOConfig`` (or ``config_cls``, for tests) built by :func:`async_grpo_kwargs`."""
+    if config_cls is None:
+        from trl.experimental.async_grpo import AsyncGRPOConfig  # experimental: imported only when used
+
+        config_cls = AsyncGRPOConfig
+    return config_cls(**async_grpo_kwargs(script_args, training_args))
+
+
+def build_async_trainer(
+    model_path: str,
+    reward_funcs: list,
+    config: Any,
+    train_dataset: Any,
+    tokenizer: Any,
+    callbacks: list | None = None,
+    trainer_cls: type | None = None,
+) -> Any:
+    """trl's ``AsyncGRPOTrainer`` (or ``trainer_cls``) on ``model_path`` (it loads the model itself, by path)."""
+    if trainer_cls is None:
+        from trl.experimental.async_grpo import AsyncGRPOTrainer
+
+        trainer_cls = AsyncGRPOTrainer
+    return trainer_cls(
+        model=model_path,
+        reward_funcs=reward_funcs,
+        args=config,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
