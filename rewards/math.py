@@ -688,14 +688,17 @@ class MathReward(Reward):
         return None if ok is None else float(ok)
 
 
+#: Pools of parents this process was forked from: kept, never closed (see _after_fork_in_child).
+_FORKED_AWAY: list[_Pool] = []
+
+
 def _after_fork_in_child() -> None:
-    # A forked child starts its own workers. Its copies of the parent's pipes are closed, so that a worker still
-    # sees the end of its input when the parent exits; the parent's workers are left alone.
+    # A forked child starts its own workers. The parent's stay referenced and untouched: closing the child's copies
+    # of their pipes could flush a request another thread of the parent was writing at the fork into the parent's
+    # worker. A worker whose parent exits still stops: at the end of its input once the child exits too, or at its
+    # own alarm when busy.
     global _POOL
-    for worker in _POOL.idle:
-        for pipe in (worker.proc.stdin, worker.proc.stdout):
-            if pipe is not None:
-                os.close(pipe.fileno())
+    _FORKED_AWAY.append(_POOL)
     _POOL = _Pool()
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import pickle
 import re
 import socket
 import subprocess
@@ -31,6 +33,7 @@ import rewards.math as rmath
 from rewards.code import extract_code
 from rewards.format import FormatReward
 from rewards.judge import Judge, parse_score, parse_verdict
+from rewards.math import MathReward
 from rewards.router import _BOXED, _NUMERIC, ShortAnswerReward, _norm
 from train.core.modes import QWEN3_THINK
 from train.sampling.endpoint import EndpointClient
@@ -121,6 +124,22 @@ def test_short_answer_and_the_workers_threads():
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda i: rmath.verify_answer("\\frac12", f"{i}/{2 * i}"), range(1, 9)))
     assert got == [True] * 8
+
+
+def _verdicts_in_a_forked_child() -> list:
+    return [
+        rmath.verify_answer("\\frac12", "0.5"),
+        MathReward(timeout_s=2.0, think=QWEN3_THINK)(["\\boxed{2^{2^{64}}}", "\\boxed{1/2}"], answer=["2", "0.5"]),
+    ]
+
+
+def test_a_forked_child_and_a_pickled_reward_verify_on_their_own():
+    assert rmath.verify_answer("\\frac12", "0.5") is True  # this process has a worker before the fork
+    with multiprocessing.get_context("fork").Pool(1) as pool:  # a data-loader worker, say: it starts its own
+        assert pool.apply(_verdicts_in_a_forked_child) == [True, [0.0, 1.0]]
+    reward = pickle.loads(pickle.dumps(MathReward(timeout_s=2.0, think=QWEN3_THINK)))  # trl may pickle rewards
+    assert reward(["<think></think>\\boxed{0.5}"], answer=["\\frac12"]) == [1.0]
+    assert rmath.verify_answer("\\frac12", "1/3") is False  # the parent's worker is unharmed
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,14 @@ bare time; target <= 1.5x. Both arms must give the same scores (checked).
 (c) verify: the cost of one ``verify_answer`` call by what is already parsed (nothing, the reference, both), per
 sample pair; no target, it shows where (a)'s speed-up comes from.
 
+(d) bombs: answers holding numbers too large to compute (issue #15): the value and wall time of one ``MathReward``
+call each, and the growth of this process's resident memory; the last one slips past the filter and is killed in
+its worker at the time limit (``--bomb-timeout``). Target: every call within the limit plus ~1 s, memory flat.
+
+``MathReward`` verifies in worker processes (``rewards.math.ISOLATE``): its caches, and math-verify's, live there,
+so the cache clearing below goes through ``rmath.clear_cache``, which reaches the workers; a worker is started
+before any arm is timed.
+
 Arms are interleaved over ``--repeats`` rounds and the median time per arm is reported, which damps the noise of a
 shared machine.
 """
@@ -87,13 +95,15 @@ def bench_math(generations: int, repeats: int) -> dict[str, float]:
         rmath.clear_cache(math_verify_caches=True)  # every round starts cold: first parses count
         total, out = 0.0, []
         for completion, gold in zip(completions, golds):
-            rmath._clear_math_verify_caches()  # math-verify's own LaTeX caches never help either arm
+            # math-verify's own LaTeX caches never help either arm (here and in the workers)
+            rmath.clear_cache(math_verify_caches=True, references=False, answers=False)
             start = time.perf_counter()
             out.append(score(completion, gold))
             total += time.perf_counter() - start
         return total, out
 
     naive_t, cached_t = [], []
+    rmath.verify_answer("\\frac12", "0.5")  # start the worker: its start-up is not what is measured
     for _ in range(repeats):
         t, a = run(naive_score)
         naive_t.append(t)
@@ -136,8 +146,7 @@ def measure_cost(pairs: list[tuple[str, str]], repeats: int = 20) -> dict[str, f
                 if key == "fresh_ms":
                     rmath.clear_cache(math_verify_caches=True)
                 elif key == "cached_reference_ms":
-                    rmath._parse_answer_cached.cache_clear()
-                    rmath._clear_math_verify_caches()
+                    rmath.clear_cache(math_verify_caches=True, references=False)
                 start = time.perf_counter()
                 rmath.verify_answer(gold, answer)
                 totals[key] += time.perf_counter() - start
@@ -146,7 +155,7 @@ def measure_cost(pairs: list[tuple[str, str]], repeats: int = 20) -> dict[str, f
 
 
 def print_verify_cost(repeats: int) -> None:
-    rmath.verify_answer("1", "1")  # import-time and first-call costs are not what is measured
+    rmath.verify_answer("\\frac12", "0.5")  # import-time, worker start and first-call costs are not measured
     rows = [((gold, answer), measure_cost([(gold, answer)], repeats)) for gold, answer in VERIFY_PAIRS]
     rows.append((("all pairs", ""), measure_cost(VERIFY_PAIRS, repeats)))
     print(f"\n(c) verify_answer per call, {repeats} calls per pair and setting (ms/call)")
@@ -154,6 +163,37 @@ def print_verify_cost(repeats: int) -> None:
     for (gold, answer), c in rows:
         fresh, ref, both = c["fresh_ms"], c["cached_reference_ms"], c["cached_both_ms"]
         print(f"| `{gold}` | {answer} | {fresh:.3f} | {ref:.3f} | {both:.3f} |")
+
+
+# ----------------------------------------------------------------------------------------------------- bombs
+
+BOMBS = [
+    ("2", "\\boxed{2^{2^{64}}}"),
+    ("2", "\\boxed{9^{9^{9^{9}}}}"),
+    ("2", "\\boxed{100000!}"),
+    ("2", "\\boxed{(2^{64})!}"),  # past the filter (a computed operand): the worker is killed at the limit
+]
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def print_bombs(timeout_s: float) -> None:
+    reward = rmath.MathReward(timeout_s=timeout_s, think=THINK)
+    rmath.verify_answer("\\frac12", "0.5")  # a started worker
+    before = _rss_mb()
+    print(f"\n(d) answers too large to compute, time limit {timeout_s}s (target: within the limit + ~1 s)")
+    print("| reference | answer | score | seconds |\n|---|---|---|---|")
+    for gold, answer in BOMBS:
+        start = time.perf_counter()
+        (score,) = reward([f"<think>big</think>{answer}"], answer=[gold])
+        print(f"| `{gold}` | `{answer}` | {score} | {time.perf_counter() - start:.2f} |")
+    start = time.perf_counter()
+    rmath.verify_answer("\\frac12", "0.5")
+    print(f"next call (a fresh worker, started at the kill): {time.perf_counter() - start:.2f}s")
+    print(f"resident memory of this process: {before:.0f} MB before, {_rss_mb():.0f} MB after")
 
 
 # ------------------------------------------------------------------------------------------------------ code
@@ -274,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__.split("\n\n")[2], formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument(
-        "--part", choices=("math", "code", "verify", "all"), default="all", help="which benchmark to run"
+        "--part", choices=("math", "code", "verify", "bombs", "all"), default="all", help="which benchmark to run"
     )
     parser.add_argument("--generations", type=int, default=8, help="math: completions per reference (GRPO group)")
     parser.add_argument("--solutions", type=int, default=32, help="code: solutions per batch")
@@ -282,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="code: solutions run at once")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per arm (median reported)")
     parser.add_argument("--verify-repeats", type=int, default=20, help="verify: timed calls per pair and setting")
+    parser.add_argument("--bomb-timeout", type=float, default=2.0, help="bombs: the math reward's time limit")
     args = parser.parse_args(argv)
 
     print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, euid {os.geteuid()}")
@@ -312,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.part in ("verify", "all"):
         print_verify_cost(args.verify_repeats)
+    if args.part in ("bombs", "all"):
+        print_bombs(args.bomb_timeout)
 
 
 if __name__ == "__main__":
