@@ -13,6 +13,7 @@ import threading
 import time
 import zlib
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -217,12 +218,11 @@ SLOW = pytest.mark.slow  # each spawns a child that imports torch (~20 s on the 
 def test_actor_crash_raises_within_heartbeat_timeout_and_leaves_no_process(tmp_path, how):
     store = FileWeightStore(tmp_path / "weights.pt")
     store.publish({"w": torch.zeros(1)}, 0)
-    spec = ProcessSpec(
-        partial(make_crashing, 2, how), str(store.path), 10, 0, ActorSettings(1, 2, 1), heartbeat_s=0.1
-    )
+    # s = 0, two groups a call: the child generates step 0's groups, then fails on its next call (after version 1).
+    spec = ProcessSpec(partial(make_crashing, 1, how), str(store.path), 10, 0, ActorSettings(0, 2, 2), heartbeat_s=0.1)
     timeout = 3.0
     actor = ProcessActor(spec, heartbeat_timeout=timeout, join_timeout=2.0)
-    sq = StalenessQueue(1, 2, actor.counters, actor.groups, health=actor.check_health)
+    sq = StalenessQueue(0, 2, actor.counters, actor.groups, health=actor.check_health)
     actor.start()
     pid = actor.pid
     try:
@@ -262,6 +262,7 @@ class Recording(FastslowGRPOTrainer):
         out = super()._generate_and_score_completions(inputs)
         if self.model.training:
             self.batches = [*getattr(self, "batches", []), dict(out)]
+            self.actor_pid = getattr(self._actor, "pid", None)
         return out
 
 
@@ -390,3 +391,32 @@ def test_async_grpo_config_maps_our_keys(script):
     script_args.dynamic_sampling = True
     with pytest.raises(NotImplementedError, match="dynamic_sampling"):
         async_grpo_config(script_args, training_args, config_cls=FakeConfig)
+
+
+@pytest.mark.slow
+def test_process_actor_trains_and_leaves_no_process(tiny_model_dir, tmp_path):
+    trainer = make(tiny_model_dir, tmp_path, rollout_mode="ssp", max_staleness=1, actor="process")
+    trainer.args.max_steps = 3
+    trainer.train()
+    lags = trainer._ssp_queue.stats.staleness
+    assert max(lags) <= 1 and sum(lags.values()) == 3 * LOCAL_BATCH // G
+    assert (tmp_path / "ssp" / "weights.pt.version").read_text() == "3"  # published after every step
+    assert trainer.actor_pid is not None and not pid_alive(trainer.actor_pid)  # reaped: not even a zombie
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+    children = [p for p in pids if _parent(p) == os.getpid() and "resource_tracker" not in _cmdline(p)]
+    assert children == []  # no other child either (multiprocessing's resource tracker is not ours)
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""

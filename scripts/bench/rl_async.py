@@ -5,7 +5,7 @@
 Three arms, the same start, prompts, learner steps and seed (no dynamic sampling, no prompt queue: plain GRPO):
 
 * ``sync``: trl's GRPOTrainer (FastslowGRPOTrainer with rollout_mode sync), generation and training in one thread,
-  torch with 2 intra-op threads (the machine's 2 cores);
+  torch with 2 intra-op threads (the machine's 2 cores); ``sync1``, a control: the same with 1 intra-op thread;
 * ``ssp0`` / ``ssp2``: rollout_mode ssp with max_staleness 0 / 2: the actor thread generates (TransformersSampler with
   sampling log-probs) while the learner thread trains; torch with 1 intra-op thread each (2 cores in all).
 
@@ -101,8 +101,10 @@ class Logged(FastslowGRPOTrainer):
         return rows, positions
 
 
-def run_arm(name: str, args: argparse.Namespace, dataset: Dataset, think: ThinkFormat, mode: str, s: int) -> dict:
-    torch.set_num_threads(2 if mode == "sync" else 1)
+def run_arm(
+    name: str, args: argparse.Namespace, dataset: Dataset, think: ThinkFormat, mode: str, s: int, threads: int
+) -> dict:
+    torch.set_num_threads(threads)
     torch.manual_seed(args.seed)
     out = Path(args.out) / name
     config = GRPOConfig(
@@ -199,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-tokens", type=int, default=72)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--n-heldout", type=int, default=100, help="held-out level-3 problems for accuracy")
-    parser.add_argument("--arms", default="sync,ssp0,ssp2")
+    parser.add_argument("--arms", default="sync,sync1,ssp0,ssp2", help="sync1: sync with 1 torch thread (control)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     # Level-3 problems: held-out and training prompts disjoint (ids), drawn by fixed seeds.
@@ -212,11 +214,11 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(2)
     start_acc = greedy_accuracy(Path(args.start), args.heldout_records)
     print(f"start: held-out level-3 greedy accuracy {start_acc:.3f} on {len(args.heldout_records)}", flush=True)
-    arms = {"sync": ("sync", 0), "ssp0": ("ssp", 0), "ssp1": ("ssp", 1), "ssp2": ("ssp", 2)}
+    arms = {"sync": ("sync", 0, 2), "sync1": ("sync", 0, 1), "ssp0": ("ssp", 0, 1), "ssp2": ("ssp", 2, 1)}
     rows = {}
     for name in args.arms.split(","):
-        mode, s = arms[name]
-        rows[name] = run_arm(name, args, dataset, think, mode, s)
+        mode, s, threads = arms[name]
+        rows[name] = run_arm(name, args, dataset, think, mode, s, threads)
         rows[name]["gain"] = rows[name]["accuracy"] - start_acc
         print(json.dumps({k: v for k, v in rows[name].items() if k != "calibration"}), flush=True)
     result = {"start_accuracy": start_acc, "arms": rows, "uptime_before": before, "uptime_after": uptime()}
@@ -260,6 +262,9 @@ def summary(rows: dict) -> str:
         lines.append(f"tokens/s s=2 vs sync: {r:.2f}x (target >= 1.25)")
         d = 100 * (rows["ssp2"]["gain"] - rows["sync"]["gain"])
         lines.append(f"accuracy gain s=2 minus sync: {d:+.1f} points (target within 3)")
+    if {"sync1", "ssp2"} <= set(rows):
+        r = rows["ssp2"]["tokens_per_s"] / rows["sync1"]["tokens_per_s"]
+        lines.append(f"tokens/s s=2 vs sync with 1 torch thread (control): {r:.2f}x")
     for name, row in rows.items():
         if "staleness" in row:
             lines.append(f"{name}: staleness {row['staleness']}, dropped {row['dropped_groups']}")

@@ -279,7 +279,7 @@ class ProcessActor:
         else:
             age, limit = time.time() - self.heartbeat.value, self.heartbeat_timeout
         if age > limit:
-            self.stop()
+            self.stop(graceful=False)  # a hung child does not answer a stop request
             raise ActorError(
                 f"the rollout actor (pid {self.pid}) sent no heartbeat for {age:.1f} s (limit {limit:g} s); "
                 "it was killed"
@@ -291,14 +291,16 @@ class ProcessActor:
         except queue_lib.Empty:
             return " (no traceback: killed by a signal or os._exit)"
 
-    def stop(self) -> None:
-        """Stop the child: ask, then SIGKILL after ``join_timeout``; always reap it (join) so no zombie remains."""
+    def stop(self, graceful: bool = True) -> None:
+        """Stop the child: ask (``graceful``), then SIGKILL after ``join_timeout``; always reap it (join) so no
+        zombie remains."""
         if self.pid is None:
             return
         self.stop_event.set()
-        self.process.join(self.join_timeout)
+        if graceful:
+            self.process.join(self.join_timeout)
         if self.process.is_alive():
-            logger.warning("rollout actor pid %d did not stop in %.0f s: killing it", self.pid, self.join_timeout)
+            logger.warning("rollout actor pid %d is still running: killing it", self.pid)
             try:
                 os.kill(self.pid, signal.SIGKILL)  # SIGKILL also ends a SIGSTOPped process
             except ProcessLookupError:
