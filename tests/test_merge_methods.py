@@ -410,3 +410,27 @@ def test_magnitude_mask_when_the_sample_misses_the_threshold(monkeypatch):
             tied = torch.nonzero(v == threshold).squeeze(1)
             kept_tied = mask[tied]
             assert kept_tied.tolist() == sorted(kept_tied.tolist(), reverse=True)  # the first tied ones are kept
+
+
+@pytest.mark.parametrize(
+    ("params", "where"),
+    [
+        ({"weight": "heavy"}, r"models\[0\].parameters.weight"),
+        ({"weight": [0.1, "x"]}, r"models\[0\].parameters.weight\[1\]"),
+        ({"weight": [{"filter": "mlp", "value": "a"}]}, r"models\[0\].parameters.weight\[0\].value"),
+    ],
+)
+def test_a_parameter_of_the_wrong_type_is_named_when_the_config_is_read(params, where):
+    from train.merging.config import MergeConfig, MergeConfigError
+
+    models = [{"model": "a", "parameters": params}, {"model": "b", "parameters": {"weight": 1}}]
+    with pytest.raises(MergeConfigError, match=where + ": expected a number"):
+        MergeConfig.from_dict({"merge_method": "linear", "models": models})
+    ok = [{"model": "a"}, {"model": "b", "parameters": {"weight": [{"filter": "mlp", "value": 0.5}, {"value": 1}]}}]
+    MergeConfig.from_dict(
+        {"merge_method": "ties", "base_model": "a", "parameters": {"density": [0.2, 0.8]}, "models": ok}
+    )
+    with pytest.raises(MergeConfigError, match="parameters.normalize: expected true or false"):
+        MergeConfig.from_dict(
+            {"merge_method": "ties", "base_model": "a", "parameters": {"normalize": 1}, "models": ok}
+        )

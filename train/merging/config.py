@@ -187,11 +187,13 @@ class MergeConfig:
         for where, params in [("parameters", self.parameters)] + [
             (f"models[{i}].parameters", m.parameters) for i, m in enumerate(self.models)
         ]:
-            for key in params:
+            for key, value in params.items():
                 if key not in known:
                     raise MergeConfigError(
                         f"{where}: unknown parameter {key!r} for merge_method {spec.name!r}; known: {sorted(known)}"
                     )
+                default = spec.global_params.get(key, spec.model_params.get(key))
+                _check_setting(f"{where}.{key}", value, bool if isinstance(default, bool) else float)
 
     def non_base_models(self) -> list[ModelInput]:
         return [m for m in self.models if m.model != self.base_model]
@@ -282,6 +284,31 @@ def _models_from_slices(slices: Any) -> tuple[list[dict], dict]:
             raise MergeConfigError(f"slice source {src.get('model')!r} has no layer_range")
         sources.append({"model": src["model"], "parameters": src.get("parameters"), "layer_range": src["layer_range"]})
     return sources, dict(sl.get("parameters") or {})
+
+
+def _check_setting(where: str, setting: Any, kind: type) -> None:
+    """A parameter setting holds values of ``kind`` (a number, or a bool for switches) as a scalar, a gradient
+    list, or ``{filter, value}`` conditions; anything else (``weight: heavy``) is an error naming the key, raised
+    when the config is read rather than deep inside the merge."""
+    if isinstance(setting, dict):
+        setting = [setting]
+    if isinstance(setting, list):
+        for i, item in enumerate(setting):
+            if isinstance(item, dict):
+                if "value" not in item:
+                    raise MergeConfigError(f"{where}[{i}]: a condition needs a 'value' ({{filter: ..., value: ...}})")
+                _check_setting(f"{where}[{i}].value", item["value"], kind)
+            else:
+                _check_setting(f"{where}[{i}]", item, kind)
+        return
+    ok = (
+        isinstance(setting, bool)
+        if kind is bool
+        else isinstance(setting, (int, float)) and not isinstance(setting, bool)
+    )
+    if setting is not None and not ok:
+        expected = "true or false" if kind is bool else "a number"
+        raise MergeConfigError(f"{where}: expected {expected} (or a list or conditions of them), got {setting!r}")
 
 
 # -- per-tensor parameter evaluation (mergekit semantics) ---------------------------------------------------------
