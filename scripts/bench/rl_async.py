@@ -102,7 +102,14 @@ class Logged(FastslowGRPOTrainer):
 
 
 def run_arm(
-    name: str, args: argparse.Namespace, dataset: Dataset, think: ThinkFormat, mode: str, s: int, threads: int
+    name: str,
+    args: argparse.Namespace,
+    dataset: Dataset,
+    think: ThinkFormat,
+    mode: str,
+    s: int,
+    threads: int,
+    actor: str = "thread",
 ) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(args.seed)
@@ -136,6 +143,7 @@ def run_arm(
         rollout_mode=mode,
         max_staleness=s,
         groups_per_call=args.groups_per_call,
+        actor=actor,
         callbacks=[clock],
     )
     t = time.perf_counter()
@@ -146,6 +154,9 @@ def run_arm(
     tokens = sum(h["completions/mean_length"] * args.groups * args.G for h in logs)
     row: dict[str, Any] = {"arm": name, "wall_s": wall, "steps": len(logs), "completion_tokens": tokens}
     row["tokens_per_s"] = tokens / wall
+    # Steady state: from the end of step 1 to the end of the last step (no start-up, no first batch).
+    window = clock.ends[-1] - clock.ends[0]
+    row["steady_tokens_per_s"] = sum(h["completions/mean_length"] * args.groups * args.G for h in logs[1:]) / window
     row["accuracy"] = greedy_accuracy(out / "final", args.heldout_records)
     if mode == "ssp":
         row.update(ssp_measures(trainer, clock, wall, s, args))
@@ -167,11 +178,12 @@ def ssp_measures(trainer: Logged, clock: StepClock, wall: float, s: int, args: a
     learner_idle = stats.wait_s / wall
     return {
         "learner_idle_fraction": learner_idle,
+        "steady_learner_idle_fraction": (trainer.waits[-1] - trainer.waits[0]) / (clock.ends[-1] - clock.ends[0]),
         "generator_idle_fraction": max(0.0, 1.0 - busy / wall),
         "staleness": {str(k): v for k, v in sorted(stats.staleness.items())},
         "dropped_groups": stats.dropped,
         "calibration": {
-            "name": f"s{s}",
+            "name": f"s{s}-{trainer.actor_kind}",
             "workers": 1,
             "batch_groups": args.groups // args.groups_per_call,
             "max_staleness": s,
@@ -201,7 +213,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-tokens", type=int, default=72)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--n-heldout", type=int, default=100, help="held-out level-3 problems for accuracy")
-    parser.add_argument("--arms", default="sync,sync1,ssp0,ssp2", help="sync1: sync with 1 torch thread (control)")
+    parser.add_argument(
+        "--arms",
+        default="sync,sync1,ssp0,ssp2,ssp0p,ssp2p",
+        help="sync1: sync with 1 torch thread (control); ssp0p/ssp2p: the actor in a child process (no shared GIL)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     # Level-3 problems: held-out and training prompts disjoint (ids), drawn by fixed seeds.
@@ -214,11 +230,17 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(2)
     start_acc = greedy_accuracy(Path(args.start), args.heldout_records)
     print(f"start: held-out level-3 greedy accuracy {start_acc:.3f} on {len(args.heldout_records)}", flush=True)
-    arms = {"sync": ("sync", 0, 2), "sync1": ("sync", 0, 1), "ssp0": ("ssp", 0, 1), "ssp2": ("ssp", 2, 1)}
+    arms = {
+        "sync": ("sync", 0, 2, "thread"),
+        "sync1": ("sync", 0, 1, "thread"),
+        "ssp0": ("ssp", 0, 1, "thread"),
+        "ssp2": ("ssp", 2, 1, "thread"),
+        "ssp0p": ("ssp", 0, 1, "process"),
+        "ssp2p": ("ssp", 2, 1, "process"),
+    }
     rows = {}
     for name in args.arms.split(","):
-        mode, s, threads = arms[name]
-        rows[name] = run_arm(name, args, dataset, think, mode, s, threads)
+        rows[name] = run_arm(name, args, dataset, think, *arms[name])
         rows[name]["gain"] = rows[name]["accuracy"] - start_acc
         print(json.dumps({k: v for k, v in rows[name].items() if k != "calibration"}), flush=True)
     result = {"start_accuracy": start_acc, "arms": rows, "uptime_before": before, "uptime_after": uptime()}
@@ -262,9 +284,17 @@ def summary(rows: dict) -> str:
         lines.append(f"tokens/s s=2 vs sync: {r:.2f}x (target >= 1.25)")
         d = 100 * (rows["ssp2"]["gain"] - rows["sync"]["gain"])
         lines.append(f"accuracy gain s=2 minus sync: {d:+.1f} points (target within 3)")
-    if {"sync1", "ssp2"} <= set(rows):
-        r = rows["ssp2"]["tokens_per_s"] / rows["sync1"]["tokens_per_s"]
-        lines.append(f"tokens/s s=2 vs sync with 1 torch thread (control): {r:.2f}x")
+    for name in ("ssp2", "ssp2p"):
+        for base in ("sync", "sync1"):
+            if {name, base} <= set(rows):
+                a, b = rows[name], rows[base]
+                lines.append(
+                    f"tokens/s {name} vs {base}: {a['tokens_per_s'] / b['tokens_per_s']:.2f}x whole run, "
+                    f"{a['steady_tokens_per_s'] / b['steady_tokens_per_s']:.2f}x steady state"
+                )
+    if {"ssp0p", "ssp2p"} <= set(rows):
+        a, b = rows["ssp0p"]["learner_idle_fraction"], rows["ssp2p"]["learner_idle_fraction"]
+        lines.append(f"process actor: learner idle s=2 / s=0: {b:.1%} / {a:.1%} = {b / a:.2f}")
     for name, row in rows.items():
         if "staleness" in row:
             lines.append(f"{name}: staleness {row['staleness']}, dropped {row['dropped_groups']}")

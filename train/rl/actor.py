@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from train.core.loading import load_model, load_tokenizer
 from train.rl.ssp import ActorError, Counters, FileWeightStore, Group, WeightStore
@@ -213,6 +214,7 @@ class ProcessSpec:
     seed: int
     settings: ActorSettings
     heartbeat_s: float = 0.5
+    torch_threads: int | None = None  # a spawned child starts with torch's default (all cores), not the parent's
 
 
 def _child_main(spec: ProcessSpec, counters: Counters, out: Any, stop: Any, heartbeat: Any, errors: Any) -> None:
@@ -224,6 +226,8 @@ def _child_main(spec: ProcessSpec, counters: Counters, out: Any, stop: Any, hear
             time.sleep(spec.heartbeat_s)
 
     threading.Thread(target=beat_forever, daemon=True).start()
+    if spec.torch_threads:
+        torch.set_num_threads(spec.torch_threads)
     code = 0
     try:
         generator = spec.factory()

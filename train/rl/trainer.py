@@ -223,6 +223,8 @@ class FastslowGRPOTrainer(GRPOTrainer):
         if self.accelerator.num_processes > 1 or self.use_vllm:
             raise NotImplementedError("rollout_mode=ssp runs one learner process with a transformers actor here; on "
                                       "GPU use trl's AsyncGRPOTrainer (train/rl/async_trl.py)")  # fmt: skip
+        if self.rollout_func is not None:
+            raise NotImplementedError("rollout_mode=ssp brings its own rollouts: it cannot take a rollout_func")
         if actor == "process" and self.prompt_queue is not None:
             raise NotImplementedError("the prompt queue needs the thread actor (a process actor draws its own order)")
         self.add_callback(SSPCallback(self))
@@ -266,7 +268,8 @@ class FastslowGRPOTrainer(GRPOTrainer):
             store = FileWeightStore(root / "weights.pt")
             store.publish(model.state_dict(), self.state.global_step)
             factory = partial(load_generator, str(root / "model"), prompts, params, template, generate_kwargs)
-            spec = ProcessSpec(factory, str(store.path), len(self.train_dataset), self.args.seed + 1, settings)
+            spec = ProcessSpec(factory, str(store.path), len(self.train_dataset), self.args.seed + 1, settings,
+                               torch_threads=torch.get_num_threads())  # fmt: skip
             self._actor = ProcessActor(spec, heartbeat_timeout=self.heartbeat_timeout)
             queue = StalenessQueue(self.staleness_bound, self.batch_groups, self._actor.counters, self._actor.groups)
         queue.health = self._actor.check_health
@@ -358,12 +361,13 @@ class FastslowGRPOTrainer(GRPOTrainer):
 
     def _score_round(self, inputs: list[dict[str, Any]], positions: list[int] | None) -> tuple[dict, torch.Tensor]:
         """One trl generation round, its informative-group mask, and the queue's update from it."""
+        previous = self.rollout_func
         if self.ssp:
             self.rollout_func = self._ssp_rollout  # only for this round: evaluation still generates here
         try:
             output = super()._generate_and_score_completions(inputs)
         finally:
-            self.rollout_func = None
+            self.rollout_func = previous
         totals = self._local_totals(len(inputs))
         keep = informative_groups(totals, self.num_generations)
         if self.prompt_queue is not None and positions is not None:
