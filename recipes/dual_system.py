@@ -33,10 +33,12 @@ import dataclasses
 import logging
 from pathlib import Path
 
+from accelerate import PartialState
 from trl import ModelConfig
 
 from train.core.cli import parse_args, setup_logging
 from train.core.configs import SFTConfig
+from train.core.fingerprint import check_recipe_config
 from train.core.modes import ThinkFormat
 from train.dual_system.config import DualSystemConfig
 from train.dual_system.data import phase1_dataset, phase2_dataset, rows_per_phase, split_prompts
@@ -57,11 +59,19 @@ logger = logging.getLogger("recipes.dual_system")
 
 # The config dataclasses, in the order TrlParser fills them (also read by the config-validation test).
 ARG_CLASSES = (DualSystemConfig, SFTConfig, ModelConfig)
+RL_KEYS = ("dual_system.rl_*",)
 
 
 def main(argv: list[str] | None = None) -> Path:
     args, training_args, model_args = parse_args(ARG_CLASSES, argv)
     setup_logging(training_args.get_process_log_level())
+    # Resume only under the recorded configuration (delete output_dir to start over under another). The RL phase is
+    # never resumed, only run after the saved phases, so its keys may change between runs.
+    record = dict(stage="dual_system", config=args, training_args=training_args, model_args=model_args, ignore=RL_KEYS)
+    if PartialState().is_main_process:
+        check_recipe_config(training_args.output_dir, **record)
+    PartialState().wait_for_everyone()
+    check_recipe_config(training_args.output_dir, **record, write=False)
 
     # 1. Setup: the starting model labels the prompts (fusion data, built once, on the main process).
     model, tokenizer = load_for_training(model_args, args.think_start, args.think_end)

@@ -186,3 +186,17 @@ def test_lora_run_trains_one_adapter_through_both_phases(tiny_model_dir, arithme
     assert a1.keys() == a2.keys() and any(not torch.equal(a1[k], a2[k]) for k in a1)
     start, merged = _weights(tiny_model_dir), _weights(out / "merged")
     assert any(not torch.equal(start[k], merged[k]) for k in start if k in merged)
+
+
+def test_a_rerun_under_another_config_is_refused(tiny_model_dir, arithmetic_data_dir, tmp_path):
+    """Phases resume only under the configuration that produced them; the RL keys (a phase never resumed) may change."""
+    from train.core.fingerprint import ResumeConfigError
+
+    out = tmp_path / "run"
+    args = _args(tiny_model_dir, arithmetic_data_dir / "train.jsonl", out, "--max_prompts", "8", "--phase2_steps", "0")
+    dual_system.main(args)
+    with pytest.raises(ResumeConfigError, match=r"training.learning_rate: 0.01 -> 0.5"):
+        dual_system.main([*args, "--learning_rate", "0.5"])
+    with pytest.raises(ResumeConfigError, match=r"dual_system.phase1_slow_replay"):
+        dual_system.main([*args, "--phase1_slow_replay", "0.1"])
+    dual_system.main([*args, "--logging_steps", "7", "--rl_delta", "0.2"])  # no result changes: resumes

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,10 @@ TRAINING_IGNORE = (
     "push_to_hub*", "hub_*", "ddp_timeout", "overwrite_output_dir", "trackio_*", "project", "resume_from_checkpoint",
     "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_prefetch_factor", "include_*tokens*",
 )  # fmt: skip
+
+
+#: What a recipe's run configuration ignores: the training arguments that change no result, and the process rank.
+RECIPE_IGNORE = tuple(f"training.{p}" for p in (*TRAINING_IGNORE, "local_rank"))
 
 
 class ResumeConfigError(RuntimeError):
@@ -102,6 +107,30 @@ def check_run_config(
     elif write:
         write_json_atomic(record, fingerprint)
     return fingerprint
+
+
+def check_recipe_config(
+    output_dir: str | Path,
+    stage: str,
+    config: Any,
+    training_args: Any,
+    model_args: Any,
+    *,
+    write: bool = True,
+    ignore: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Record (``write``: the main process) or check a recipe's configuration in ``<output_dir>/run_config.json``.
+
+    Keys are ``<stage>.*`` (the recipe's own dataclass), ``training.*`` (the trainer's arguments, less those that
+    change no result: :data:`RECIPE_IGNORE`) and ``model.*``; ``ignore`` adds patterns of keys that change nothing a
+    resume reuses. Raises :class:`ResumeConfigError` naming the keys that differ from the recorded ones.
+    """
+    mapping = {
+        **{f"{stage}.{k}": v for k, v in asdict(config).items()},
+        **{f"training.{k}": v for k, v in training_args.to_dict().items()},
+        **{f"model.{k}": v for k, v in asdict(model_args).items()},
+    }
+    return check_run_config(Path(output_dir) / RUN_CONFIG, mapping, (*RECIPE_IGNORE, *ignore), write=write)
 
 
 def fault_point(phase: str) -> None:

@@ -26,11 +26,10 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from train.core.fingerprint import RUN_CONFIG, TRAINING_IGNORE, check_run_config
+from train.core.fingerprint import check_recipe_config
 from train.merging import merge_checkpoints
 from train.merging.io import commit_dir, partial_dir, recover_commit
 
@@ -69,26 +68,16 @@ def resume_point(output_dir: str | Path, iterations: int) -> int:
     return t
 
 
-# Distillation keys that change no result: where the pool of an identical run lives is still recorded (a different
-# file is another run), but the per-process local rank is not.
-DISTILL_IGNORE = tuple(f"training.{p}" for p in (*TRAINING_IGNORE, "local_rank"))
-
-
 def check_distill_config(
     output_dir: str | Path, cfg: Any, training_args: Any, model_args: Any, *, write: bool = True
 ) -> dict[str, Any]:
     """Record (main process, ``write``) or check the run's configuration in ``<output_dir>/run_config.json``.
 
-    Keys are ``distill.*`` (:class:`DistillConfig`), ``training.*`` (the SFT arguments, less logging, reporting,
-    saving and output paths: :data:`DISTILL_IGNORE`) and ``model.*``. Raises
-    :class:`train.core.fingerprint.ResumeConfigError` naming the keys that differ from the recorded ones.
+    Keys are ``distill.*`` (:class:`DistillConfig`), ``training.*`` and ``model.*``
+    (:func:`train.core.fingerprint.check_recipe_config`). Raises :class:`train.core.fingerprint.ResumeConfigError`
+    naming the keys that differ from the recorded ones.
     """
-    mapping = {
-        **{f"distill.{k}": v for k, v in asdict(cfg).items()},
-        **{f"training.{k}": v for k, v in training_args.to_dict().items()},
-        **{f"model.{k}": v for k, v in asdict(model_args).items()},
-    }
-    return check_run_config(Path(output_dir) / RUN_CONFIG, mapping, DISTILL_IGNORE, write=write)
+    return check_recipe_config(output_dir, "distill", cfg, training_args, model_args, write=write)
 
 
 def write_json(path: str | Path, data: Any) -> Path:
