@@ -192,3 +192,9 @@ def test_openai_backend_retries_and_runs_concurrently():
     assert all(s.num_tokens == 7 and s.text.endswith("/think") for ss in out for s in ss)
     assert all(s.text.startswith("[unused16]\nx\n[unused17]\n\n") for ss in out for s in ss)
     assert Handler.calls == 8
+
+
+def test_endpoint_teacher_passes_its_batch_budget_to_the_client():
+    config = TeacherConfig(backend="openai", model="teacher", batch_budget=5.0, timeout=2.0)
+    sampler = config.sampler_config()
+    assert (sampler.backend, sampler.batch_budget, sampler.timeout) == ("endpoint", 5.0, 2.0)

@@ -115,6 +115,10 @@ class TeacherConfig:
     max_retries: int = field(default=4, metadata={"help": "Retries after the first attempt; then the sample is lost."})
     backoff: float = field(default=1.0, metadata={"help": "First retry wait in seconds, doubled at each retry."})
     max_backoff: float = field(default=30.0, metadata={"help": "Upper bound on one retry wait, in seconds."})
+    batch_budget: float | None = field(
+        default=None,
+        metadata={"help": "openai: seconds one chunk's requests may take in all, retries included (None: no limit)."},
+    )
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -142,6 +146,7 @@ class TeacherConfig:
             max_backoff=self.max_backoff,
             concurrency=self.concurrency,
             requests_per_second=self.requests_per_second,
+            batch_budget=self.batch_budget,
         )
 
 
