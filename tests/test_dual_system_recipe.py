@@ -189,7 +189,7 @@ def test_lora_run_trains_one_adapter_through_both_phases(tiny_model_dir, arithme
 
 
 def test_a_rerun_under_another_config_is_refused(tiny_model_dir, arithmetic_data_dir, tmp_path):
-    """Phases resume only under the configuration that produced them; the RL keys (a phase never resumed) may change."""
+    """Phases resume only under the configuration that produced them; the RL keys (never resumed) may change."""
     from train.core.fingerprint import ResumeConfigError
 
     out = tmp_path / "run"
