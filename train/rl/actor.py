@@ -121,7 +121,8 @@ def load_generator(
 
 
 class SeededOrder:
-    """Dataset positions in a seeded random order, epoch after epoch (a process actor's own prompt draw)."""
+    """Dataset positions in a seeded random order, epoch after epoch: a process actor's own prompt draw, and the
+    fresh prompts of the learner's resample rounds."""
 
     def __init__(self, size: int, seed: int) -> None:
         self.size, self.rng, self.order = size, np.random.default_rng(seed), []

@@ -57,6 +57,7 @@ from train.rl.actor import (
     GroupGenerator,
     ProcessActor,
     ProcessSpec,
+    SeededOrder,
     ThreadActor,
     actor_loop,
     load_generator,
@@ -130,21 +131,6 @@ class SSPCallback(TrainerCallback):
         self.trainer._stop_actor()
 
 
-class PromptStream:
-    """Dataset positions in seeded random order, epoch after epoch: fresh prompts for resample rounds."""
-
-    def __init__(self, size: int, seed: int):
-        self.size, self.rng, self.order = size, np.random.default_rng(seed), []
-
-    def draw(self, n: int) -> list[int]:
-        out = []
-        while len(out) < n:
-            if not self.order:
-                self.order = self.rng.permutation(self.size).tolist()
-            out.append(self.order.pop())
-        return out
-
-
 class FastslowGRPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` with dynamic sampling and a prioritized prompt queue (see the module docstring)."""
 
@@ -183,7 +169,7 @@ class FastslowGRPOTrainer(GRPOTrainer):
                 n, m = len(prompt_queue), len(self.train_dataset)
                 raise ValueError(f"the prompt queue has {n} prompts, the training dataset {m}")
             self.add_callback(QueueStateCallback(prompt_queue))
-        self._stream = PromptStream(len(self.train_dataset), self.args.seed + 1)  # apart from trl's sampler order
+        self._stream = SeededOrder(len(self.train_dataset), self.args.seed + 1)  # apart from trl's sampler order
         self._last_rewards_per_func: torch.Tensor | None = None
         self._init_ssp(rollout_mode, max_staleness, importance_cap, actor, heartbeat_timeout, groups_per_call)
 
@@ -242,7 +228,7 @@ class FastslowGRPOTrainer(GRPOTrainer):
 
     def _draw_positions(self, n: int) -> list[int]:
         with self._prompt_lock:
-            return self.prompt_queue.draw(n) if self.prompt_queue is not None else self._stream.draw(n)
+            return self.prompt_queue.draw(n) if self.prompt_queue is not None else self._stream(n)
 
     def _start_actor(self) -> None:
         if not self.ssp or self._actor is not None:
@@ -354,7 +340,7 @@ class FastslowGRPOTrainer(GRPOTrainer):
             rows = [dict(self.train_dataset[g.position]) for g in groups for _ in range(self.num_generations)]
             return rows, [g.position for g in groups]
         n = n_groups_local * self.accelerator.num_processes
-        positions = self.prompt_queue.draw(n) if self.prompt_queue is not None else self._stream.draw(n)
+        positions = self.prompt_queue.draw(n) if self.prompt_queue is not None else self._stream(n)
         start = self.accelerator.process_index * n_groups_local
         mine = positions[start : start + n_groups_local]
         return [dict(self.train_dataset[i]) for i in mine for _ in range(self.num_generations)], mine
