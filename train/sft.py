@@ -18,9 +18,12 @@ from trl import ModelConfig, SFTTrainer, get_peft_config
 
 from train.core.args import DataArguments
 from train.core.configs import SFTConfig
-from train.core.data import DataError, load_records, mix, to_messages
+from train.core.data import DataError, load_records, mix, records_to_dataset, to_messages
 from train.core.guards import FiniteTrainingGuard, check_finite_model
-from train.core.loading import load_model, load_tokenizer
+from train.core.loading import LoadOptions, load_model_and_tokenizer
+from train.core.sources import load_source_from
+from train.merging import merge_lora
+from train.merging.lora import is_adapter, resolve_adapter_base
 
 logger = logging.getLogger(__name__)
 
@@ -48,28 +51,44 @@ def sft_dataset(records: Dataset, source: str = "<records>") -> Dataset:
 def load_training_data(
     args: DataArguments, to_examples: Callable[[Dataset, str], Dataset], seed: int = 0
 ) -> tuple[Dataset, Dataset | None]:
-    """The training and held-out examples of a recipe's ``train_files``/``train_weights``/``eval_file``.
+    """The training and held-out examples of a recipe's ``train_files``/``dataset_name``/``eval_file``.
 
-    Each file's records become examples with ``to_examples(records, source)`` (SFT conversations, GRPO prompts),
-    then the files are mixed: by ``train_weights``, else in proportion to their sizes. ``max_train_samples`` cuts
-    the mixture; ``max_record_bytes`` refuses larger records. The one loader of the SFT and GRPO recipes, so both
+    The sources are the ``train_files`` (fastslow records) and the ``dataset_name`` data set, converted by its
+    ``dataset_preset`` and ``column_mapping`` (:func:`train.core.sources.load_source`). Each source's records become
+    examples with ``to_examples(records, source)`` (SFT conversations, GRPO prompts), then the sources are mixed:
+    by ``train_weights`` (one per train file, then one for the data set), else in proportion to their sizes.
+    ``max_train_samples`` cuts the mixture; ``max_record_bytes`` refuses larger records. The held-out examples are
+    ``eval_file``'s or the data set's ``dataset_eval_split``. The one loader of the SFT and GRPO recipes, so both
     read these keys the same way.
     """
-    if not args.train_files:
-        raise DataError("train_files: give at least one record file")
+    if not args.train_files and not args.dataset_name:
+        raise DataError("train_files / dataset_name: give at least one record file or a data set")
     limit = args.max_record_bytes
     parts = [to_examples(load_records(f, max_record_bytes=limit), f) for f in args.train_files]
+    if args.dataset_name:
+        # With the data set the only source, read only the rows max_train_samples keeps (hub sets are large).
+        rows = args.max_train_samples if not args.train_files else None
+        records = load_source_from(args, limit=rows, max_record_bytes=limit)
+        parts.append(to_examples(records_to_dataset(records), args.dataset_name))
     if args.train_weights:
         if len(args.train_weights) != len(parts):
-            raise DataError(f"train_weights: {len(args.train_weights)} weights for {len(parts)} train_files")
+            raise DataError(
+                f"train_weights: {len(args.train_weights)} weights for {len(parts)} sources (train_files, then "
+                "dataset_name)"
+            )
         train = mix(parts, args.train_weights, seed=seed)
     else:
         train = parts[0] if len(parts) == 1 else mix(parts, [len(p) for p in parts], seed=seed)
     if args.max_train_samples:
         train = train.select(range(min(args.max_train_samples, len(train))))
     evals = None
+    if args.eval_file and args.dataset_eval_split:
+        raise DataError("eval_file and dataset_eval_split: give one held-out source, not both")
     if args.eval_file:
         evals = to_examples(load_records(args.eval_file, max_record_bytes=limit), args.eval_file)
+    elif args.dataset_eval_split:
+        records = load_source_from(args, split=args.dataset_eval_split, max_record_bytes=limit)
+        evals = to_examples(records_to_dataset(records), f"{args.dataset_name} [{args.dataset_eval_split}]")
     return train, evals
 
 
@@ -83,27 +102,32 @@ def load_for_training(
     think_start: str | None = None,
     think_end: str | None = None,
     allow_nonfinite_weights: bool = False,
+    *,
+    training_args: Any = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model and tokenizer from ``model_args`` (local paths stay offline; embeddings follow the tokenizer).
+
+    Every loading option of ``model_args`` reaches ``from_pretrained`` (:class:`train.core.loading.LoadOptions`):
+    ``dtype``, ``attn_implementation``, the revision, and ``load_in_4bit``/``load_in_8bit`` (QLoRA: the base is
+    quantized with bitsandbytes on this process's accelerator and prepared with peft; ``use_peft`` is required).
+    ``training_args`` (the recipe's trl config) adds ``trust_remote_code`` (openPangu needs it),
+    ``model_init_kwargs`` and its gradient checkpointing settings; without it remote code is not trusted.
 
     ``think_start``/``think_end`` are the config's override of the think delimiters; the tokenizer loader resolves
     them, and the run's format is then ``ThinkFormat.from_tokenizer(tokenizer)``. A checkpoint with NaN/inf weights
     is refused unless ``allow_nonfinite_weights``.
     """
-    tokenizer = load_tokenizer(
-        model_args.model_name_or_path, revision=model_args.model_revision, think_start=think_start, think_end=think_end
-    )
-    tokenizer.padding_side = "right"  # training pads on the right; generation switches to left
-    dtype = model_args.dtype if model_args.dtype not in (None, "auto") else "float32"
-    model = load_model(
+    options = LoadOptions.from_model_config(model_args, training_args)
+    if options.dtype in (None, "auto") and not options.quantized:
+        options.dtype = "float32"  # trained weights stay float32; mixed precision comes from the trainer's bf16/fp16
+    return load_model_and_tokenizer(
         model_args.model_name_or_path,
-        dtype=dtype,
-        tokenizer=tokenizer,
-        revision=model_args.model_revision,
-        attn_implementation=model_args.attn_implementation,
+        options=options,
+        think_start=think_start,
+        think_end=think_end,
+        training=True,
         allow_nonfinite_weights=allow_nonfinite_weights,
     )
-    return model, tokenizer
 
 
 def build_sft_trainer(
@@ -135,19 +159,26 @@ def save_trained(trainer: SFTTrainer, output_dir: str | Path, merge_lora: bool =
     """Save the trained model and tokenizer; a LoRA run also gets ``merged/``, a full loadable model.
 
     Returns the folder downstream stages should load (the merged one for LoRA). A model with NaN/inf weights is
-    refused (:class:`train.core.guards.NonFiniteError`): nothing is saved.
+    refused (:class:`train.core.guards.NonFiniteError`): nothing is saved. Every process must call it: the save is
+    ``trainer.save_model``, which gathers a ZeRO-3 or FSDP-sharded model's state dict. The merged model is built by
+    the main process from the saved files (the adapter streamed into its base folder,
+    :func:`train.merging.merge_lora`), never from the in-memory model, whose parameters may be shards.
     """
     output_dir = Path(output_dir)
     check_finite_model(trainer.model, str(output_dir))
     trainer.save_model(str(output_dir))
-    model = trainer.model
-    if hasattr(model, "merge_and_unload") and merge_lora:
-        merged_dir = output_dir / "merged"
-        if trainer.accelerator.is_main_process:
-            merged = trainer.accelerator.unwrap_model(model).merge_and_unload()
-            merged.save_pretrained(merged_dir)
-            trainer.processing_class.save_pretrained(merged_dir)
-            logger.info("saved the LoRA-merged model to %s", merged_dir)
-        trainer.accelerator.wait_for_everyone()
-        return merged_dir
-    return output_dir
+    if not (hasattr(trainer.model, "merge_and_unload") and merge_lora):
+        return output_dir
+    merged_dir = output_dir / "merged"
+    if trainer.accelerator.is_main_process:
+        merge_saved_adapter(output_dir, merged_dir)
+        logger.info("saved the LoRA-merged model to %s", merged_dir)
+    trainer.accelerator.wait_for_everyone()
+    return merged_dir
+
+
+def merge_saved_adapter(adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """The full model of a saved LoRA adapter folder (its base is the local folder the adapter names), streamed."""
+    if not is_adapter(adapter_dir):
+        raise DataError(f"{adapter_dir}: no adapter_config.json to merge (was the LoRA adapter saved there?)")
+    return merge_lora(resolve_adapter_base(adapter_dir), adapter_dir, out_dir, overwrite=True, show_progress=False)

@@ -3,7 +3,8 @@
 * :class:`ModelFormatArguments`: the think-delimiter override and how a LoRA run is saved (SFT, GRPO, distillation,
   the dual system);
 * :class:`DataArguments`: training and held-out record files, their size limit and the non-finite weights switch
-  (SFT, GRPO), plus the above.
+  (SFT, GRPO), a data set by name with its preset and column mapping (:class:`train.core.sources.DatasetArguments`),
+  plus the above.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from train.core.data import MAX_RECORD_BYTES
+from train.core.sources import DatasetArguments
 
 
 @dataclass
@@ -37,14 +39,16 @@ class ModelFormatArguments:
 
 
 @dataclass
-class DataArguments(ModelFormatArguments):
-    """Training records, held-out records, the think delimiters, and how a LoRA run is saved."""
+class DataArguments(DatasetArguments, ModelFormatArguments):
+    """Training records (files and/or a data set by name), held-out records, the think delimiters, and how a LoRA
+    run is saved."""
 
     train_files: list[str] = field(
         default_factory=list,
         metadata={
             "help": "Record files (JSONL, JSON, CSV, Parquet) or hub names in fastslow's schema (train/core/data.py): "
-            "SFT needs a `response`; GRPO reads prompt/task/answer/tests."
+            "SFT needs a `response`; GRPO reads prompt/task/answer/tests. Other schemas: dataset_name with a "
+            "dataset_preset (docs/data.md)."
         },
     )
     train_weights: list[float] | None = field(

@@ -151,7 +151,8 @@ def record_bytes(row: Any) -> int:
     return 0
 
 
-def _check_size(row: Any, where: str, max_bytes: int | None, bound: int | None = None) -> None:
+def check_size(row: Any, where: str, max_bytes: int | None, bound: int | None = None) -> None:
+    """Refuse a row whose text (:func:`record_bytes`) is over ``max_bytes``, naming ``where``."""
     # ``bound`` (a JSONL line's length) is an upper bound of the text's size: most rows need no counting.
     if not max_bytes or (bound is not None and bound <= max_bytes):
         return
@@ -199,7 +200,7 @@ def _read_jsonl(path: Path, max_bytes: int | None) -> list[tuple[int, Any]]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}, row {line_no}: malformed JSON ({exc.msg})") from None
-            _check_size(row, f"{path}, row {line_no}", max_bytes, bound=len(raw))
+            check_size(row, f"{path}, row {line_no}", max_bytes, bound=len(raw))
             rows.append((line_no, row))
     return rows
 
@@ -217,7 +218,8 @@ def _read_csv(path: Path, max_bytes: int | None) -> list[tuple[int, Any]]:
         csv.field_size_limit(old)
 
 
-def _read_rows(path: Path, max_bytes: int | None) -> list[tuple[int, Any]]:
+def read_rows(path: Path, max_bytes: int | None = MAX_RECORD_BYTES) -> list[tuple[int, Any]]:
+    """The raw rows of a local JSONL/JSON/CSV/Parquet file as ``(row number, row)``, unvalidated."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return _read_jsonl(path, max_bytes)
@@ -238,7 +240,7 @@ def _read_rows(path: Path, max_bytes: int | None) -> list[tuple[int, Any]]:
     else:
         raise DataError(f"{path}: unsupported file type {suffix!r}; expected .jsonl, .json, .csv or .parquet")
     for i, row in rows:
-        _check_size(row, f"{path}, row {i}", max_bytes)
+        check_size(row, f"{path}, row {i}", max_bytes)
     return rows
 
 
@@ -278,7 +280,7 @@ def read_records(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such data file")
-    rows = _read_rows(path, max_record_bytes)
+    rows = read_rows(path, max_record_bytes)
     if not validate:
         return [r for _, r in rows]
     records = [validate_record(row, str(path), i) for i, row in rows]
@@ -308,7 +310,7 @@ def load_records(
         source = str(spec)
         records = load_dataset(source, split=split).to_list()
         for i, r in enumerate(records, 1):
-            _check_size(r, f"{source}, row {i}", max_record_bytes)
+            check_size(r, f"{source}, row {i}", max_record_bytes)
         if validate:
             records = [validate_record(r, source, i) for i, r in enumerate(records, 1)]
             check_ids(records, source)
