@@ -1,23 +1,25 @@
-"""MARS as an OpenRLHF custom reward function.
+"""MARS as an OpenRLHF custom reward function (checked against OpenRLHF 0.11.2's ``openrlhf/utils/agent.py``).
 
-OpenRLHF loads a Python file given as the remote reward URL (``--remote_rm_url`` in older releases,
-``--reward.remote_url`` in newer ones) and calls ``reward_func(queries, prompts, labels, **kwargs)`` once per
-batch: ``queries`` are the decoded prompt + response texts, ``prompts`` the decoded prompts, ``labels`` the
-``--label_key`` column. Its return value is a dict (current OpenRLHF)::
+OpenRLHF loads a Python file given as the remote reward URL (``--reward.remote_url`` in 0.11, ``--remote_rm_url`` in
+older releases) and calls ``reward_func(queries, prompts, labels)`` (0.11: one query per call, from
+``asyncio.to_thread``, so calls run concurrently): ``queries`` are the decoded prompt + response texts (special
+tokens kept), ``prompts`` the prompts, ``labels`` the ``--data.label_key`` column. Its return value is a dict::
 
-    {"rewards": Tensor[B],   # used for the advantages
-     "scores": Tensor[B],    # used by dynamic filtering
-     "extra_logs": {name: Tensor[B]}}   # logged (e.g. to wandb)
+    {"rewards": Tensor[B],   # the MARS total, used for the advantages
+     "scores": Tensor[B],    # correctness (the task's accuracy source, raw), used by dynamic filtering, which
+                             # keeps groups whose mean lies inside --dynamic_filtering_reward_range (default 0..1)
+     "extra_logs": {"mars/<source>": Tensor[B], "mars/acc": Tensor[B]}}   # logged
 
 Releases before the dict convention take a bare ``Tensor[B]``: set ``FASTSLOW_OPENRLHF_RETURN=tensor``.
 
-Labels: a JSON object ``{"task": ..., "answer": ..., "tests": ...}`` carries everything; a plain string is the
-reference answer of a ``$FASTSLOW_TASK`` task (default ``math``). The router config comes from
+Labels: a JSON object ``{"task": ..., "answer": ..., "tests": ...}`` carries everything (what
+``scripts/export.py --to openrlhf`` writes; ``tests`` may also be verl/PRIME's ``{"inputs", "outputs"}``); a plain
+string is the reference answer of a ``$FASTSLOW_TASK`` task (default ``math``). The router config comes from
 ``$FASTSLOW_MARS_CONFIG`` (a MARSConfig YAML) or the defaults; the think format from its ``think_start``/``think_end``
-keys, else from the policy tokenizer named by ``$FASTSLOW_TOKENIZER``. A sample no source applies to scores 0.0. The
-response is the query with its prompt removed; when the decoded prompt is not a prefix of the query (special
-tokens dropped in decoding) the whole query is scored, which is safe because answers are read only after the
-closed think block.
+keys, else from the policy tokenizer named by ``$FASTSLOW_TOKENIZER``, which also counts tokens for the length
+sources (without it they are off). A sample no source applies to scores 0.0. The response is the query with its
+prompt removed; when the decoded prompt is not a prefix of the query (special tokens dropped in decoding) the whole
+query is scored, which is safe because answers are read only after the closed think block.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 import torch
 
-from rewards.adapters import get_router
+from rewards.adapters import code_tests, get_router
 
 logger = logging.getLogger("rewards.adapters.openrlhf")
 
@@ -45,7 +47,12 @@ def parse_label(label: Any, default_task: str) -> dict[str, Any]:
         except ValueError:
             pass  # a reference that merely starts with a brace
     if isinstance(label, dict):
-        return {"task": label.get("task") or default_task, "answer": label.get("answer"), "tests": label.get("tests")}
+        tests = label.get("tests")
+        return {
+            "task": label.get("task") or default_task,
+            "answer": label.get("answer"),
+            "tests": None if tests is None else code_tests(tests),
+        }
     return {"task": default_task, "answer": None if label is None else str(label), "tests": None}
 
 
@@ -70,18 +77,11 @@ def reward_func(queries: list[str], prompts: list[str], labels: list[Any], **kwa
         "tests": [p["tests"] for p in parsed],
         "prompts": list(prompts),
     }
-    totals, aligned, metrics = router.score_batch(completions, **columns)
-    router.emit(metrics, None)
-    rewards = torch.tensor([0.0 if t is None else t for t in totals], dtype=torch.float32)
+    rows = router.score_rows(completions, **columns)
+    rewards = torch.tensor([row["score"] for row in rows], dtype=torch.float32)
     if os.environ.get(RETURN_ENV, "dict") == "tensor":
         return rewards
-    extra_logs = {}
-    for name in sorted({name for (_, name) in aligned}):
-        values = [0.0] * len(totals)
-        for (_, n), column in aligned.items():
-            if n == name:
-                for i, v in enumerate(column):
-                    if v is not None:
-                        values[i] = v
-        extra_logs[f"mars/{name}"] = torch.tensor(values, dtype=torch.float32)
-    return {"rewards": rewards, "scores": rewards.clone(), "extra_logs": extra_logs}
+    scores = torch.tensor([row["acc"] for row in rows], dtype=torch.float32)
+    names = [k for k in rows[0] if k not in ("score", "applicable")] if rows else []
+    extra_logs = {f"mars/{name}": torch.tensor([row[name] for row in rows], dtype=torch.float32) for name in names}
+    return {"rewards": rewards, "scores": scores, "extra_logs": extra_logs}

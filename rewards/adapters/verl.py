@@ -1,23 +1,29 @@
-"""MARS as a verl custom reward function.
+"""MARS as a verl custom reward function (verl 0.9; see ``docs/verl.md`` for the keys and a command line).
 
-verl loads a file and calls a function from it (``custom_reward_function.path`` / ``.name`` in its config), with
-``reward_kwargs`` passed as extra keyword arguments::
+verl 0.9's ``main_ppo`` reads the function from ``reward.custom_reward_function`` (``path``, ``name`` and
+``reward_kwargs``); the top-level ``custom_reward_function`` block is a legacy slot it no longer reads, so a path set
+there silently leaves verl's default scorer in charge. With Hydra overrides::
 
-    custom_reward_function:
-      path: <fastslow>/rewards/adapters/verl.py
-      name: compute_score            # per sample (verl's naive/prime reward managers)
-      # name: compute_score_batch    # whole batch (verl's batch reward manager)
-      reward_kwargs:
-        config: recipes/configs/mars.yaml   # optional; else $FASTSLOW_MARS_CONFIG, else the default MARSConfig
-        tokenizer: Qwen/Qwen3-0.6B           # the policy's, for its think format, unless the config sets think_start/
-                                             # think_end (the default MARSConfig does not: one of the two is needed)
+    reward.custom_reward_function.path=<fastslow>/rewards/adapters/verl.py
+    reward.custom_reward_function.name=compute_score
+    +reward.custom_reward_function.reward_kwargs.config=<a MARS config YAML>
+    +reward.custom_reward_function.reward_kwargs.tokenizer=<the policy's tokenizer: think format, token counts>
 
-Per sample verl gives ``data_source``, the decoded response ``solution_str``, ``ground_truth`` (the reference
-answer; for code, the test cases as a list or JSON string) and ``extra_info``. The task is ``extra_info["task"]``
-when present, else read from ``data_source`` (:func:`rewards.adapters.task_of`); ``extra_info["tests"]`` and
-``extra_info["prompt"]`` (or ``question``) are used when present. verl needs a float: a sample no source applies
-to scores 0.0. With ``return_dict=True`` the result is ``{"score": float, "applicable": 0.0 | 1.0, <source>:
-value...}`` (verl logs the extra keys; every sample carries the same keys, 0.0 where a source does not apply).
+verl's reward managers (``naive``, ``dapo``, ``rate_limited``, ``gdpo``, ``remote``) call, per sample and from
+worker threads, ``compute_score(data_source=, solution_str=, ground_truth=, extra_info=, **reward_kwargs)``:
+``data_source`` may be a ``numpy.str_``, ``solution_str`` is the decoded reply (special tokens skipped),
+``ground_truth`` is ``reward_model.ground_truth`` (the reference answer; for code, the tests: fastslow's case list
+or verl/PRIME's ``{"inputs": [...], "outputs": [...]}``, as JSON text or parsed) and ``extra_info`` the row's
+``extra_info`` plus keys verl adds (``num_turns``, ``rollout_reward_scores``), which are ignored. The task is
+``extra_info["task"]`` when present, else read from ``data_source`` (:func:`rewards.adapters.task_of`);
+``extra_info["tests"]`` and ``extra_info["prompt"]`` (or ``question``) are used when present.
+
+The result is a dict, which every verl 0.9 reward manager unpacks: ``score`` (the MARS total, the reward; 0.0 when
+no source applies), ``acc`` (correctness: the raw value of the task's accuracy source, 0/1 for math, the share of
+tests passed for code; what ``algorithm.filter_groups.metric=acc`` filters DAPO groups on), ``applicable``, and one
+key per MARS source (its weighted-in value; 0.0 where it does not apply), all floats, the same keys on every
+sample. ``return_dict=False`` gives the bare total, for verl's legacy ``prime`` manager, which takes numbers only
+(verl would then log that total as ``acc``).
 """
 
 from __future__ import annotations
@@ -25,17 +31,19 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from rewards.adapters import get_router, task_of
+from rewards.adapters import code_tests, get_router, plain, task_of
 
 
 def _columns(data_sources, ground_truths, extra_infos, router) -> dict[str, list[Any]]:
     tasks, answers, tests, prompts = [], [], [], []
     for source, truth, extra in zip(data_sources, ground_truths, extra_infos):
-        extra = dict(extra or {})
+        extra = plain(dict(extra or {}))
+        truth = plain(truth)
         task = extra.get("task") or task_of(source, router)
         tasks.append(task)
         is_code = task == "code"
-        tests.append(extra.get("tests") if extra.get("tests") is not None else (truth if is_code else None))
+        case_list = extra.get("tests") if extra.get("tests") is not None else (truth if is_code else None)
+        tests.append(None if case_list is None else code_tests(case_list))
         answers.append(extra.get("answer") if is_code else truth)
         prompts.append(extra.get("prompt") or extra.get("question"))
     return {router.config.task_column: tasks, "answer": answers, "tests": tests, "prompts": prompts}
@@ -47,28 +55,16 @@ def compute_score_batch(
     ground_truths: list[Any],
     extra_infos: list[dict | None] | None = None,
     config: str | os.PathLike | None = None,
-    return_dict: bool = False,
+    return_dict: bool = True,
     tokenizer: Any = None,
     **_: Any,
 ) -> list[float] | list[dict[str, float]]:
-    """Scores for a batch (verl's ``BatchRewardManager`` signature)."""
+    """Scores for a batch (the signature of verl's legacy ``batch`` reward manager); one dict or float each."""
     router = get_router(config, tokenizer)
     extra_infos = extra_infos if extra_infos is not None else [None] * len(solution_strs)
-    columns = _columns(data_sources, ground_truths, extra_infos, router)
-    totals, aligned, metrics = router.score_batch(list(solution_strs), **columns)
-    router.emit(metrics, None)
-    scores = [0.0 if t is None else float(t) for t in totals]
-    if not return_dict:
-        return scores
-    names = sorted({name for (_, name) in aligned})
-    out = []
-    for i, score in enumerate(scores):
-        row = {"score": score, "applicable": float(totals[i] is not None)}
-        for name in names:
-            values = [v[i] for (task, n), v in aligned.items() if n == name and v[i] is not None]
-            row[name] = values[0] if values else 0.0
-        out.append(row)
-    return out
+    columns = _columns(list(data_sources), list(ground_truths), list(extra_infos), router)
+    rows = router.score_rows([str(s) for s in solution_strs], **columns)
+    return rows if return_dict else [row["score"] for row in rows]
 
 
 def compute_score(
@@ -77,10 +73,10 @@ def compute_score(
     ground_truth: Any,
     extra_info: dict | None = None,
     config: str | os.PathLike | None = None,
-    return_dict: bool = False,
+    return_dict: bool = True,
     **kwargs: Any,
 ) -> float | dict[str, float]:
-    """The MARS score of one response (verl's per-sample ``compute_score`` signature)."""
+    """The MARS score of one response (verl's per-sample ``compute_score`` signature; see the module docstring)."""
     return compute_score_batch(
         [data_source], [solution_str], [ground_truth], [extra_info], config=config, return_dict=return_dict, **kwargs
     )[0]
