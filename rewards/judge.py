@@ -5,8 +5,9 @@ Two backends produce the judge's replies, both from :mod:`train.sampling`:
 * ``http``: any OpenAI-compatible chat-completions endpoint (a vLLM or SGLang server, a hosted API) through
   :class:`~train.sampling.endpoint.EndpointClient` (the teacher's client: many requests at once, each with a timeout
   and retried with exponential back-off on transport errors, HTTP 429 and 5xx);
-* ``transformers``: a local causal LM, batched greedy generation on whatever device the model sits on
-  (:class:`~train.sampling.transformers.TransformersSampler`).
+* ``transformers``: a local causal LM, batched greedy generation (:class:`~train.sampling.transformers.
+  TransformersSampler`) on ``device`` (by default the device accelerate chose for the process) in that device's
+  precision.
 
 The judge's own replies are parsed with its own think format: ``reply_think_start``/``reply_think_end`` when set,
 else a local judge's tokenizer's; an endpoint judge without them reads its reply's content whole (a reasoning
@@ -35,7 +36,7 @@ from typing import Any
 
 from rewards.base import Reward, ThinkFormatNotSet, column
 from rewards.registry import register
-from train.core.loading import load_model_and_tokenizer, resolve_think_format
+from train.core.loading import LoadOptions, load_model_and_tokenizer, resolve_think_format
 from train.core.modes import ThinkFormat, _content_text, strip_tags
 from train.sampling.endpoint import EndpointClient
 from train.sampling.params import SamplerConfig, SamplingParams
@@ -80,6 +81,17 @@ class JudgeConfig:
         },
     )
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call (transformers backend)."})
+    device: str | None = field(
+        default=None,
+        metadata={"help": "transformers backend: device to load the judge on (None: the one accelerate chose)."},
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "transformers backend: weights dtype; auto: the device's precision (bf16 on a GPU/NPU)."},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "transformers backend: run the checkpoint's own model/tokenizer code."}
+    )
     max_new_tokens: int = field(default=256, metadata={"help": "Longest judge reply, in tokens."})
     temperature: float = field(default=0.0, metadata={"help": "Sampling temperature; 0 is greedy (reproducible)."})
     cache_dir: str | None = field(
@@ -403,7 +415,13 @@ class TransformersBackend:
 
     def _load(self) -> TransformersSampler:
         if self.model is None:
-            self.model, self.tokenizer = load_model_and_tokenizer(self.config.model)
+            cfg = self.config
+            self.model, self.tokenizer = load_model_and_tokenizer(
+                cfg.model,
+                None if cfg.dtype == "auto" else cfg.dtype,  # None: the device's precision
+                options=LoadOptions(trust_remote_code=cfg.trust_remote_code),
+                device=cfg.device or "auto",
+            )
             self.model.eval()
             self.reply_think = _configured_think(self.config) or ThinkFormat.from_tokenizer(self.tokenizer)
         if self.sampler is None:

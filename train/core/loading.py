@@ -1,20 +1,36 @@
-"""Loading models and tokenizers from a local path or a hub id, never touching the network for a local path."""
+"""Loading models and tokenizers from a local path or a hub id, never touching the network for a local path.
+
+Every model the project loads goes through :func:`load_model` (the one ``AutoModelForCausalLM.from_pretrained``
+call), and every loader with a config through :func:`load_model_and_tokenizer` with a :class:`LoadOptions`: the
+``from_pretrained`` options of a trl ``ModelConfig`` and training config (``dtype``, ``attn_implementation``,
+``trust_remote_code``, ``load_in_4bit``/``load_in_8bit`` through trl's ``get_quantization_config``, the revision and
+``model_init_kwargs``), so no flag in a recipe's ``--help`` is dropped on the way to the weights. A quantized base is
+prepared for QLoRA with peft's ``prepare_model_for_kbit_training`` and placed on this process's accelerator; a model
+loaded for sampling goes to the device accelerate chose (``device="auto"``) in that device's precision.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import logging
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
+from peft import prepare_model_for_kbit_training
 from tokenizers import AddedToken
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from trl import get_quantization_config
 
+from train.core.device import model_dtype
 from train.core.guards import NonFiniteError, first_nonfinite
 from train.core.modes import (
     PANGU_THINK,
@@ -31,6 +47,101 @@ logger = logging.getLogger(__name__)
 # A ``{% generation %}`` block, which trl's assistant_only_loss needs (as trl.chat_template_utils checks it).
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 _DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass
+class LoadOptions:
+    """How a model is loaded: the ``from_pretrained`` options every loader honours.
+
+    Build it from a recipe's configs with :meth:`from_model_config` (trl's ``ModelConfig`` and its training config,
+    which holds ``trust_remote_code`` and ``model_init_kwargs`` in trl 1.16), or directly for a script. ``dtype``
+    None means float32 for training and the device's precision for sampling.
+    """
+
+    dtype: str | torch.dtype | None = None
+    attn_implementation: str | None = None
+    trust_remote_code: bool = False
+    revision: str | None = None
+    quantization_config: Any = None
+    device_map: Any = None
+    use_peft: bool = False
+    gradient_checkpointing: bool = False
+    gradient_checkpointing_kwargs: dict[str, Any] | None = None
+    model_init_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_model_config(cls, model_args: Any, training_args: Any = None, **changes: Any) -> LoadOptions:
+        """The options of trl's ``ModelConfig`` (and of the training config, when given).
+
+        ``load_in_4bit``/``load_in_8bit`` become a ``BitsAndBytesConfig`` (trl's ``get_quantization_config``) with
+        the model on this process's accelerator (:func:`kbit_device_map`); unquantized models get no device map
+        (the trainer, or ``device="auto"``, places them).
+        """
+        quantization = get_quantization_config(model_args)
+        options = cls(
+            dtype=model_args.dtype,
+            attn_implementation=model_args.attn_implementation,
+            trust_remote_code=bool(getattr(training_args, "trust_remote_code", False)),
+            revision=model_args.model_revision,
+            quantization_config=quantization,
+            device_map=kbit_device_map(training_args) if quantization is not None else None,
+            use_peft=bool(model_args.use_peft),
+            gradient_checkpointing=bool(getattr(training_args, "gradient_checkpointing", False)),
+            gradient_checkpointing_kwargs=getattr(training_args, "gradient_checkpointing_kwargs", None),
+            model_init_kwargs=dict(getattr(training_args, "model_init_kwargs", None) or {}),
+        )
+        return dataclasses.replace(options, **changes)
+
+    @property
+    def quantized(self) -> bool:
+        return self.quantization_config is not None
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """The ``from_pretrained`` keyword arguments (``dtype`` and ``revision`` aside, which :func:`load_model`
+        takes as its own); ``model_init_kwargs`` come last and win, as in trl's scripts."""
+        kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
+        if self.attn_implementation:
+            kwargs["attn_implementation"] = self.attn_implementation
+        if self.quantization_config is not None:
+            kwargs["quantization_config"] = self.quantization_config
+        if self.device_map is not None:
+            kwargs["device_map"] = self.device_map
+        return {**kwargs, **self.model_init_kwargs}
+
+
+def accelerator_device() -> torch.device:
+    """The device accelerate chose for this process (``cuda:<local rank>``, ``npu:<n>``, ..., else ``cpu``)."""
+    return PartialState().device
+
+
+def sampling_device(device: str | torch.device | None = None) -> torch.device:
+    """The device to sample on: ``device``, or with None/``"auto"`` the one accelerate chose for this process."""
+    return accelerator_device() if device is None or str(device) == "auto" else torch.device(device)
+
+
+def kbit_device_map(training_args: Any = None) -> dict[str, str]:
+    """Where a bitsandbytes-quantized model goes: whole, on this process's accelerator (trl's old
+    ``get_kbit_device_map``; quantized weights cannot be moved after loading, so the trainer would not place them).
+
+    ``training_args.device`` is read first, so the process group is created with the config's ``ddp_timeout``.
+    """
+    if training_args is not None:
+        _ = training_args.device
+    return {"": str(accelerator_device())}
+
+
+def check_quantization(quantization_config: Any) -> None:
+    """Refuse a bitsandbytes request that cannot be honoured, rather than load unquantized (QLoRA silently
+    becoming LoRA on a full-precision base)."""
+    if quantization_config is None or getattr(quantization_config, "quant_method", None) != "bitsandbytes":
+        return
+    if importlib.util.find_spec("bitsandbytes") is None:
+        bits = "4" if getattr(quantization_config, "load_in_4bit", False) else "8"
+        raise ImportError(
+            f"load_in_{bits}bit: loading the base model in {bits} bits (QLoRA) needs bitsandbytes, which is not "
+            "installed: pip install 'fastslow[bitsandbytes]' (or unset load_in_4bit/load_in_8bit to train plain LoRA "
+            "on the full-precision base)"
+        )
 
 
 def is_local(name_or_path: str | os.PathLike) -> bool:
@@ -100,6 +211,7 @@ def load_tokenizer(
     *,
     think_start: str | None = None,
     think_end: str | None = None,
+    trust_remote_code: bool = False,
 ) -> PreTrainedTokenizerBase:
     """A tokenizer with the fastslow template installed and the run's think format resolved and recorded.
 
@@ -107,11 +219,13 @@ def load_tokenizer(
     one recorded in the tokenizer, else the one its vocabulary implies. It is written into the tokenizer
     (``init_kwargs``, so ``save_pretrained`` keeps it); read it back with :meth:`ThinkFormat.from_tokenizer`.
     ``think_start``/``think_end`` are the older spelling of ``think`` (a config's two keys), still accepted; one of
-    them alone overrides that delimiter only.
+    them alone overrides that delimiter only. ``trust_remote_code`` runs a checkpoint's own tokenizer code
+    (openPangu's).
     """
     if think is not None and not isinstance(think, ThinkFormat):
         raise TypeError(f"load_tokenizer: think must be a ThinkFormat (or think_start=/think_end=), not {think!r}")
-    tok = _from_pretrained(AutoTokenizer.from_pretrained, name_or_path, revision)
+    remote = {"trust_remote_code": True} if trust_remote_code else {}
+    tok = _from_pretrained(AutoTokenizer.from_pretrained, name_or_path, revision, **remote)
     fmt = resolve_think_format(tok, think, think_start=think_start, think_end=think_end)
     template = tok.chat_template
     # A template is kept when it has generation markers and this format's delimiters (e.g. trl's qwen3_training);
@@ -167,21 +281,34 @@ def _vocabulary_format(tokenizer: Any) -> ThinkFormat:
 
 def load_model(
     name_or_path: str | os.PathLike,
-    dtype: str | torch.dtype = "float32",
+    dtype: str | torch.dtype | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
     revision: str | None = None,
     allow_nonfinite_weights: bool = False,
+    *,
+    options: LoadOptions | None = None,
     **kwargs: Any,
 ) -> PreTrainedModel:
     """A causal LM; embeddings are resized when ``tokenizer`` has grown (think tags added).
 
+    The one ``from_pretrained`` of a model: ``options`` (:class:`LoadOptions`) give its keyword arguments, and
+    ``dtype``/``revision``/``kwargs`` given here override them (``dtype`` None: the options', else float32). A
+    bitsandbytes request without bitsandbytes installed is refused (:func:`check_quantization`).
+
     A checkpoint with a NaN or infinite weight is refused (:class:`train.core.guards.NonFiniteError` naming the file
     and the tensor): it would train to NaN everywhere and still save. ``allow_nonfinite_weights=True`` loads it.
     """
+    options = options or LoadOptions()
+    kwargs = {**options.model_kwargs(), **kwargs}
+    if not kwargs.get("trust_remote_code"):
+        kwargs.pop("trust_remote_code", None)
+    check_quantization(kwargs.get("quantization_config"))
+    dtype = dtype if dtype is not None else (options.dtype if options.dtype is not None else "float32")
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
         dtype = _DTYPES[dtype]
+    revision = revision or options.revision
     model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name_or_path, revision, dtype=dtype, **kwargs)
     bad = None if allow_nonfinite_weights else first_nonfinite([*model.named_parameters(), *model.named_buffers()])
     if bad:
@@ -215,7 +342,64 @@ def checkpoint_file(name_or_path: str | os.PathLike, tensor: str = "") -> str:
 
 
 def load_model_and_tokenizer(
-    name_or_path: str | os.PathLike, dtype: str | torch.dtype = "float32", **kwargs: Any
+    name_or_path: str | os.PathLike,
+    dtype: str | torch.dtype | None = None,
+    *,
+    options: LoadOptions | None = None,
+    think: ThinkFormat | None = None,
+    think_start: str | None = None,
+    think_end: str | None = None,
+    device: str | torch.device | None = None,
+    training: bool = False,
+    allow_nonfinite_weights: bool = False,
+    **kwargs: Any,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    tokenizer = load_tokenizer(name_or_path)
-    return load_model(name_or_path, dtype=dtype, tokenizer=tokenizer, **kwargs), tokenizer
+    """The model and its tokenizer (the think format resolved by :func:`load_tokenizer`), loaded with ``options``.
+
+    ``training=True``: the tokenizer pads on the right, the model stays where it was loaded (the trainer places it)
+    in float32 unless the options say otherwise, and a quantized base (``load_in_4bit``/``load_in_8bit``) is
+    prepared for QLoRA (peft's ``prepare_model_for_kbit_training``: frozen base, norms in float32, input gradients
+    for checkpointing); it trains through LoRA only, so ``use_peft`` is required.
+
+    For sampling, ``device`` places the model (``"auto"``: the device accelerate chose, :func:`accelerator_device`)
+    in that device's precision unless ``dtype``/``options`` say otherwise; None leaves it where it was loaded. A
+    model loaded with a device map (quantized) is never moved.
+    """
+    options = options or LoadOptions()
+    if training and options.quantized and not options.use_peft:
+        raise ValueError(
+            "load_in_4bit/load_in_8bit: a quantized base model trains through a LoRA adapter only (QLoRA); set "
+            "use_peft: true"
+        )
+    tokenizer = load_tokenizer(
+        name_or_path,
+        think,
+        options.revision,
+        think_start=think_start,
+        think_end=think_end,
+        trust_remote_code=options.trust_remote_code,
+    )
+    target = None
+    if device is not None and not training:
+        target = sampling_device(device)
+    if dtype is None and options.dtype is None:
+        dtype = model_dtype(target.type) if target is not None else "float32"
+    model = load_model(
+        name_or_path, dtype, tokenizer, allow_nonfinite_weights=allow_nonfinite_weights, options=options, **kwargs
+    )
+    if training:
+        tokenizer.padding_side = "right"  # training pads on the right; generation switches to left
+        if options.quantized:
+            model = prepare_for_kbit_training(model, options)
+    elif target is not None and options.device_map is None and "device_map" not in kwargs:
+        model.to(target)
+    return model, tokenizer
+
+
+def prepare_for_kbit_training(model: PreTrainedModel, options: LoadOptions) -> PreTrainedModel:
+    """peft's QLoRA preparation of a quantized base, with the run's gradient checkpointing settings."""
+    return prepare_model_for_kbit_training(
+        model,
+        use_gradient_checkpointing=options.gradient_checkpointing,
+        gradient_checkpointing_kwargs=options.gradient_checkpointing_kwargs,
+    )

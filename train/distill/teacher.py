@@ -77,7 +77,17 @@ class TeacherConfig:
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling threshold."})
     max_new_tokens: int = field(default=1024, metadata={"help": "Longest reply, in tokens."})
     batch_size: int = field(default=16, metadata={"help": "Prompts per generate() call (transformers)."})
-    dtype: str = field(default="auto", metadata={"help": "Weights dtype (transformers, vllm)."})
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "Weights dtype (transformers, vllm); auto: the device's precision (bf16 on a GPU/NPU)."},
+    )
+    device: str | None = field(
+        default=None,
+        metadata={"help": "transformers: device to sample on, e.g. cuda:0 (None: the one accelerate chose)."},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run the checkpoint's own model/tokenizer code (transformers, vllm)."}
+    )
     # Arithmetic teacher.
     verbosity: float = field(default=0.0, metadata={"help": "Arithmetic teacher: chance of a redundant trace line."})
     error_rate: float = field(default=0.0, metadata={"help": "Arithmetic teacher: chance of a wrong result."})
@@ -135,6 +145,8 @@ class TeacherConfig:
             model=self.model,
             batch_size=self.batch_size,
             dtype=self.dtype,
+            device=self.device,
+            trust_remote_code=self.trust_remote_code,
             gpu_memory_utilization=self.gpu_memory_utilization,
             tensor_parallel_size=self.tensor_parallel_size,
             max_model_len=self.max_model_len,
@@ -155,7 +167,9 @@ def teacher_tokenizer(config: TeacherConfig) -> Any:
     path = config.tokenizer or (config.model if config.backend in ("transformers", "vllm") else None)
     if not path:
         return None
-    return load_tokenizer(path, think_start=config.think_start, think_end=config.think_end)
+    return load_tokenizer(
+        path, think_start=config.think_start, think_end=config.think_end, trust_remote_code=config.trust_remote_code
+    )
 
 
 def teacher_think(config: TeacherConfig, tokenizer: Any = None) -> ThinkFormat:

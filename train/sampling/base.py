@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from train.core.device import detect_device
-from train.core.loading import load_model, load_tokenizer
+from train.core.device import model_dtype
+from train.core.loading import LoadOptions, load_model, load_tokenizer, sampling_device
 from train.core.modes import ThinkFormat
 from train.sampling.endpoint import EndpointSampler
 from train.sampling.params import BACKENDS, Sampler, SamplerConfig, SamplingParams
@@ -26,24 +26,28 @@ def make_sampler(
 ) -> Sampler:
     """The sampler ``config.backend`` names.
 
-    An already loaded ``model``/``tokenizer`` serves the transformers backend (else ``config.model`` is loaded, in
-    ``config.dtype``, on ``config.device`` or the best device present). ``think`` defaults to the tokenizer's
+    An already loaded ``model``/``tokenizer`` serves the transformers backend (else ``config.model`` is loaded on
+    ``config.device``, by default the device accelerate chose for this process, in ``config.dtype``, by default
+    that device's precision: bf16 on a GPU or NPU, not float32 on the CPU). ``think`` defaults to the tokenizer's
     format; vLLM reads the tokenizer from ``config.model`` when neither is given; the endpoint needs one of them.
     """
     if config.backend == "transformers":
         if model is None:
             if not config.model:
                 raise ValueError("the transformers sampler needs a loaded model or SamplerConfig.model")
-            tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.model)
-            model = load_model(config.model, dtype=config.dtype, tokenizer=tokenizer)
-            model.to(config.device or detect_device())
+            device, options = sampling_device(config.device), LoadOptions(trust_remote_code=config.trust_remote_code)
+            if tokenizer is None:
+                tokenizer = load_tokenizer(config.model, think, trust_remote_code=config.trust_remote_code)
+            dtype = None if config.dtype == "auto" else config.dtype  # None: the device's precision
+            model = load_model(config.model, dtype or model_dtype(device.type), tokenizer, options=options)
+            model.to(device).eval()
         if tokenizer is None:
             raise ValueError("the transformers sampler needs the model's tokenizer")
         cls = RepairingSampler if config.self_repair else TransformersSampler
         return cls(model, tokenizer, config.batch_size, think=think)
     if config.backend == "vllm":
         if think is None and tokenizer is None and config.model:
-            tokenizer = load_tokenizer(config.model)  # cheap, and says the run's think format
+            tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)  # the think format
         return VLLMSampler(config, _think(think, tokenizer), tokenizer=tokenizer)
     return EndpointSampler(config, _think(think, tokenizer))
 

@@ -185,9 +185,11 @@ class EndpointClient:
         top_p: float = 1.0,
         max_tokens: int = 256,
         seed: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> Reply | None:
-        """One reply, or None when every attempt failed or the request was refused (logged)."""
-        return self._chat(messages, temperature, top_p, max_tokens, seed, math.inf)[0]
+        """One reply, or None when every attempt failed or the request was refused (logged). ``extra`` goes into
+        the request body as it is (``{"chat_template_kwargs": {...}}`` for a vLLM server)."""
+        return self._chat(messages, temperature, top_p, max_tokens, seed, math.inf, extra)[0]
 
     def _chat(
         self,
@@ -197,6 +199,7 @@ class EndpointClient:
         max_tokens: int,
         seed: int | None,
         until: float,
+        extra: dict[str, Any] | None = None,
     ) -> tuple[Reply | None, bool]:
         """The reply (or None), and whether it was given up because the monotonic time ``until`` came."""
         cfg = self.config
@@ -209,6 +212,7 @@ class EndpointClient:
         }
         if seed is not None:
             payload["seed"] = seed
+        payload.update(extra or {})
         data = json.dumps(payload).encode()
         reason = "no attempt"
         for attempt in range(cfg.max_retries + 1):
@@ -251,6 +255,7 @@ class EndpointClient:
         top_p: float = 1.0,
         max_tokens: int = 256,
         seed: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> list[Reply | None]:
         """:meth:`chat` for each conversation, ``concurrency`` at a time, in order.
 
@@ -267,7 +272,7 @@ class EndpointClient:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="endpoint")
         try:
             jobs = [
-                pool.submit(self._chat, m, temperature, top_p, max_tokens, s, until)
+                pool.submit(self._chat, m, temperature, top_p, max_tokens, s, until, extra)
                 for m, s in zip(conversations, seeds)
             ]
             # Each attempt ends by ``until`` on its own; the second of grace is for the threads to notice.
@@ -312,11 +317,14 @@ class EndpointSampler:
 
     Greedy decoding sends one request per prompt and repeats its reply. A reply lost after its retries is dropped,
     so a prompt may get fewer than ``n`` replies (the teacher keeps the ones that came back).
+    ``chat_template_kwargs`` (e.g. ``{"enable_thinking": False}``, an empty think block prefilled) are sent with each
+    request for the server's chat template, as vLLM's server takes them; none are sent when empty.
     """
 
     def __init__(self, config: SamplerConfig, think: ThinkFormat) -> None:
         self.client = EndpointClient(config, think)
         self.think = think
+        self.chat_template_kwargs: dict[str, Any] = {}
 
     def sample(
         self, prompts: Sequence[Any], params: SamplingParams, mode: Mode | str | None = None
@@ -324,7 +332,10 @@ class EndpointSampler:
         reps = 1 if params.greedy else params.n
         conversations = [apply_mode(to_messages(p), mode) if mode is not None else to_messages(p) for p in prompts]
         jobs = [c for c in conversations for _ in range(reps)]
-        got = self.client.chat_many(jobs, params.temperature, params.top_p, params.max_new_tokens, params.seed)
+        extra = {"chat_template_kwargs": self.chat_template_kwargs} if self.chat_template_kwargs else None
+        got = self.client.chat_many(
+            jobs, params.temperature, params.top_p, params.max_new_tokens, params.seed, extra=extra
+        )
         out = []
         for i in range(len(prompts)):
             replies = [r for r in got[i * reps : (i + 1) * reps] if r is not None]

@@ -71,9 +71,23 @@ class SamplerConfig:
         metadata={"help": "Local path or hub id (transformers, vllm), or the model name sent to the endpoint."},
     )
     batch_size: int = field(default=64, metadata={"help": "Prompts per generate() call (transformers)."})
-    dtype: str = field(default="auto", metadata={"help": "Weights dtype: auto, bfloat16, float16 or float32."})
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Weights dtype: bfloat16, float16, float32, or auto: the device's precision (transformers: bf16 "
+            "on CUDA with bf16 and NPU, fp16 on older CUDA, fp32 on CPU/MPS; vLLM: its own auto)."
+        },
+    )
     device: str | None = field(
-        default=None, metadata={"help": "Device to load a transformers model on (None: the best one present)."}
+        default=None,
+        metadata={
+            "help": "transformers: device to load the model on, e.g. cuda:1, npu:0, cpu (None or auto: the one "
+            "accelerate chose for this process)."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run the checkpoint's own model/tokenizer code (openPangu needs it; transformers, vllm)."},
     )
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM: share of GPU memory to use."})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM: GPUs per model replica."})
