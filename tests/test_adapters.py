@@ -217,6 +217,8 @@ def test_openrlhf_labels_and_prompt_stripping():
     assert openrlhf.response_of("PROMPT answer", "PROMPT ") == "answer"
     assert openrlhf.response_of("<s>PROMPT answer", "PROMPT ") == "answer"
     assert openrlhf.response_of("whole", "unrelated") == "whole"
+    assert openrlhf.response_of("P Paris<|im_end|>\n<|endoftext|>", "P ") == "Paris"  # OpenRLHF keeps specials
+    assert openrlhf.response_of("P x[EOS]", "P ", ("[EOS]",)) == "x"
 
 
 def test_task_of_data_source():

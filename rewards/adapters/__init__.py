@@ -36,6 +36,7 @@ from rewards.length import LengthReward
 from rewards.router import MARSRouter
 from train.core.loading import load_tokenizer
 from train.core.modes import ThinkFormat
+from train.core.sources import call_assert
 
 logger = logging.getLogger("rewards.adapters")
 
@@ -56,6 +57,7 @@ class EngineRouter(MARSRouter):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.lock = threading.Lock()
+        self.tokenizer: Any = None  # the policy's, when the engine names it (see get_router)
         self.last_raw: dict[tuple[str, str], list[float | None]] = {}
 
     def _normalise_all(self, raw: dict[tuple[str, str], list[float | None]]) -> dict[tuple[str, str], list]:
@@ -110,8 +112,9 @@ def get_router(config: str | os.PathLike | None = None, tokenizer: Any = None) -
         if key not in _ROUTERS:
             router = EngineRouter(path) if path else EngineRouter()
             tokenizer = tokenizer if tokenizer is not None else os.environ.get(TOKENIZER_ENV) or None
-            if isinstance(tokenizer, (str, os.PathLike)) and (router.think is None or _token_counters(router)):
+            if isinstance(tokenizer, (str, os.PathLike)):
                 tokenizer = load_tokenizer(tokenizer)
+            router.tokenizer = tokenizer
             if router.think is None:
                 router.set_think_format(think_format(tokenizer, key))
             count_tokens_with(router, tokenizer, key)
@@ -235,18 +238,7 @@ def _call_case(fn_name: str, args: Any, expected: Any) -> dict[str, str]:
             expected = json.loads(expected)
         except ValueError:
             pass  # a plain string result
-    if not isinstance(args, list):
-        args = [args]
-    code = (
-        "import json as _json\n"
-        f"_f = getattr(Solution(), {fn_name!r}) if 'Solution' in globals() else {fn_name}\n"
-        f"_got = _f(*_json.loads({json.dumps(args)!r}))\n"
-        f"_want = _json.loads({json.dumps(expected)!r})\n"
-        "_got = list(_got) if isinstance(_got, tuple) else _got\n"
-        "assert _got == _want or (isinstance(_want, list) and len(_want) == 1 and _got == _want[0]), "
-        f"f'{fn_name} returned {{_got!r}}, expected {{_want!r}}'\n"
-    )
-    return {"assert": code}
+    return {"assert": call_assert(fn_name, args if isinstance(args, list) else [args], expected)}
 
 
 def reset() -> None:

@@ -18,8 +18,10 @@ string is the reference answer of a ``$FASTSLOW_TASK`` task (default ``math``). 
 ``$FASTSLOW_MARS_CONFIG`` (a MARSConfig YAML) or the defaults; the think format from its ``think_start``/``think_end``
 keys, else from the policy tokenizer named by ``$FASTSLOW_TOKENIZER``, which also counts tokens for the length
 sources (without it they are off). A sample no source applies to scores 0.0. The response is the query with its
-prompt removed; when the decoded prompt is not a prefix of the query (special tokens dropped in decoding) the whole
-query is scored, which is safe because answers are read only after the closed think block.
+prompt removed and its trailing end-of-turn tokens stripped (the named tokenizer's special tokens, else common ones
+such as ``<|im_end|>``: OpenRLHF decodes queries with special tokens kept); when the decoded prompt is not a prefix
+of the query (special tokens dropped in decoding) the whole query is scored, which is safe because answers are read
+only after the closed think block.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ logger = logging.getLogger("rewards.adapters.openrlhf")
 
 TASK_ENV = "FASTSLOW_TASK"
 RETURN_ENV = "FASTSLOW_OPENRLHF_RETURN"
+#: End-of-turn and end-of-text tokens of common chat models, stripped from a response when no tokenizer is named.
+END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<|end|>", "</s>", "<eos>", "<|EOT|>")
 
 
 def parse_label(label: Any, default_task: str) -> dict[str, Any]:
@@ -56,13 +60,36 @@ def parse_label(label: Any, default_task: str) -> dict[str, Any]:
     return {"task": default_task, "answer": None if label is None else str(label), "tests": None}
 
 
-def response_of(query: str, prompt: str) -> str:
+def response_of(query: str, prompt: str, end_tokens: tuple[str, ...] = END_TOKENS) -> str:
+    """The response in a query: after the prompt, without the end-of-turn tokens OpenRLHF leaves in (it decodes
+    with ``skip_special_tokens=False``; ``Paris<|im_end|>`` is not the answer ``Paris``)."""
     if prompt and query.startswith(prompt):
-        return query[len(prompt) :]
-    at = query.find(prompt) if prompt else -1
-    if at >= 0:
-        return query[at + len(prompt) :]
-    return query
+        response = query[len(prompt) :]
+    else:
+        at = query.find(prompt) if prompt else -1
+        response = query[at + len(prompt) :] if at >= 0 else query
+    return strip_end_tokens(response, end_tokens)
+
+
+def strip_end_tokens(text: str, end_tokens: tuple[str, ...] = END_TOKENS) -> str:
+    """``text`` without trailing ``end_tokens`` (any number, whitespace between them)."""
+    text = text.rstrip()
+    while True:
+        token = next((t for t in end_tokens if t and text.endswith(t)), None)
+        if token is None:
+            return text
+        text = text[: -len(token)].rstrip()
+
+
+def end_tokens_of(tokenizer: Any, think: Any) -> tuple[str, ...]:
+    """The policy tokenizer's special tokens (its EOS and pad among them) but the think delimiters; the usual
+    end-of-turn tokens when there is no tokenizer."""
+    names = set(getattr(tokenizer, "all_special_tokens", None) or ())
+    names |= {getattr(tokenizer, "eos_token", None), getattr(tokenizer, "pad_token", None)}
+    names -= {None, ""}
+    if think is not None:
+        names -= {think.start, think.end}
+    return tuple(sorted(names, key=len, reverse=True)) or END_TOKENS
 
 
 def reward_func(queries: list[str], prompts: list[str], labels: list[Any], **kwargs: Any) -> Any:
@@ -70,7 +97,8 @@ def reward_func(queries: list[str], prompts: list[str], labels: list[Any], **kwa
     router = get_router(kwargs.get("config"), kwargs.get("tokenizer"))
     default_task = os.environ.get(TASK_ENV, "math")
     parsed = [parse_label(label, default_task) for label in labels]
-    completions = [response_of(q, p) for q, p in zip(queries, prompts)]
+    ends = end_tokens_of(router.tokenizer, router.think) if router.tokenizer is not None else END_TOKENS
+    completions = [response_of(q, p, ends) for q, p in zip(queries, prompts)]
     columns = {
         router.config.task_column: [p["task"] for p in parsed],
         "answer": [p["answer"] for p in parsed],
