@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import types
 import typing
 from collections.abc import Iterable
 from typing import Any
 
+import torch
+
 from train.sampling.params import BACKENDS, SamplerConfig
 
-_CHOICES = {"backend": BACKENDS}
+_CHOICES = {"backend": (*BACKENDS, "auto")}
 
 
 def _bool(text: str) -> bool:
@@ -59,7 +62,8 @@ def add_sampler_arguments(
     """Add a flag per :class:`SamplerConfig` field not in ``skip`` to ``parser`` (one argument group).
 
     ``defaults`` replaces a field's default for this script (e.g. a smaller ``batch_size``). Booleans take
-    ``--flag``, ``--flag true`` or ``--flag false``; an optional number takes ``none``.
+    ``--flag``, ``--flag true`` or ``--flag false``; an optional number takes ``none``. ``--backend auto`` is vLLM
+    when it is installed and a GPU is visible, else transformers (:func:`resolve_backend`).
     """
     skip, defaults = set(skip), dict(defaults or {})
     unknown = (skip | set(defaults)) - {f.name for f in dataclasses.fields(SamplerConfig)}
@@ -92,4 +96,14 @@ def sampler_config_from_args(args: argparse.Namespace | Any, **overrides: Any) -
     added, and a script's own ``--model``), the others at their defaults, ``overrides`` on top; the config's own
     checks apply."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SamplerConfig) if hasattr(args, f.name)}
-    return SamplerConfig(**{**values, **overrides})
+    values = {**values, **overrides}
+    if "backend" in values:
+        values["backend"] = resolve_backend(values["backend"])
+    return SamplerConfig(**values)
+
+
+def resolve_backend(backend: str) -> str:
+    """``auto``: ``vllm`` when vLLM is installed and a CUDA GPU is visible, else ``transformers``; others as given."""
+    if backend != "auto":
+        return backend
+    return "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "transformers"
