@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> tuple[Path, GRPOTrainer]:
     # 2. The MARS router; refuse data whose tasks the config does not route before spending any compute.
     mars = mars_config(merge_mars_override(script_args.mars, argv), training_args)
     router = MARSRouter(mars, think=mars.think or think)  # rewards read answers the way the model writes them
-    router.check_tasks(train_dataset["task"], where=", ".join(script_args.train_files))
+    sources = [*script_args.train_files, script_args.dataset_name]
+    router.check_tasks(train_dataset["task"], where=", ".join(s for s in sources if s))
     if eval_dataset is not None:
         router.check_tasks(eval_dataset["task"], where=str(script_args.eval_file))
     reward_funcs = build_rewards(router, script_args, training_args)

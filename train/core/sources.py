@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import itertools
 import json
 import logging
 import os
@@ -61,7 +62,7 @@ logger = logging.getLogger(__name__)
 LETTERS = "ABCDEFGHIJ"
 BOXED_HINT = "Put the final answer in \\boxed{}."
 CHOICE_HINT = "Answer with the letter of the correct option."
-CODE_HINT = "Reply with the complete Python solution in one ```python code block."
+CODE_HINT = "Reply with the complete Python solution, imports included, in one ```python code block."
 STDIO_HINT = "The program reads standard input and writes standard output."
 #: Answer values of math sets that are no answer (proofs, unsolved).
 NO_ANSWER = ("", "proof", "notfound", "none")
@@ -104,7 +105,8 @@ class DatasetArguments:
         default=None,
         metadata={
             "help": "The data set's schema: records (fastslow's), openr1-math, numinamath, gsm8k, math500, aime, "
-            "apps, taco, livecodebench, humaneval, code, gpqa, multiple-choice (docs/data.md). Default: records."
+            "apps, taco, livecodebench, humaneval, code, gpqa, multiple-choice (docs/data.md), or auto (guessed from "
+            "the columns). Default: records."
         },
     )
     dataset_eval_split: str | None = field(
@@ -120,7 +122,7 @@ class DatasetArguments:
 
     def __post_init__(self) -> None:
         self.column_mapping = parse_column_mapping(self.column_mapping)
-        if self.dataset_preset is not None:
+        if self.dataset_preset not in (None, "auto"):
             get_preset(self.dataset_preset)
         if (self.dataset_preset or self.column_mapping or self.dataset_eval_split) and not self.dataset_name:
             raise DataError("dataset_preset, column_mapping and dataset_eval_split need dataset_name")
@@ -170,7 +172,10 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
         help='read a field from another column: JSON {"field": "column"} or field=column,field=column',
     )
     group.add_argument(
-        "--dataset-preset", dest="dataset_preset", choices=preset_names(), help="the data set's schema (docs/data.md)"
+        "--dataset-preset",
+        dest="dataset_preset",
+        choices=[*preset_names(), "auto"],
+        help="the data set's schema (docs/data.md; auto: guessed from its columns)",
     )
     group.add_argument(
         "--no-dataset-hint",
@@ -661,6 +666,31 @@ def suggest_preset(columns: Iterable[str]) -> str | None:
     return None
 
 
+def detect_preset(columns: Iterable[str], first: Row | None = None) -> str:
+    """The preset a data set's columns (and its ``first`` row) look like; an error when none fits."""
+    c = set(columns)
+    answer = str((first or {}).get("answer", ""))
+    rules = (
+        ("records", {"prompt", "task"} <= c),
+        ("humaneval", {"prompt", "test", "entry_point"} <= c),
+        ("gpqa", {"Correct Answer", "Incorrect Answer 1"} <= c),
+        ("multiple-choice", {"question", "choices", "answer"} <= c),
+        ("livecodebench", "public_test_cases" in c),
+        ("taco", {"input_output", "raw_tags"} <= c or {"input_output", "skill_types"} <= c),
+        ("apps", {"question", "input_output"} <= c),
+        ("code", "tests" in c and bool(c & {"prompt", "question", "problem"})),
+        ("gsm8k", {"question", "answer"} <= c and "####" in answer),
+        ("openr1-math", {"problem", "answer", "generations"} <= c),
+        ("numinamath", {"problem", "solution"} <= c and "answer" not in c),
+        ("math500", {"problem", "answer"} <= c and bool(c & {"level", "solution", "subject"})),
+        ("aime", bool(c & {"problem", "Problem", "question"}) and bool(c & {"answer", "Answer"})),
+    )
+    for name, fits in rules:
+        if fits:
+            return name
+    raise DataError(f"cannot tell the data set's schema from its columns {sorted(c)}; give dataset_preset")
+
+
 def check_columns(columns: Iterable[str], mapping: dict[str, str] | None, preset: Preset, source: str) -> None:
     """Refuse a mapping naming a column the data lacks, or a required column missing after the mapping."""
     have = set(columns)
@@ -689,6 +719,13 @@ def check_columns(columns: Iterable[str], mapping: dict[str, str] | None, preset
 
 
 # ---------------------------------------------------------------------------------------------------- loading
+
+
+def map_columns(row: Any, mapping: dict[str, str] | None) -> Any:
+    """``row`` with each field of ``mapping`` ``{field: column}`` read from its column (the columns stay too)."""
+    if not mapping or not isinstance(row, dict):
+        return row
+    return {**row, **{fld: row.get(col) for fld, col in mapping.items()}}
 
 
 def hub_offline() -> bool:
@@ -762,20 +799,26 @@ def load_source(
     """Validated fastslow records from a data set (see the module docstring).
 
     ``name`` is a local file (JSONL/JSON/CSV/Parquet), a folder or a hub id; ``config``/``split`` choose the hub
-    subset and split; ``preset`` converts its schema (default ``records``), ``column_mapping`` ``{field: column}``
-    reads a field from another column; ``limit`` keeps the first rows. Rows that repeat a record exactly are
-    dropped (real sets have them); two different prompts with one id are an error naming both rows.
+    subset and split; ``preset`` converts its schema (default ``records``; ``auto``: :func:`detect_preset`),
+    ``column_mapping`` ``{field: column}`` reads a field from another column; ``limit`` keeps the first rows.
+    Rows that repeat a record exactly are dropped (real sets have them); two different prompts with one id are an
+    error naming both rows.
     """
     mapping = parse_column_mapping(column_mapping)
-    spec = get_preset(preset)
+    spec = None if preset == "auto" else get_preset(preset)
     columns, rows, source = read_source(name, config, split, max_record_bytes)
+    if spec is None:
+        first = next(rows, None)
+        rows = itertools.chain([first] if first else [], rows)
+        have = [*columns, *(mapping or {})]
+        spec = get_preset(detect_preset(have, map_columns(first[1], mapping) if first else None))
+        logger.info("%s: read with preset %s", source, spec.name)
     check_columns(columns, mapping, spec, source)
     records, numbers, seen, dropped = [], [], set(), 0
     for i, row in rows:
         if limit is not None and len(records) >= limit:
             break
-        if mapping and isinstance(row, dict):
-            row = {**row, **{fld: row.get(col) for fld, col in mapping.items()}}
+        row = map_columns(row, mapping)
         rec = validate_record(
             spec.convert(row, f"{source}, row {i}", hint) if isinstance(row, dict) else row, source, i
         )

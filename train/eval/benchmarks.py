@@ -1,6 +1,8 @@
-"""Local benchmark files in the common formats, turned into fastslow records with a checker that fits them.
+"""Benchmark sets in the common formats, turned into fastslow records with a checker that fits them.
 
-Formats (``--format auto`` guesses from the first row's keys):
+The conversion is :mod:`train.core.sources`' presets (one place for every schema); this module adds the
+benchmark view: ``--format auto`` guesses from the first row's keys, and multiple-choice records get task
+``choice`` (scored by :func:`check` on the option letter). Formats:
 
 ==========  ==========================================================================================
 format      row keys
@@ -12,6 +14,8 @@ gpqa        ``Question``, ``Correct Answer``, ``Incorrect Answer 1..3`` (the GPQ
             ``choices`` (a list) and ``answer`` (a letter or a 0-based index); task ``choice``
 code        ``prompt``/``question``/``problem`` with ``tests`` (fastslow cases), or HumanEval-style ``prompt``,
             ``test`` and ``entry_point``; task ``code``
+...         any other preset of :data:`train.core.sources.PRESETS` by name (``gsm8k``, ``apps``, ``taco``,
+            ``livecodebench``, ``humaneval``, ``openr1-math``, ``numinamath``, ``multiple-choice``)
 ==========  ==========================================================================================
 
 Multiple-choice options are shuffled with a seed derived from the question, so a file always renders the same
@@ -22,118 +26,103 @@ way and the correct letter is not always A. :func:`check` verifies a reply's ans
 from __future__ import annotations
 
 import logging
-import random
 import re
 from pathlib import Path
 from typing import Any
 
 from rewards.verify import check as rule_check
 from train.core.checks import exact_match
-from train.core.data import DataError, read_records, record_id, validate_record
+from train.core.data import DataError, validate_record
+from train.core.sources import (
+    BOXED_HINT,
+    CHOICE_HINT,
+    LETTERS,
+    PRESETS,
+    check_columns,
+    detect_preset,
+    map_columns,
+    read_source,
+)
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("auto", "records", "aime", "math500", "gpqa", "code")
-LETTERS = "ABCDEFGHIJ"
-BOXED_HINT = "Put the final answer in \\boxed{}."
-CHOICE_HINT = "Answer with the letter of the correct option."
+# The hints and letters are the presets'; kept here under their old names for the evaluation script and tests.
+__all__ = [
+    "BOXED_HINT",
+    "CHOICE_HINT",
+    "FORMATS",
+    "LETTERS",
+    "DataError",
+    "check",
+    "choice_letter",
+    "convert_row",
+    "detect_format",
+    "load_benchmark",
+]
+
+#: The benchmark formats: the historical names first, then every other preset.
+FORMATS = ("auto", "records", "aime", "math500", "gpqa", "code") + tuple(
+    p for p in PRESETS if p not in ("records", "aime", "math500", "gpqa", "code")
+)
+#: Presets read as a benchmark format: a format's name, or one of two shapes the format accepts.
+_CHOICE_PRESETS = ("gpqa", "multiple-choice")
 
 
 def detect_format(row: dict[str, Any]) -> str:
-    keys = set(row)
-    if "Correct Answer" in keys or "choices" in keys:
-        return "gpqa"
-    if "entry_point" in keys or ("tests" in keys and "task" not in keys):
-        return "code"
-    if "prompt" in keys and "task" in keys:
-        return "records"
-    if "problem" in keys and ("level" in keys or "solution" in keys or "subject" in keys):
-        return "math500"
-    if ("problem" in keys or "question" in keys) and "answer" in keys:
-        return "aime"
-    raise DataError(f"cannot tell the benchmark format from the keys {sorted(keys)}; pass --format")
+    """The benchmark format of a row: a preset name, with GPQA-like rows as ``gpqa`` and HumanEval as ``code``."""
+    try:
+        preset = detect_preset(row, row)
+    except DataError:
+        raise DataError(f"cannot tell the benchmark format from the keys {sorted(row)}; pass --format") from None
+    return {"multiple-choice": "gpqa", "humaneval": "code"}.get(preset, preset)
 
 
-def _text(row: dict[str, Any], keys: tuple[str, ...], where: str) -> str:
-    for k in keys:
-        if row.get(k) not in (None, ""):
-            return str(row[k])
-    raise DataError(f"{where}: missing {' or '.join(map(repr, keys))}")
-
-
-def _level(value: Any) -> float | None:
-    if value is None or value == "":
-        return None
-    m = re.search(r"\d+(\.\d+)?", str(value))
-    return float(m.group()) if m else None
+def _preset(fmt: str, keys: Any) -> str:
+    """The preset reading a row of benchmark format ``fmt`` (``gpqa`` and ``code`` take two shapes each)."""
+    if fmt == "gpqa":
+        return "gpqa" if "Correct Answer" in keys else "multiple-choice"
+    if fmt == "code":
+        return "humaneval" if "entry_point" in keys else "code"
+    if fmt not in PRESETS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    return fmt
 
 
 def convert_row(row: dict[str, Any], fmt: str, where: str, hint: bool = True) -> dict[str, Any]:
-    """One benchmark row as a fastslow record (task ``math``, ``choice`` or ``code``)."""
-    if fmt == "records":
-        rec = validate_record(row, where)
-    elif fmt in ("aime", "math500"):
-        problem = _text(row, ("problem", "question", "Problem", "Question"), where)
-        answer = _text(row, ("answer", "Answer"), where + ", answer")
-        prompt = f"{problem}\n\n{BOXED_HINT}" if hint else problem
-        rec = {"prompt": prompt, "task": "math", "answer": answer, "difficulty": _level(row.get("level"))}
-    elif fmt == "gpqa":
-        rec = _choice_record(row, where, hint)
-    elif fmt == "code":
-        rec = _code_record(row, where)
-    else:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
-    rec.setdefault("id", str(row.get("id") or row.get("ID") or record_id(rec["prompt"])))
+    """One benchmark row as a validated fastslow record (task ``math``, ``choice``, ``code``, ...)."""
+    preset = _preset(fmt, row)
+    rec = validate_record(PRESETS[preset].convert(row, where, hint), where)
+    if preset in _CHOICE_PRESETS:
+        rec["task"] = "choice"
     return rec
 
 
-def _choice_record(row: dict[str, Any], where: str, hint: bool) -> dict[str, Any]:
-    question = _text(row, ("question", "Question"), where)
-    if "Correct Answer" in row:
-        correct = str(row["Correct Answer"]).strip()
-        wrong = [str(row[k]).strip() for k in sorted(row) if k.startswith("Incorrect Answer") and row[k]]
-        options = [correct] + wrong
-        random.Random(record_id(question)).shuffle(options)
-        answer = LETTERS[options.index(correct)]
-    else:
-        options = [str(o) for o in row["choices"]]
-        raw = row.get("answer")
-        if isinstance(raw, int) or (isinstance(raw, str) and raw.strip().isdigit()):
-            answer = LETTERS[int(raw)]
-        elif isinstance(raw, str) and raw.strip().upper() in LETTERS[: len(options)]:
-            answer = raw.strip().upper()
-        else:
-            raise DataError(f"{where}, key 'answer': expected a letter or a 0-based index, got {raw!r}")
-    if len(options) > len(LETTERS) or len(options) < 2:
-        raise DataError(f"{where}: a multiple-choice question needs 2 to {len(LETTERS)} options")
-    body = "\n".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(options))
-    prompt = f"{question}\n\n{body}" + (f"\n\n{CHOICE_HINT}" if hint else "")
-    return {"prompt": prompt, "task": "choice", "answer": answer, "difficulty": _level(row.get("difficulty"))}
+def load_benchmark(
+    path: str | Path,
+    fmt: str = "auto",
+    limit: int | None = None,
+    hint: bool = True,
+    *,
+    config: str | None = None,
+    split: str = "train",
+    column_mapping: dict[str, str] | None = None,
+) -> list[dict]:
+    """The rows of a benchmark as records (see the module docstring).
 
-
-def _code_record(row: dict[str, Any], where: str) -> dict[str, Any]:
-    prompt = _text(row, ("prompt", "question", "problem"), where)
-    if "entry_point" in row:
-        tests = [{"assert": f"{row['test']}\ncheck({row['entry_point']})"}]
-    else:
-        tests = row.get("tests")
-    rec = validate_record({"prompt": prompt, "task": "code", "tests": tests}, where)
-    if not rec["tests"]:
-        raise DataError(f"{where}, key 'tests': a code problem needs tests")
-    return rec
-
-
-def load_benchmark(path: str | Path, fmt: str = "auto", limit: int | None = None, hint: bool = True) -> list[dict]:
-    """The rows of a local benchmark file (JSONL, JSON, CSV, Parquet) as records (see the module docstring)."""
+    ``path`` is a local file (JSONL, JSON, CSV, Parquet), a folder or a hub id (``config``/``split`` choose its
+    subset and split; see :func:`train.core.sources.read_source`); ``column_mapping`` ``{field: column}`` reads a
+    field from another column.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
-    rows = read_records(path, validate=False)
+    columns, rows, source = read_source(str(path), config, split)
+    rows = [(i, map_columns(r, column_mapping)) for i, r in rows]
     if not rows:
-        raise DataError(f"{path}: no rows")
-    fmt = detect_format(rows[0]) if fmt == "auto" else fmt
-    logger.info("%s: %d rows in the %s format", path, len(rows), fmt)
-    out = [convert_row(r, fmt, f"{path}, row {i}", hint) for i, r in enumerate(rows[:limit] if limit else rows, 1)]
-    return out
+        raise DataError(f"{source}: no rows")
+    fmt = detect_format(rows[0][1]) if fmt == "auto" else fmt
+    check_columns(columns, column_mapping, PRESETS[_preset(fmt, rows[0][1])], source)
+    logger.info("%s: %d rows in the %s format", source, len(rows), fmt)
+    return [convert_row(r, fmt, f"{source}, row {i}", hint) for i, r in (rows[:limit] if limit else rows)]
 
 
 _LETTER_RE = re.compile(
