@@ -12,9 +12,12 @@ import base64
 import json
 import pickle
 import zlib
+from pathlib import Path
 
 import datasets
 import pytest
+import yaml
+from conftest import load_script
 from datasets import Dataset
 from transformers import HfArgumentParser
 
@@ -39,6 +42,7 @@ from train.rl.config import GRPOScriptArguments
 from train.rl.data import load_grpo_data
 from train.sft import SFTScriptArguments, load_sft_data
 
+ROOT = Path(__file__).resolve().parents[1]
 LIMITS = {"timeout_s": 3, "cpu_s": 2, "memory_mb": 256, "uid_base": 62300, "uid_count": 16}
 
 
@@ -493,3 +497,48 @@ def test_arguments_from_argparse_yaml_and_the_command_line(tmp_path):
     assert load_source_from(args)[0]["answer"] == "72"  # auto: guessed from the columns
     with pytest.raises(DataError, match="need dataset_name"):
         DatasetArguments(dataset_preset="gsm8k")
+
+
+def test_train_files_and_a_data_set_mix_with_one_weight_each(tmp_path):
+    files = write(tmp_path / "records.jsonl", RECORDS)
+    path = fixture(tmp_path, "gsm8k")
+    args = SFTScriptArguments(train_files=[str(files)], dataset_name=str(path), dataset_preset="gsm8k")
+    train, _ = load_sft_data(args)
+    assert len(train) == len(RECORDS) + len(GSM8K_TRAIN)
+    args.train_weights = [1.0]
+    with pytest.raises(DataError, match="1 weights for 2 sources"):
+        load_sft_data(args)
+
+
+def test_the_sft_recipe_trains_on_a_data_set_by_preset(tmp_path, tiny_model_dir):
+    path = fixture(tmp_path, "openr1-math")
+    config = tmp_path / "sft.yaml"
+    config.write_text(
+        f"model_name_or_path: {tiny_model_dir}\ndtype: float32\ndataset_name: {path}\ndataset_preset: openr1-math\n"
+        f"output_dir: {tmp_path / 'out'}\nmax_steps: 2\nper_device_train_batch_size: 2\nmax_length: 64\n"
+        "learning_rate: 1.0e-3\nsave_strategy: 'no'\nreport_to: none\nlogging_steps: 1\n"
+    )
+    out = load_script("recipes/sft.py").main(["--config", str(config)])
+    assert (out / "model.safetensors").exists() or (out / "merged" / "model.safetensors").exists()
+
+
+def test_the_grpo_recipe_trains_on_a_data_set_by_preset(tmp_path, tiny_model_dir):
+    path = fixture(tmp_path, "apps")
+    config = yaml.safe_load((ROOT / "recipes/configs/tiny/grpo.yaml").read_text())
+    config.update(
+        train_files=[],
+        dataset_name=str(path),
+        dataset_preset="apps",
+        model_name_or_path=str(tiny_model_dir),
+        output_dir=str(tmp_path / "out"),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        num_generations=2,
+        max_completion_length=16,
+        save_strategy="no",
+        mars={"tasks": {"code": [{"name": "accuracy", "rewards": ["code"]}]}, "shared": [], "warmup": 0},
+    )
+    (tmp_path / "grpo.yaml").write_text(yaml.safe_dump(config))
+    _, trainer = load_script("recipes/grpo.py").main(["--config", str(tmp_path / "grpo.yaml")])
+    logged = {key for entry in trainer.state.log_history for key in entry}
+    assert "mars/code/accuracy" in logged  # the converted tests reached the code reward
