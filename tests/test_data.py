@@ -136,3 +136,10 @@ def test_mix_respects_weights_and_seed():
     assert m["x"] == mix([a, b], [0.25, 0.75], size=40, seed=1)["x"]
     with pytest.raises(ValueError, match="one weight per dataset"):
         mix([a, b], [1.0])
+
+
+def test_a_row_of_another_schema_points_to_the_dataset_presets(tmp_path):
+    path = write_jsonl(tmp_path / "openr1.jsonl", [{"problem": "2+3?", "solution": "5", "answer": "5"}])
+    with pytest.raises(DataError, match=r"row 1, key 'prompt': missing required key \(its keys: answer, problem, "
+                       r"solution: .*dataset_preset, see docs/data\.md\)"):  # fmt: skip
+        read_records(path)

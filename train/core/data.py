@@ -51,6 +51,9 @@ _ROLES = {"system", "user", "assistant", "tool"}
 MAX_RECORD_BYTES = 1 << 20
 
 
+_PRESET_HINT = "a data set in another schema is read as dataset_name with a dataset_preset, see docs/data.md)"
+
+
 class DataError(ValueError):
     """A record that does not follow the schema; the message names the file, row and key."""
 
@@ -110,7 +113,10 @@ def validate_record(row: dict[str, Any], source: str = "<records>", index: int |
     row = {k: (None if v == "" and k in OPTIONAL else v) for k, v in row.items()}
     for key in REQUIRED:
         if row.get(key) in (None, ""):
-            raise DataError(f"{_where(source, index, key)}: missing required key")
+            # A row of a public data set (OpenR1's problem/solution, ...) reads with a preset, not as a record.
+            other = key not in row and not set(row) & set(REQUIRED)
+            hint = f" (its keys: {', '.join(sorted(row))}: " + _PRESET_HINT if other and row else ""
+            raise DataError(f"{_where(source, index, key)}: missing required key{hint}")
     rec: dict[str, Any] = {"prompt": _check_prompt(row["prompt"], _where(source, index, "prompt"))}
     if not isinstance(row["task"], str):
         raise DataError(f"{_where(source, index, 'task')}: expected a string such as {KNOWN_TASKS}")
