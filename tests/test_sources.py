@@ -412,6 +412,12 @@ def test_multiple_choice_presets_shuffle_by_question_and_answer_with_the_letter(
     short = ShortAnswerReward(think=QWEN3_THINK)
     assert short.score(f"<think>photons</think>\n\nThe answer is ({letter}).", answer=letter) == 1.0
     assert short.score(f"<think>x</think>\n\n\\boxed{{{letter}}}", answer=letter) == 1.0
+    # Evaluation reads a data set by its arguments as a benchmark: multiple choice is then scored on the letter.
+    parser = argparse.ArgumentParser()
+    add_source_arguments(parser)
+    bench = benchmarks.load_benchmark_from(parser.parse_args(["--dataset-name", str(tmp_path / "gpqa.csv")]))[0]
+    assert bench["task"] == "choice" and bench["prompt"] == gpqa["prompt"]
+    assert benchmarks.check(f"The answer is ({letter}).", bench) is True
     mmlu = load_source(str(fixture(tmp_path, "multiple-choice")), preset="multiple-choice")[0]
     assert mmlu["answer"] == "B" and "(B) 4" in mmlu["prompt"]
 

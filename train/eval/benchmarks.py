@@ -41,6 +41,7 @@ from train.core.sources import (
     check_columns,
     detect_preset,
     map_columns,
+    parse_column_mapping,
     read_source,
 )
 
@@ -58,6 +59,7 @@ __all__ = [
     "convert_row",
     "detect_format",
     "load_benchmark",
+    "load_benchmark_from",
 ]
 
 #: The benchmark formats: the historical names first, then every other preset.
@@ -123,6 +125,22 @@ def load_benchmark(
     check_columns(columns, column_mapping, PRESETS[_preset(fmt, rows[0][1])], source)
     logger.info("%s: %d rows in the %s format", source, len(rows), fmt)
     return [convert_row(r, fmt, f"{source}, row {i}", hint) for i, r in (rows[:limit] if limit else rows)]
+
+
+def load_benchmark_from(args: Any, limit: int | None = None, hint: bool = True) -> list[dict]:
+    """:func:`load_benchmark` on what :func:`train.core.sources.add_source_arguments` (or a
+    :class:`~train.core.sources.DatasetArguments`) names: the preset is the format (default ``auto``), and
+    multiple-choice records get task ``choice`` (scored on the letter), unlike :func:`~train.core.sources.load_source`.
+    """
+    return load_benchmark(
+        args.dataset_name,
+        args.dataset_preset or "auto",
+        limit,
+        hint=hint and getattr(args, "dataset_hint", True),
+        config=args.dataset_config,
+        split=args.dataset_split or "train",
+        column_mapping=parse_column_mapping(args.column_mapping),
+    )
 
 
 _LETTER_RE = re.compile(
