@@ -1,0 +1,235 @@
+"""The pipeline YAML: the base model, the data, each stage's recipe config with its overrides, the evaluation.
+
+A config is read into :class:`PipelineConfig` (its sections are the dataclasses below); an unknown key, a wrong type
+or a stage that names no recipe is a :class:`PipelineConfigError` naming the file and the key. ``quick:`` holds
+overrides (same shape as the file) that ``--quick`` lays over the config: the smoke run of the same plan.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECIPES = ("sft", "distill", "grpo", "dual_system", "merge")
+
+
+class PipelineConfigError(ValueError):
+    """A pipeline YAML that cannot run: the message names the file and the key."""
+
+
+@dataclass
+class WorldConfig:
+    """The arithmetic world (tiny runs only): model, problems, teacher pool and the dual-system stage's pools."""
+
+    size: str = field(default="small", metadata={"help": "train.world.tiny size preset of the initial model."})
+    n_train: int = field(default=6000, metadata={"help": "Training problems (levels 1-3), slow and fast replies."})
+    n_test: int = field(default=100, metadata={"help": "Held-out problems per level (levels 1, 2, 3: equal thirds)."})
+    teacher_k: int = field(default=4, metadata={"help": "Teacher replies per prompt; the shortest correct is kept."})
+    teacher_error_rate: float = field(default=0.2, metadata={"help": "The teacher's chance of a wrong result."})
+    teacher_verbosity: float = field(default=0.5, metadata={"help": "The teacher's chance of a padded step."})
+    warmup_examples: int = field(default=3000, metadata={"help": "Pool rows in the warm-up (base model) slice."})
+    rl_prompts: int = field(default=400, metadata={"help": "Level-3 training problems given to GRPO."})
+    n_fast_pool: int = field(
+        default=9000, metadata={"help": "Fast pool: direct answers to every level-1 and this many L2:L3 (2:1) sums."}
+    )
+    n_phase2: int = field(default=1200, metadata={"help": "Problems labelled only by the phase-1 model (Stage 2)."})
+
+
+@dataclass
+class StageConfig:
+    """One stage: a recipe run under ``accelerate launch`` with its YAML, its inputs and its overrides."""
+
+    name: str = field(metadata={"help": "Stage name: its folder under output_dir and its row in the tables."})
+    recipe: str = field(metadata={"help": f"The recipe: one of {', '.join(RECIPES)} (recipes/<recipe>.py)."})
+    config: str = field(metadata={"help": "The recipe's YAML (recipes/configs/<scale>/<recipe>.yaml)."})
+    title: str | None = field(default=None, metadata={"help": "Row label in the tables (default: the name)."})
+    start: str | None = field(
+        default=None, metadata={"help": "Stage whose model this one starts from (default: the previous stage)."}
+    )
+    data: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Recipe key -> data name (or list of names) from the data section."}
+    )
+    overrides: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Recipe keys set on the command line, over the recipe's YAML."}
+    )
+    eval_modes: list[str] = field(
+        default_factory=lambda: ["fast", "slow", "auto"],
+        metadata={"help": "Modes its model is evaluated in (a slow-only model: [slow]); [] skips evaluation."},
+    )
+    accelerate_config: str | None = field(
+        default=None, metadata={"help": "accelerate config of this stage (default: the pipeline's)."}
+    )
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of every stage's model on the held-out set."""
+
+    data: str = field(default="test", metadata={"help": "Data name of the held-out records."})
+    max_new_tokens: int = field(default=96, metadata={"help": "Token budget of each reply."})
+    batch_size: int = field(default=300, metadata={"help": "Prompts per generate() call."})
+    sampled_k: int = field(default=4, metadata={"help": "Replies per hard prompt for sampled accuracy (T=1)."})
+    hard_level: str = field(default="3", metadata={"help": "Difficulty bucket that counts as hard."})
+    easy_levels: list[str] = field(default_factory=lambda: ["1", "2"], metadata={"help": "Easy difficulty buckets."})
+
+
+@dataclass
+class PipelineConfig:
+    """The pipeline: base model, data, stages in order, evaluation."""
+
+    name: str = field(metadata={"help": "Run name (shown in the report and the model card)."})
+    output_dir: str = field(metadata={"help": "Folder of the run: one subfolder per stage, eval/, the report."})
+    stages: list[StageConfig] = field(metadata={"help": "Stages in order; each starts from an earlier one's model."})
+    base_model: str | None = field(
+        default=None, metadata={"help": "Local folder or hub id of the base model (null: the world's tiny model)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of every stage and every random draw of the pipeline."})
+    think_format: str | None = field(
+        default=None, metadata={"help": "qwen3 or pangu: think delimiters of the world's model and data."}
+    )
+    accelerate_config: str = field(
+        default="recipes/accelerate/cpu.yaml", metadata={"help": "accelerate config every stage is launched with."}
+    )
+    env: dict[str, str] = field(
+        default_factory=dict, metadata={"help": "Environment of the stage processes (e.g. OMP_NUM_THREADS: '1')."}
+    )
+    world: WorldConfig | None = field(
+        default=None, metadata={"help": "Build the arithmetic world (tiny runs); its files join the data names."}
+    )
+    data: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Data name -> file (or list of files) the stages and the eval use."}
+    )
+    evaluation: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation of every stage."})
+    preflight: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Memory preflight: device_gb and n_devices of the target machine."}
+    )
+    quick: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Overrides --quick lays over this config (same shape as the file)."}
+    )
+
+    def stage(self, name: str) -> StageConfig:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise PipelineConfigError(f"no stage {name!r}; stages: {', '.join(s.name for s in self.stages)}")
+
+
+SECTIONS = {"world": WorldConfig, "evaluation": EvalConfig}
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    """``cls(**raw)``, refusing unknown keys (with the closest known one) and values of the wrong kind."""
+    if not isinstance(raw, dict):
+        raise PipelineConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in raw.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), sorted(names), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise PipelineConfigError(f"{where}: unknown key {key!r}{hint}")
+        _check_kind(value, names[key], f"{where}.{key}")
+    missing = [f.name for f in names.values() if f.name not in raw and _required(f)]
+    if missing:
+        raise PipelineConfigError(f"{where}: missing required key {missing[0]!r}")
+    return cls(**raw)
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _check_kind(value: Any, f: dataclasses.Field, where: str) -> None:
+    hint = str(f.type)
+    kinds = {"dict": dict, "list": list, "int": int, "float": (int, float), "str": str}
+    if value is None:
+        if "None" not in hint:
+            raise PipelineConfigError(f"{where}: may not be null")
+        return
+    for name, kind in kinds.items():
+        if hint.startswith(name):
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise PipelineConfigError(f"{where}: expected {name}, got {value!r}")
+            return
+
+
+def deep_update(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` laid on it; mappings merge key by key, stages by name, anything else is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if key == "stages" and isinstance(value, dict):
+            by_name = {s["name"]: s for s in out.get("stages", [])}
+            for name, stage_over in value.items():
+                if name not in by_name:
+                    raise PipelineConfigError(f"quick.stages: no stage {name!r}")
+                by_name[name].update(deep_update(by_name[name], stage_over))
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_raw(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineConfigError(f"{path}: no such pipeline config") from None
+    except yaml.YAMLError as exc:
+        raise PipelineConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise PipelineConfigError(f"{path}: a pipeline config must be a YAML mapping")
+    return raw
+
+
+def load_pipeline(path: str | Path, quick: bool = False, **overrides: Any) -> PipelineConfig:
+    """Read, check and build the config; ``quick`` lays its ``quick:`` section over it, then ``overrides``."""
+    raw = read_raw(path)
+    if quick:
+        raw = deep_update(raw, raw.get("quick") or {})
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return from_mapping(raw, str(path))
+
+
+def from_mapping(raw: dict[str, Any], where: str) -> PipelineConfig:
+    raw = dict(raw)
+    for key, cls in SECTIONS.items():
+        if raw.get(key) is not None:
+            raw[key] = _build(cls, raw[key], f"{where}: {key}")
+    if not isinstance(raw.get("stages"), list) or not raw["stages"]:
+        raise PipelineConfigError(f"{where}: stages: a non-empty list of stages is required")
+    raw["stages"] = [_build(StageConfig, s, f"{where}: stages[{i}]") for i, s in enumerate(raw["stages"])]
+    cfg = _build(PipelineConfig, raw, where)
+    check_stages(cfg, where)
+    return cfg
+
+
+def check_stages(cfg: PipelineConfig, where: str) -> None:
+    """Stage names unique, recipes known, every ``start`` an earlier stage, every data name defined."""
+    seen: list[str] = []
+    data_names = set(cfg.data) | (WORLD_FILES if cfg.world is not None else set())
+    for s in cfg.stages:
+        at = f"{where}: stage {s.name!r}"
+        if s.name in seen:
+            raise PipelineConfigError(f"{at}: duplicate stage name")
+        if s.recipe not in RECIPES:
+            raise PipelineConfigError(f"{at}, key 'recipe': {s.recipe!r} is not one of {', '.join(RECIPES)}")
+        if s.start is not None and s.start not in seen:
+            raise PipelineConfigError(f"{at}, key 'start': {s.start!r} is not an earlier stage ({seen or 'none'})")
+        for key, names in s.data.items():
+            for name in names if isinstance(names, list) else [names]:
+                if name not in data_names:
+                    raise PipelineConfigError(f"{at}, key 'data.{key}': no data named {name!r}")
+        seen.append(s.name)
+    if cfg.base_model is None and cfg.world is None:
+        raise PipelineConfigError(f"{where}: base_model is required without a world")
+
+
+# The files the arithmetic world writes (train.pipeline.world), usable as data names.
+WORLD_FILES = {"model", "train", "slow", "fast", "test", "pool", "warmup", "rl_prompts", "fast_pool", "phase2"}

@@ -1,0 +1,42 @@
+"""Evaluation of every stage's model: greedy in each of its modes on the held-out set, and sampled on the hard part.
+
+Results are cached in ``<run>/eval/<stage>.json`` (with ``.md`` and ``.png`` beside it), keyed by the model they
+scored: a rerun reuses them, a retrained model is scored again. Sampling is seeded from the pipeline's seed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from train.core.data import read_records
+from train.core.loading import load_model_and_tokenizer
+from train.eval.evaluation import bucket, evaluate, write_results
+from train.pipeline.config import EvalConfig
+from train.pipeline.manifests import write_json_atomic
+
+
+def evaluate_stage(
+    name: str, model_dir: str, modes: list[str], test_file: str, cfg: EvalConfig, eval_dir: Path, seed: int
+) -> dict[str, Any]:
+    """Greedy results in ``modes`` and sampled slow-mode accuracy (avg@k, T=1) on the hard problems."""
+    cached = eval_dir / f"{name}.json"
+    if cached.exists():
+        results = json.loads(cached.read_text())
+        if results.get("model") == str(model_dir):
+            return results
+    test = read_records(test_file)
+    model, tok = load_model_and_tokenizer(model_dir)
+    model.eval()
+    params = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=seed)
+    results = evaluate(model, tok, test, modes=modes, **params)
+    hard = [r for r in test if bucket(r) == cfg.hard_level]
+    if hard and cfg.sampled_k > 1 and "slow" in modes:
+        sampled = evaluate(model, tok, hard, modes=["slow"], k=cfg.sampled_k, temperature=1.0, top_p=1.0, **params)
+        results["sampled_hard"] = {"k": cfg.sampled_k, "avg": sampled["modes"]["slow"][f"avg@{cfg.sampled_k}"],
+                                   "prompts": len(hard)}  # fmt: skip
+    results["model"] = str(model_dir)
+    write_results(results, eval_dir, name=name)
+    write_json_atomic(cached, results)
+    return results
