@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -49,22 +50,24 @@ def exact(answer, record):
 @pytest.fixture
 def results():
     scores = {m: per_prompt_scores(RECORDS, GENS[m], m, exact, think=QWEN3_THINK) for m in GENS}
-    return results_from_scores(scores, k=2)
+    return results_from_scores(scores, k=2, max_new_tokens=30)
 
 
-def test_pass_at_k_exact_values():
-    assert pass_at_k(4, 1, 1) == 0.25
+def test_pass_at_k_is_still_importable_from_evaluation():
     assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
-    assert pass_at_k(4, 0, 3) == 0.0
-    assert pass_at_k(4, 3, 2) == 1.0
-    with pytest.raises(ValueError, match="pass@k"):
-        pass_at_k(2, 3, 1)
 
 
 def test_exact_numbers_per_mode(results):
     fast, slow, auto = (results["modes"][m] for m in ("fast", "slow", "auto"))
     assert fast["avg@2"] == 0.5 and fast["pass@2"] == pytest.approx(2 / 3)
     assert fast["mean_tokens"] == pytest.approx(34 / 6) and fast["compliance"] == 1.0 and fast["fast_share"] == 1.0
+    assert fast["truncation_rate"] == 0.0 and slow["truncation_rate"] == pytest.approx(1 / 6)
+    assert slow["per_difficulty"]["3"]["truncation_rate"] == 0.5
+    # budget 30 (the run's max_new_tokens) keeps every reply; below 20 tokens the slow 579s no longer fit
+    curve = slow["budget_curve"]
+    assert curve["budgets"][-1] == 30 and curve["accuracy"][-1] == pytest.approx(5 / 6)
+    at = {b: a for b, a in zip(curve["budgets"], curve["accuracy"])}
+    assert at[19] == pytest.approx(4 / 6) and at[2] == 0.0
     assert slow["avg@2"] == pytest.approx(5 / 6) and slow["pass@2"] == 1.0
     assert slow["mean_tokens"] == 15.0 and slow["compliance"] == pytest.approx(5 / 6) and slow["fast_share"] == 0.0
     assert auto["avg@2"] == pytest.approx(5 / 6) and auto["mean_tokens"] == 9.5
@@ -95,12 +98,15 @@ def test_score_generations_keeps_its_contract():
 
 def test_outputs_written(results, tmp_path):
     table = markdown_table(results)
-    assert "| auto | 83.3% | 100.0% | 9.5 | 100.0% | 50.0% | 83.3% |" in table
-    assert "| fast | 50.0% | 66.7% | 5.7 | 100.0% | 100.0% | - |" in table
+    assert "| mode | avg@2 | pass@2 | mean tokens | truncated | compliance | fast share | right mode |" in table
+    assert "| auto | 83.3% | 100.0% | 9.5 | 0.0% | 100.0% | 50.0% | 83.3% |" in table
+    assert "| fast | 50.0% | 66.7% | 5.7 | 0.0% | 100.0% | 100.0% | - |" in table
+    assert "| slow | 83.3% | 100.0% | 15.0 | 16.7% | 83.3% | 0.0% | - |" in table
     paths = write_results(results, tmp_path, "x")
     assert json.loads(paths["json"].read_text())["modes"]["slow"]["mean_tokens"] == 15.0
     assert paths["md"].read_text() == table
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+    assert paths["budget_png"] == tmp_path / "x.budget.png" and paths["budget_png"].read_bytes()[:4] == b"\x89PNG"
 
 
 class ScriptedSampler:
@@ -123,8 +129,9 @@ def _in(think, replies):
 def test_evaluate_reads_replies_in_the_samplers_think_format(results):
     records = [{**r, "prompt": f"p{r['id']}"} for r in RECORDS]
     sampler = ScriptedSampler(PANGU_THINK, _in(PANGU_THINK, GENS))
-    pangu = evaluate(None, None, records, check=exact, k=2, sampler=sampler)
+    pangu = evaluate(None, None, records, check=exact, k=2, sampler=sampler, max_new_tokens=30)
     assert pangu["modes"] == results["modes"]  # the same numbers as the <think> replies give
+    assert pangu["sampling"]["think_start"] == "[unused16]"
     assert sampler.calls == [("fast", 2, 0.6), ("slow", 2, 0.6), ("auto", 2, 0.6)]
     # Read with the other model's tags, no reply has a think block: nothing complies and nothing is fast.
     misread = per_prompt_scores(records, _in(PANGU_THINK, GENS)["fast"], "fast", exact, think=QWEN3_THINK)
@@ -208,3 +215,79 @@ def test_code_rows(tmp_path):
 def test_unknown_format_names_the_keys(tmp_path):
     with pytest.raises(benchmarks.DataError, match="cannot tell"):
         benchmarks.load_benchmark(_write(tmp_path / "x.jsonl", [{"foo": 1}]))
+
+
+# ------------------------------------------------------------------------- n samples, settings, generations
+
+
+class SeededSampler:
+    """A fake sampler: reply j to prompt i is right when (i + j) % 4 < c_i, and hits the budget every 5th time."""
+
+    think = QWEN3_THINK
+
+    def __init__(self):
+        self.params = []
+
+    def sample(self, prompts, params, mode=None):
+        self.params.append(params)
+        out = []
+        for i, _ in enumerate(prompts):
+            row = []
+            for j in range(params.n):
+                truncated = (i * params.n + j) % 5 == 4
+                text = "<think>\nlong" if truncated else S(RECORDS[i]["answer"] if (i + j) % 4 < i + 1 else "x").text
+                row.append(Reply(text, params.max_new_tokens if truncated else 10, "length" if truncated else "stop"))
+            out.append(row)
+        return out
+
+
+def test_n_samples_give_unbiased_pass_at_k_settings_and_generations(tmp_path):
+    records = [{**r, "prompt": f"p{r['id']}"} for r in RECORDS]
+    sampler = SeededSampler()
+    path = tmp_path / "gen.jsonl"
+    out = evaluate(None, None, records, modes=["slow"], check=exact, k=[1, 2], n=8, sampler=sampler,
+                   temperature=0.7, top_p=0.9, max_new_tokens=40, seed=3, generations_path=path)  # fmt: skip
+    params = sampler.params[0]
+    assert (params.n, params.temperature, params.top_p, params.max_new_tokens, params.seed) == (8, 0.7, 0.9, 40, 3)
+    assert out["sampling"] == {"n": 8, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 40, "seed": 3,
+                               "greedy": False, "sampler": "SeededSampler", "self_repair": False,
+                               "think_start": "<think>", "think_end": "</think>"}  # fmt: skip
+    assert out["n"] == 8 and out["ks"] == [1, 2] and out["generations"] == str(path)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 24 and rows[0]["id"] == "a" and rows[0]["mode"] == "slow" and rows[0]["sample"] == 0
+    slow = out["modes"]["slow"]
+    correct = {}
+    for r in rows:
+        correct.setdefault(r["id"], []).append(r["correct"])
+        assert r["truncated"] == (r["finish_reason"] == "length") and (r["num_tokens"] == 40) == r["truncated"]
+    assert sum(r["truncated"] for r in rows) == 4 and slow["truncation_rate"] == pytest.approx(4 / 24)
+    assert slow["avg@8"] == pytest.approx(sum(r["correct"] for r in rows) / 24)
+    for k in (1, 2):
+        expected = sum(1 - math.comb(8 - sum(c), k) / math.comb(8, k) for c in correct.values()) / 3
+        assert slow[f"pass@{k}"] == pytest.approx(expected)
+    assert "Sampling: n=8, temperature=0.7, top_p=0.9, max_new_tokens=40, seed=3." in markdown_table(out)
+    with pytest.raises(ValueError, match="1 <= k <= n = 2"):
+        evaluate(None, None, records, modes=["slow"], check=exact, k=[4], n=2, sampler=sampler)
+
+
+def test_evaluate_script_writes_every_output(script, tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    data = _write(tmp_path / "bench.jsonl", [{"prompt": "1+1=", "task": "math", "answer": "2"},
+                                             {"prompt": "2+2=", "task": "math", "answer": "4"}])  # fmt: skip
+    argv = ["--model", str(tiny_model_dir), "--n", "2", "--k", "1", "2", "--max-new-tokens", "3", "--device", "cpu",
+            "--out", str(tmp_path / "out"), "--seed", "1", "--budget-points", "3"]  # fmt: skip
+    out = script("scripts/evaluate.py").main([*argv, "--data", str(data)])
+    assert out["sampling"]["n"] == 2 and out["sampling"]["seed"] == 1 and out["ks"] == [1, 2]
+    assert out["modes"]["fast"]["budget_curve"]["budgets"] == [1, 2, 3]
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["eval.budget.png", "eval.generations.jsonl", "eval.json", "eval.md", "eval.png"]
+    rows = (tmp_path / "out/eval.generations.jsonl").read_text().splitlines()
+    assert len(rows) == 2 * 2 * 3  # prompts x samples x modes
+    # a 3-token budget cuts the tiny model's replies: the truncation rate says so
+    assert out["modes"]["slow"]["truncation_rate"] == pytest.approx(
+        sum(json.loads(r)["truncated"] for r in rows if '"mode": "slow"' in r) / 4
+    )
+    same = script("scripts/evaluate.py").main([*argv, "--dataset-name", str(data), "--out", str(tmp_path / "o2")])
+    assert same["data"] == str(data) and same["modes"]["slow"]["samples"] == 4
+    with pytest.raises(SystemExit):
+        script("scripts/evaluate.py").parse(["--model", "m"])  # neither --data nor --dataset-name
