@@ -67,9 +67,9 @@ def test_verl_compute_score_routes_by_data_source_and_extra_info(mars_config):
 
 
 def test_verl_call_conventions_keywords_numpy_and_extra_keys(mars_config):
-    """verl 0.9.1 experimental/reward_loop/reward_manager/naive.py:148-166 calls with keywords only, a data source
-    read from a numpy object array, the row's extra_info plus num_turns/rollout_reward_scores (naive.py:131-134),
-    and reward_router_address/reward_model_tokenizer when a reward model is served (naive.py:140-147)."""
+    """verl 0.9.1 experimental/reward_loop/reward_manager/naive.py:58-84 calls with keywords only, a data source
+    read from a numpy object array, the row's extra_info plus num_turns/rollout_reward_scores (naive.py:49-52),
+    and reward_router_address/reward_model_tokenizer when a reward model is served (naive.py:58-65)."""
     extra = {"index": np.int64(3), "split": np.str_("train"), "num_turns": None, "rollout_reward_scores": {}}
     row = verl.compute_score(
         data_source=np.str_("openai/gsm8k"),
@@ -147,7 +147,7 @@ def test_length_counts_tokens_with_the_tokenizer_named_in_reward_kwargs(tmp_path
 
 def test_concurrent_calls_from_threads_equal_sequential_ones(tmp_path):
     """verl's reward loop runs every sample's compute_score in its event loop's default thread pool
-    (naive.py:157-166; reward_loop.py compute_score_batch gathers one task per sample); OpenRLHF 0.11.2 runs each
+    (naive.py:75-84; reward_loop.py:138-143 gathers one task per sample); OpenRLHF 0.11.2 runs each
     query's reward_func in asyncio.to_thread (openrlhf/utils/agent.py:308-325)."""
     path = tmp_path / "norm.yaml"
     path.write_text(MARS_YAML.replace("normalize: false", "normalize: true\nwarmup: 1000000"))
