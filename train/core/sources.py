@@ -736,9 +736,8 @@ def hub_offline() -> bool:
 
 
 def _looks_local(name: str) -> bool:
-    return (
-        name.lower().endswith(_LOCAL_SUFFIXES) or name.startswith(("/", "./", "../", "~")) or os.sep + os.sep in name
-    )
+    """A name that can only be a path (a file suffix, or absolute/relative/home), never a hub id."""
+    return name.lower().endswith(_LOCAL_SUFFIXES) or name.startswith(("/", "./", "../", "~"))
 
 
 def _load_dataset(name: str, config: str | None, split: str, label: str) -> datasets.Dataset:
