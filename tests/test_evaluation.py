@@ -261,7 +261,7 @@ def test_n_samples_give_unbiased_pass_at_k_settings_and_generations(tmp_path):
         correct.setdefault(r["id"], []).append(r["correct"])
         assert r["truncated"] == (r["finish_reason"] == "length") and (r["num_tokens"] == 40) == r["truncated"]
     assert sum(r["truncated"] for r in rows) == 4 and slow["truncation_rate"] == pytest.approx(4 / 24)
-    assert slow["avg@8"] == pytest.approx(sum(r["correct"] for r in rows) / 24)
+    assert slow["avg@8"] == pytest.approx(sum(r["correct"] for r in rows) / 24) == slow["avg@1"] == slow["avg@2"]
     for k in (1, 2):
         expected = sum(1 - math.comb(8 - sum(c), k) / math.comb(8, k) for c in correct.values()) / 3
         assert slow[f"pass@{k}"] == pytest.approx(expected)

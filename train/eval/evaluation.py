@@ -3,8 +3,9 @@
 For each mode (fast ``/no_think``, slow ``/think``, auto ``/auto_think``) every prompt gets ``n`` replies
 (greedy when ``n == 1``), and :func:`evaluate` reports:
 
-* ``avg@n`` (mean accuracy over all replies) and ``pass@k`` for each requested ``k <= n`` (the unbiased estimator
-  of Chen et al. 2021 from the ``n`` samples, :mod:`train.eval.passk`);
+* ``avg@n`` (mean accuracy over all replies; also under ``avg@k`` for each requested ``k``, of which it is the
+  unbiased estimate) and ``pass@k`` for each requested ``k <= n`` (the unbiased estimator of Chen et al. 2021 from
+  the ``n`` samples, :mod:`train.eval.passk`);
 * mean output tokens; the truncation rate (replies that hit ``max_new_tokens``); tag compliance (``/no_think``
   wants an empty think block, ``/think`` a non-empty one, ``/auto_think`` either, always closed); the share of fast
   replies, overall and per difficulty bucket;
@@ -178,7 +179,10 @@ def _summary(prompts: Sequence[dict[str, Any]], n: int, ks: Sequence[int]) -> di
     count = len(samples)
     if not count:
         raise ValueError("nothing to summarize: no replies")
-    out = {"prompts": len(prompts), "samples": count, f"avg@{n}": sum(s[0] for s in samples) / count}
+    accuracy = sum(s[0] for s in samples) / count
+    # avg@k is the mean accuracy of k replies, whose estimate from n >= k replies is the mean over all n
+    out: dict[str, Any] = {"prompts": len(prompts), "samples": count}
+    out.update({f"avg@{k}": accuracy for k in sorted({*ks, n})})
     out.update({f"pass@{k}": mean_pass_at_k([p["correct"] for p in prompts], k) for k in ks})
     truncated = [t for p in prompts for t in p.get("truncated", [False] * len(p["correct"]))]
     out.update(
