@@ -1,5 +1,6 @@
-"""scripts/gpu_smoke.sh on a machine without a GPU: it parses, its plan prints with --dry-run (and runs nothing),
-and every recipe step's command-line overrides are keys its recipe accepts."""
+"""The scale-out kit on a machine without a GPU: scripts/gpu_smoke.sh parses, its plan prints with --dry-run (and runs
+nothing), and every recipe step's command-line overrides are keys its recipe accepts; the SLURM template's per-node
+launch passes accelerate's validation; the Ascend NPU accelerate config loads."""
 
 from __future__ import annotations
 
@@ -75,3 +76,46 @@ def test_overrides_are_keys_the_recipe_reads(name, tmp_path):
     parsed = parse_args(module.ARG_CLASSES, argv)
     training = next(p for p in parsed if hasattr(p, "max_steps"))
     assert training.max_steps == 1 and str(training.output_dir).endswith(name)
+
+
+# ------------------------------------------------------------------------------- the rest of the scale-out kit
+
+SBATCH = ROOT / "scripts" / "slurm" / "train.sbatch"
+
+
+def per_node_command(node: int, *extra: str) -> list[str]:
+    env = {"PATH": "/usr/bin:/bin", "DRY_RUN": "1", "SLURM_NNODES": "2", "SLURM_NODEID": str(node),
+           "MASTER_ADDR": "node01", "SLURM_JOB_ID": "1234"}  # fmt: skip
+    done = subprocess.run(["bash", str(SBATCH), "grpo", "recipes/configs/embedded-7b/grpo.yaml",
+                           "recipes/accelerate/zero3.yaml", *extra], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "rendezvous node01:21234" in done.stdout  # 20000 + job id % 20000: one port per job
+    return shlex.split(done.stdout.split("per node: ", 1)[1])
+
+
+def test_slurm_template_launches_every_node_against_the_first():
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    assert subprocess.run(["bash", "-n", str(SBATCH)], capture_output=True).returncode == 0
+    for node in (0, 1):
+        cmd = per_node_command(node, "--learning_rate", "5e-6")
+        assert cmd[:2] == ["accelerate", "launch"]
+        script = cmd.index("recipes/grpo.py")
+        assert cmd[script + 1 :] == ["--config", "recipes/configs/embedded-7b/grpo.yaml", "--learning_rate", "5e-6"]
+        # accelerate's own validation of the launcher flags over the single-node zero3.yaml
+        args, _, _ = _validate_launch_command(launch_command_parser().parse_args(cmd[2 : script + 1]))
+        assert (args.num_machines, args.num_processes, args.machine_rank) == (2, 16, node)
+        assert (args.main_process_ip, args.main_process_port, args.rdzv_backend) == ("node01", 21234, "static")
+        assert args.use_deepspeed
+
+
+def test_npu_config_is_fsdp2_for_accelerate():
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    path = ROOT / "recipes" / "accelerate" / "npu" / "fsdp2.yaml"
+    cfg = load_config_from_file(str(path))
+    assert cfg.distributed_type == DistributedType.FSDP and cfg.fsdp_config["fsdp_version"] == 2
+    assert (cfg.num_processes, cfg.mixed_precision, cfg.use_cpu) == (8, "bf16", False)
+    assert "sdpa" in path.read_text() and "vllm-ascend" in (path.parent / "README.md").read_text()
