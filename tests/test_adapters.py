@@ -3,8 +3,10 @@ verl 0.9.1 and OpenRLHF 0.11.2 call it."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
+import os
 import sys
 import types
 from concurrent.futures import ThreadPoolExecutor
@@ -310,8 +312,6 @@ def verl_src(monkeypatch):
     """verl 0.9.1's reward-manager and loader files, run for real with its heavy imports (ray, tensordict,
     omegaconf) stubbed. Needs FASTSLOW_VERL_SRC: a folder holding an unpacked verl 0.9.1 wheel's ``verl/``
     (``pip download verl==0.9.1 --no-deps`` and unzip); skipped without it."""
-    import os
-
     root = os.environ.get("FASTSLOW_VERL_SRC")
     if not root or not (Path(root) / "verl/trainer/ppo/reward.py").exists():
         pytest.skip("FASTSLOW_VERL_SRC does not point at an unpacked verl 0.9.1")
@@ -368,8 +368,6 @@ def _config(manager, custom, legacy=None, reward_kwargs=None):
 
 
 def test_verl_091_reward_managers_score_through_the_adapter(verl_src, mars_config):
-    import asyncio
-
     path = str(ROOT / "rewards/adapters/verl.py")
     custom = {"path": path, "name": "compute_score", "reward_kwargs": {"config": str(mars_config)}}
     # The documented legacy slot is not read by main_ppo's loader: verl's default scorer stays in charge.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from itertools import combinations
 
 import pytest
 
@@ -49,8 +50,6 @@ def test_a_fixed_table_averages_over_prompts():
 
 def test_unbiased_pass_at_k_matches_drawing_k_of_the_n():
     """The estimator is the exact mean over every k-subset of the n samples."""
-    from itertools import combinations
-
     rng = random.Random(0)
     for _ in range(20):
         n = rng.randint(2, 9)
