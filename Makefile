@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	@touch $(STAMP)
 
+# The tiny pipeline (recipes/configs/tiny/pipeline.yaml) into outputs/demo; a rerun resumes where it stopped.
 demo: $(STAMP)
-	$(BIN)/python scripts/demo.py --out outputs/demo
+	$(BIN)/python recipes/pipeline.py --config recipes/configs/tiny/pipeline.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

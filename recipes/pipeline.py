@@ -9,7 +9,7 @@
 Each stage is the real recipe (``recipes/<recipe>.py``) run under ``accelerate launch`` with the accelerate config
 the pipeline names, its own YAML and the pipeline's overrides; its model is the previous stage's, read from that
 stage's manifest (``final.json``, the saved folder), never typed twice (:mod:`train.pipeline.plan`). A finished
-stage (``<output_dir>/<stage>/pipeline_stage.json``) is skipped; an interrupted one is rerun with the same command
+stage (``<run_dir>/<stage>/pipeline_stage.json``) is skipped; an interrupted one is rerun with the same command
 and resumes from its own partial output (docs/reliability.md). A tiny config builds the arithmetic world first
 (:mod:`train.pipeline.world`). After the stages: every stage's model is evaluated (cached in ``eval/``), and
 ``summary.md``/``summary.json`` (the same bytes for two runs with the same seed), ``report.md`` (plus wall times,
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -35,7 +34,7 @@ from train.pipeline.evaluate import evaluate_stage
 from train.pipeline.plan import base_model, build_plan, data_files, run_step, select
 from train.pipeline.preflight import describe_plan
 from train.pipeline.report import summary_text, write_report, write_summary
-from train.pipeline.world import build_world, world_files
+from train.pipeline.world import ensure_world
 
 logger = logging.getLogger("recipes.pipeline")
 RECIPES = Path(__file__).resolve().parent
@@ -61,7 +60,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--from", dest="start_from", metavar="STAGE", help="run this stage and the ones after it")
     p.add_argument("--only", metavar="STAGE", help="run this stage only (its inputs must exist)")
     p.add_argument("--quick", action="store_true", help="lay the config's quick: section over it (a smoke run)")
-    p.add_argument("--output_dir", help="run folder (default: the config's output_dir)")
+    p.add_argument("--run_dir", help="run folder (default: the config's run_dir)")
     p.add_argument("--think_format", choices=["qwen3", "pangu"], help="think delimiters of the world (tiny runs)")
     p.add_argument("--seed", type=int, help="the pipeline's seed (default: the config's)")
     return p.parse_args(argv)
@@ -70,9 +69,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     setup_logging()
-    overrides = dict(output_dir=args.output_dir, think_format=args.think_format, seed=args.seed)
+    overrides = dict(run_dir=args.run_dir, think_format=args.think_format, seed=args.seed)
     cfg = load_pipeline(args.config, quick=args.quick, **overrides)
-    run_dir = Path(cfg.output_dir).resolve()
+    run_dir = Path(cfg.run_dir).resolve()
     os.environ.update({k: str(v) for k, v in cfg.env.items()})  # this process evaluates: the same threads
     torch.set_num_threads(int(cfg.env.get("OMP_NUM_THREADS", torch.get_num_threads())))
     steps = select(build_plan(cfg, run_dir, RECIPES), args.start_from, args.only)
@@ -84,13 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 2. Data: the arithmetic world of a tiny run (built once, seeded from the pipeline's seed).
     world_seconds = None
-    if cfg.world is not None and world_files(run_dir / "world") is None:
-        began = time.perf_counter()
-        build_world(run_dir / "world", cfg.world, cfg.think_format or "qwen3", cfg.seed)
-        world_seconds = time.perf_counter() - began
-        (run_dir / "world" / "seconds").write_text(f"{world_seconds:.1f}\n")
-    elif (run_dir / "world" / "seconds").exists():
-        world_seconds = float((run_dir / "world" / "seconds").read_text())
+    if cfg.world is not None:
+        world_seconds = ensure_world(run_dir / "world", cfg.world, cfg.think_format or "qwen3", cfg.seed)
 
     # 3. The stages, each from the manifest of the one before (the plan is rebuilt as manifests appear).
     for name in [s.name for s in steps]:

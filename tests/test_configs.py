@@ -319,3 +319,59 @@ def test_every_mars_key_is_read(config, accesses):
         else:
             problems += dead_key_problems(cls, key, accesses)
     assert not problems, f"{config.relative_to(ROOT)}:\n" + "\n".join(problems)
+
+
+# ------------------------------------------------------------------------------------------- pipeline configs
+
+PIPELINE_CONFIGS = [p for p in CONFIGS if p.stem == "pipeline"]
+
+
+def pipeline_sections(raw: dict) -> list[tuple[str, dict]]:
+    """(section kind, mapping) of a pipeline YAML and of its quick: overrides, for the nested-key checks."""
+    out = [("world", raw.get("world") or {}), ("evaluation", raw.get("evaluation") or {})]
+    out += [("stage", s) for s in raw["stages"]]
+    quick = raw.get("quick") or {}
+    out += [("world", quick.get("world") or {}), ("evaluation", quick.get("evaluation") or {})]
+    out += [("stage", s) for s in (quick.get("stages") or {}).values()]
+    return out
+
+
+def test_there_is_a_pipeline_config_for_both_scales():
+    assert {p.parent.name for p in PIPELINE_CONFIGS} >= {"tiny", "embedded-7b"}
+
+
+@pytest.mark.parametrize("config", PIPELINE_CONFIGS, ids=[str(p.relative_to(ROOT)) for p in PIPELINE_CONFIGS])
+def test_every_pipeline_section_key_is_a_read_field(config, accesses):
+    """The nested sections (world, evaluation, each stage, the quick: overrides) hold fields of their dataclasses,
+    each read by the rule of :func:`test_every_config_key_is_read`."""
+    from train.pipeline.config import EvalConfig, StageConfig, WorldConfig
+
+    classes = {"world": WorldConfig, "evaluation": EvalConfig, "stage": StageConfig}
+    problems = []
+    for kind, section in pipeline_sections(yaml_keys(config)):
+        cls = classes[kind]
+        for key in section:
+            if key not in {f.name for f in dataclasses.fields(cls)}:
+                problems.append(f"{kind}: {key!r} is not a {cls.__name__} field")
+            else:
+                problems += dead_key_problems(cls, key, accesses)
+    assert not problems, f"{config.relative_to(ROOT)}:\n" + "\n".join(dict.fromkeys(problems))
+
+
+@pytest.mark.parametrize("config", PIPELINE_CONFIGS, ids=[str(p.relative_to(ROOT)) for p in PIPELINE_CONFIGS])
+def test_every_stage_override_and_data_key_is_a_key_of_its_recipe(config):
+    """A stage's overrides and data keys go on its recipe's command line: each must be a key of that recipe's
+    config classes, and the stage's own YAML must validate (a typo would fail only when the stage starts)."""
+    from train.core.cli import known_keys
+    from train.pipeline.config import load_pipeline
+
+    problems = []
+    for quick in (False, True):
+        for stage in load_pipeline(config, quick=quick).stages:
+            module = recipe_for(ROOT / stage.config)
+            assert Path(module.__file__).stem == stage.recipe, f"{stage.name}: {stage.config} is not a {stage.recipe}"
+            known = known_keys(module.ARG_CLASSES)
+            for key in [*stage.overrides, *stage.data]:
+                if key not in known:
+                    problems.append(f"stage {stage.name}: {key!r} is not a key of recipes/{stage.recipe}.py")
+    assert not problems, f"{config.relative_to(ROOT)}:\n" + "\n".join(dict.fromkeys(problems))

@@ -45,7 +45,7 @@ class WorldConfig:
 class StageConfig:
     """One stage: a recipe run under ``accelerate launch`` with its YAML, its inputs and its overrides."""
 
-    name: str = field(metadata={"help": "Stage name: its folder under output_dir and its row in the tables."})
+    name: str = field(metadata={"help": "Stage name: its folder under run_dir and its row in the tables."})
     recipe: str = field(metadata={"help": f"The recipe: one of {', '.join(RECIPES)} (recipes/<recipe>.py)."})
     config: str = field(metadata={"help": "The recipe's YAML (recipes/configs/<scale>/<recipe>.yaml)."})
     title: str | None = field(default=None, metadata={"help": "Row label in the tables (default: the name)."})
@@ -84,7 +84,7 @@ class PipelineConfig:
     """The pipeline: base model, data, stages in order, evaluation."""
 
     name: str = field(metadata={"help": "Run name (shown in the report and the model card)."})
-    output_dir: str = field(metadata={"help": "Folder of the run: one subfolder per stage, eval/, the report."})
+    run_dir: str = field(metadata={"help": "Folder of the run: one subfolder per stage, eval/, the report."})
     stages: list[StageConfig] = field(metadata={"help": "Stages in order; each starts from an earlier one's model."})
     base_model: str | None = field(
         default=None, metadata={"help": "Local folder or hub id of the base model (null: the world's tiny model)."}

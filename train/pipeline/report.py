@@ -223,16 +223,20 @@ def write_report(cfg: PipelineConfig, steps: list[Step], stages: dict[str, dict[
     png = plot_accuracy_tokens(cfg, stages, run_dir / "accuracy_tokens.png") if stages else None
     curves = plot_training_curves(steps, run_dir / "training_curves.png")
     lines = [f"# Pipeline report: {cfg.name}", "", "## Summary", "", summary, "## Wall time per stage", "",
-             "| stage | recipe | wall | model |", "|---|---|---|---|"]  # fmt: skip
+             "| stage | recipe | wall | CPU (user + system) | model |", "|---|---|---|---|---|"]  # fmt: skip
     if world_seconds is not None:
-        lines.append(f"| world (data, teacher pool) | - | {world_seconds:.0f} s | - |")
-    total = world_seconds or 0.0
+        lines.append(f"| world (data, teacher pool) | - | {world_seconds:.0f} s | - | - |")
+    total, total_cpu = world_seconds or 0.0, 0.0
     for step in steps:
         d = step.done or {}
         total += d.get("seconds", 0.0)
+        total_cpu += d.get("cpu_seconds", 0.0)
         wall = f"{d['seconds']:.0f} s" if "seconds" in d else "not run"
-        lines.append(f"| {step.stage.title or step.name} | {step.stage.recipe} | {wall} | `{d.get('model', '-')}` |")
-    lines += ["", f"Training stages and data: {total:.0f} s in all (evaluation not included).", ""]
+        cpu = f"{d['cpu_seconds']:.0f} s" if "cpu_seconds" in d else "-"
+        lines.append(f"| {step.stage.title or step.name} | {step.stage.recipe} | {wall} | {cpu} "
+                     f"| `{d.get('model', '-')}` |")  # fmt: skip
+    lines += ["", f"Training stages and data: {total:.0f} s of wall time, {total_cpu:.0f} s of CPU time in the "
+              "stage processes (evaluation not included).", ""]  # fmt: skip
     lines += ["## Accuracy and mean tokens per mode and difficulty", "", per_difficulty_table(cfg, stages)]
     if png:
         lines += ["## Accuracy against tokens", "", f"![accuracy against tokens]({png.name})", ""]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,27 @@ def planned_world_files(folder: Path) -> dict[str, Path]:
     """Where :func:`build_world` writes each file (for a plan made before the world exists)."""
     names = ("train", "slow", "fast", "test", "pool", "warmup", "rl_prompts", "fast_pool", "phase2")
     return {"model": folder / "model", **{n: folder / "data" / f"{n}.jsonl" for n in names}}
+
+
+def ensure_world(folder: Path, cfg: WorldConfig, think_format: str, seed: int) -> float:
+    """Build the world unless ``folder`` holds a complete one; returns the seconds it took (recorded in world.json).
+
+    A world built with another think format or seed is refused: the stages after it would mix two runs.
+    """
+    manifest = folder / "world.json"
+    if manifest.exists():
+        recorded = json.loads(manifest.read_text())
+        for key, value in (("think_format", think_format), ("seed", seed)):
+            if recorded[key] != value:
+                raise ValueError(f"{manifest}: this run was built with {key} {recorded[key]!r}, not {value!r}; "
+                                 "use another run_dir")  # fmt: skip
+        return recorded.get("seconds", 0.0)
+    began = time.perf_counter()
+    build_world(folder, cfg, think_format, seed)
+    seconds = round(time.perf_counter() - began, 1)
+    recorded = {**json.loads(manifest.read_text()), "seconds": seconds}
+    manifest.write_text(json.dumps(recorded, indent=2) + "\n")
+    return seconds
 
 
 def build_world(folder: Path, cfg: WorldConfig, think_format: str, seed: int) -> dict[str, Path]:

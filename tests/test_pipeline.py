@@ -1,0 +1,240 @@
+"""recipes/pipeline.py: the plan chains each stage's inputs from the manifests of the stages before it, a finished
+stage is skipped, --from/--only pick stages, a bad config is an error naming file and key; one quick end-to-end run
+writes the summary, the report and a model card, and its final model loads and renders all three modes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import load_script
+
+from train.pipeline.config import PipelineConfigError, load_pipeline
+from train.pipeline.manifests import STAGE_MANIFEST
+from train.pipeline.plan import build_plan, cli_args, run_step, select
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "recipes/configs/tiny/pipeline.yaml"
+EMBEDDED = ROOT / "recipes/configs/embedded-7b/pipeline.yaml"
+STAGES = ["base", "distill", "grpo", "dual_system"]
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    return load_script("recipes/pipeline.py")
+
+
+def dry_run(pipeline, capsys, *args: str) -> str:
+    pipeline.main(["--dry-run", *args])
+    return capsys.readouterr().out
+
+
+def inputs_of(plan: str) -> dict[str, dict[str, str]]:
+    """Stage name -> {recipe key: printed value} from the printed plan."""
+    out: dict[str, dict[str, str]] = {}
+    stage = None
+    for line in plan.splitlines():
+        if line.startswith("[") and "] " in line:
+            stage = line.split("] ", 1)[1].split(" ")[0]
+            out[stage] = {}
+        elif line.strip().startswith("input ") and stage:
+            key, rest = line.strip()[len("input") :].strip().split(" = ", 1)
+            out[stage][key] = rest.split("  <- ")[0]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- the plan
+
+
+def test_tiny_dry_run_chains_every_stage_from_the_one_before(pipeline, capsys, tmp_path):
+    plan = dry_run(pipeline, capsys, "--config", str(TINY), "--run_dir", str(tmp_path))
+    inputs = inputs_of(plan)
+    assert list(inputs) == STAGES
+    assert inputs["base"]["model_name_or_path"] == str(tmp_path / "world" / "model")
+    assert inputs["distill"]["model_name_or_path"] == str(tmp_path / "base")
+    assert inputs["grpo"]["model_name_or_path"] == f"{tmp_path / 'distill'}/final.json -> model"
+    assert inputs["dual_system"]["model_name_or_path"] == str(tmp_path / "grpo")
+    assert inputs["distill"]["train_file"] == str(tmp_path / "world/data/pool.jsonl")
+    assert "(not found here)" not in plan  # every input is the world's or an earlier stage's
+    assert plan.count("accelerate.commands.launch --config_file recipes/accelerate/cpu.yaml") == 4
+    grpo = next(line for line in plan.splitlines() if "recipes/grpo.py" in line)
+    assert "--config recipes/configs/tiny/grpo_arithmetic.yaml" in grpo and "--max_steps" not in grpo  # tuned 60
+    assert "OMP_NUM_THREADS=1" in plan
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_embedded_dry_run_prints_the_full_chained_plan(pipeline, capsys):
+    plan = dry_run(pipeline, capsys, "--config", str(EMBEDDED))
+    inputs = inputs_of(plan)
+    run = ROOT / "outputs/embedded-7b/pipeline"
+    assert list(inputs) == ["distill", "grpo", "dual_system"]
+    assert inputs["distill"]["model_name_or_path"] == "FreedomIntelligence/openPangu-Embedded-7B"
+    assert inputs["grpo"]["model_name_or_path"] == f"{run / 'distill'}/final.json -> model"
+    assert inputs["dual_system"]["model_name_or_path"] == str(run / "grpo")
+    assert plan.count("--config_file recipes/accelerate/zero3.yaml") == 3
+    assert "--fusion_file ''" in plan  # the recipe labels with the GRPO model, not a prebuilt file
+    assert plan.count("    memory ") == 3 and plan.count("    output ") == 3
+
+
+def test_from_and_only_pick_stages(pipeline, capsys, tmp_path):
+    plan = dry_run(pipeline, capsys, "--config", str(TINY), "--run_dir", str(tmp_path), "--from", "grpo")
+    assert list(inputs_of(plan)) == ["grpo", "dual_system"]
+    plan = dry_run(pipeline, capsys, "--config", str(TINY), "--run_dir", str(tmp_path), "--only", "distill")
+    assert list(inputs_of(plan)) == ["distill"]
+    with pytest.raises(PipelineConfigError, match="no stage 'rl'; stages: base, distill, grpo, dual_system"):
+        pipeline.main(["--config", str(TINY), "--dry-run", "--only", "rl"])
+
+
+def test_quick_lays_its_overrides_over_the_stages():
+    cfg = load_pipeline(TINY, quick=True)
+    assert cfg.world.n_train == 300 and cfg.run_dir == "outputs/demo-quick"
+    assert cfg.stage("grpo").overrides["max_steps"] == 2
+    assert cfg.stage("grpo").config == "recipes/configs/tiny/grpo_arithmetic.yaml"  # kept, not replaced
+    assert cfg.stage("base").overrides["disable_tqdm"] is True  # mappings merge key by key
+    assert "max_steps" not in load_pipeline(TINY).stage("grpo").overrides  # the full run: the YAML's tuned 60
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c.update(seeds=1), r"unknown key 'seeds'; did you mean 'seed'\?"),
+        (lambda c: c["stages"][1].update(start="grpo"), r"stage 'distill', key 'start': 'grpo' is not an earlier"),
+        (lambda c: c["stages"][2]["data"].update(train_files="prompts"), r"key 'data.train_files': no data named"),
+        (lambda c: c["stages"][0].update(recipe="dpo"), r"stage 'base', key 'recipe': 'dpo' is not one of"),
+        (lambda c: c["world"].update(n_train="many"), r"world.n_train: expected int"),
+        (lambda c: c["stages"][0].pop("config"), r"stages\[0\]: missing required key 'config'"),
+    ],
+)
+def test_a_bad_config_names_the_file_and_the_key(tmp_path, edit, message):
+    raw = yaml.safe_load(TINY.read_text())
+    edit(raw)
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(PipelineConfigError, match=message) as err:
+        load_pipeline(path)
+    assert str(path) in str(err.value)
+
+
+def test_overrides_go_on_the_command_line_as_the_recipes_parse_them():
+    assert cli_args("use_peft", True) == ["--use_peft", "true"]
+    assert cli_args("train_files", ["a", "b"]) == ["--train_files", "a", "b"]
+    assert cli_args("mars", {"normalize": False}) == ["--mars", '{"normalize": false}']
+    assert cli_args("fusion_file", None) == ["--fusion_file", ""]
+    assert cli_args("learning_rate", 1e-3) == ["--learning_rate", "0.001"]
+
+
+# ------------------------------------------------------------------------------------ manifests and skipping
+
+
+def test_a_finished_stage_is_skipped_and_hands_its_model_on(tmp_path, tiny_model_dir):
+    cfg = load_pipeline(TINY, run_dir=str(tmp_path))
+    # base finished (a saved model and the pipeline's manifest); distill finished (final.json names iteration 1).
+    shutil.copytree(tiny_model_dir, tmp_path / "base")
+    (tmp_path / "base" / STAGE_MANIFEST).write_text(json.dumps({"model": str(tmp_path / "base"), "seconds": 1.0}))
+    merged = tmp_path / "distill" / "iteration_1" / "model"
+    shutil.copytree(tiny_model_dir, merged)
+    (tmp_path / "distill" / "final.json").write_text(json.dumps({"model": str(merged), "iterations": 2}))
+    (tmp_path / "distill" / STAGE_MANIFEST).write_text(json.dumps({"model": str(merged), "seconds": 2.0}))
+    steps = build_plan(cfg, tmp_path, ROOT / "recipes")
+    assert [s.done is not None for s in steps] == [True, True, False, False]
+    grpo = steps[2]
+    assert grpo.inputs[0].value == str(merged) and grpo.inputs[0].ready
+    assert grpo.command[grpo.command.index("--model_name_or_path") + 1] == str(merged)
+    steps[0].command = ["false"]  # would fail if it ran
+    assert run_step(steps[0], tmp_path)["seconds"] == 1.0
+    assert [s.name for s in select(steps, "grpo", None)] == ["grpo", "dual_system"]
+
+
+def test_a_stage_whose_recipe_saved_nothing_is_not_finished(tmp_path, tiny_model_dir):
+    cfg = load_pipeline(TINY, run_dir=str(tmp_path))
+    shutil.copytree(tiny_model_dir, tmp_path / "world" / "model")
+    (tmp_path / "world" / "data").mkdir()
+    (tmp_path / "world" / "data" / "warmup.jsonl").write_text("")
+    step = build_plan(cfg, tmp_path, ROOT / "recipes")[0]
+    step.command = [sys.executable, "-c", "pass"]  # exits 0 without saving a model
+    with pytest.raises(RuntimeError, match="exited without saving a model"):
+        run_step(step, tmp_path)
+    assert not (tmp_path / "base" / STAGE_MANIFEST).exists()
+
+
+# --------------------------------------------------------------------------------------- one quick run, end to end
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("pipeline-quick")
+    cmd = [sys.executable, "recipes/pipeline.py", "--config", str(TINY), "--quick", "--run_dir", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, proc.stdout
+
+
+def test_quick_run_chains_the_stages_through_their_manifests(quick_run):
+    out, _ = quick_run
+    manifests = {s: json.loads((out / s / STAGE_MANIFEST).read_text()) for s in STAGES}
+    assert manifests["distill"]["model"] == json.loads((out / "distill" / "final.json").read_text())["model"]
+    for before, after in zip(STAGES, STAGES[1:]):
+        assert manifests[after]["inputs"]["model_name_or_path"] == manifests[before]["model"]
+        assert manifests[after]["seconds"] > 0
+    assert manifests["grpo"]["inputs"]["train_files"] == str(out / "world/data/rl_prompts.jsonl")
+
+
+def test_quick_run_writes_the_summary_report_and_model_card(quick_run):
+    out, stdout = quick_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["stages"]) == STAGES
+    assert set(summary["stages"]["dual_system"]["modes"]) == {"fast", "slow", "auto"}
+    assert set(summary["stages"]["grpo"]["modes"]) == {"slow"}  # slow-only models: no wasted fast/auto runs
+    assert summary["stages"]["grpo"]["sampled_hard"]["k"] == 2
+    assert {c["claim"].split(" (")[0] for c in summary["claims"]} >= {"/no_think compliance >= 99%"}
+    table = (out / "summary.md").read_text()
+    assert "| 2 dual system |" in table and "slow L3 sampled" in table and " s |" not in table  # no wall time
+    assert table in stdout
+    report = (out / "report.md").read_text()
+    for section in ("## Summary", "## Wall time per stage", "## Accuracy and mean tokens per mode and difficulty",
+                    "## Accuracy against tokens", "## Training curves", "## Commands"):  # fmt: skip
+        assert section in report, section
+    assert (out / "accuracy_tokens.png").stat().st_size > 0 and (out / "training_curves.png").stat().st_size > 0
+    card = (out / "dual_system" / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["library_name"] == "transformers" and "dual-system" in meta["tags"]
+    for section in ("## Modes", "## Evaluation", "## Data and configs", "/no_think", "/auto_think", "<think>"):
+        assert section in card, section
+    assert "recipes/configs/tiny/grpo_arithmetic.yaml" in card
+
+
+def test_the_final_model_loads_and_renders_every_mode(quick_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, _ = quick_run
+    folder = out / "dual_system"
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert model.config.vocab_size >= len(tok)
+    for tag in ("/no_think", "/think", "/auto_think"):
+        text = tok.apply_chat_template([{"role": "user", "content": f"Compute 1+2. {tag}"}], tokenize=False,
+                                       add_generation_prompt=True)  # fmt: skip
+        assert text.rstrip().endswith("assistant") or "<think>" in text, text
+        assert tag in text
+    fast = tok.apply_chat_template([{"role": "user", "content": "Compute 1+2."}], tokenize=False,
+                                   add_generation_prompt=True, enable_thinking=False)  # fmt: skip
+    assert "<think>\n\n</think>" in fast
+
+
+def test_a_rerun_skips_every_stage_and_prints_the_same_summary(quick_run):
+    out, _ = quick_run
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
+    table = (out / "summary.md").read_text()
+    cmd = [sys.executable, "recipes/pipeline.py", "--config", str(TINY), "--quick", "--run_dir", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stderr.count("skip (done)") == 4
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")} == before
+    assert (out / "summary.md").read_text() == table
+    refused = subprocess.run(cmd + ["--think_format", "pangu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "built with think_format 'qwen3'" in refused.stderr
