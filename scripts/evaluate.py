@@ -28,7 +28,7 @@ from train.core.checks import exact_match
 from train.core.cli import setup_logging
 from train.core.device import detect_device, model_dtype
 from train.core.loading import load_model_and_tokenizer
-from train.core.sources import add_source_arguments, load_source_from
+from train.core.sources import add_source_arguments
 from train.eval import benchmarks
 from train.eval.evaluation import evaluate, markdown_table, write_results
 
@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.data:
         records = benchmarks.load_benchmark(args.data, args.format, args.limit, hint=not args.no_hint)
     else:
-        records = load_source_from(args, limit=args.limit)
+        # Benchmark conversion keeps multiple choice as task `choice`, scored on the option letter.
+        records = benchmarks.load_benchmark_from(args, limit=args.limit, hint=not args.no_hint)
     device = detect_device() if args.device == "auto" else args.device
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype or model_dtype(device))
     model.to(device)
