@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import importlib.util
 import json
 import threading
@@ -10,10 +12,20 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import torch
 
 from train.core.loading import load_model, load_tokenizer
 from train.core.modes import PANGU_THINK, QWEN3_THINK
-from train.sampling import PassRate, Reply, SamplerConfig, SamplingParams, make_sampler, pass_rates
+from train.sampling import (
+    PassRate,
+    Reply,
+    SamplerConfig,
+    SamplingParams,
+    add_sampler_arguments,
+    make_sampler,
+    pass_rates,
+    sampler_config_from_args,
+)
 from train.sampling.endpoint import EndpointClient, EndpointSampler, RateLimiter
 from train.sampling.self_repair import RepairingSampler
 from train.sampling.transformers import TransformersSampler
@@ -247,3 +259,30 @@ def test_make_sampler_picks_the_backend_by_config(tiny, tiny_model_dir):
     if importlib.util.find_spec("vllm") is None:
         with pytest.raises(ImportError, match="fastslow\\[vllm\\]"):
             make_sampler(SamplerConfig(backend="vllm", model=str(tiny_model_dir)), think=QWEN3_THINK)
+
+
+# --------------------------------------------------------------------------------------------- shared flags
+
+
+def test_scripts_share_the_sampler_config_flags():
+    """add_sampler_arguments: one flag per SamplerConfig field, both spellings, its help and checks."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model")
+    add_sampler_arguments(parser, skip=("model",), defaults={"batch_size": 8})
+    args = parser.parse_args(["--model", "m", "--backend", "endpoint", "--base-url", "http://127.0.0.1:9/v1",
+                              "--gpu_memory_utilization", "0.6", "--trust-remote-code", "--max_model_len", "none",
+                              "--requests-per-second", "2.5", "--self_repair", "false"])  # fmt: skip
+    config = sampler_config_from_args(args, concurrency=3)
+    assert config == SamplerConfig(backend="endpoint", model="m", base_url="http://127.0.0.1:9/v1", batch_size=8,
+                                   gpu_memory_utilization=0.6, trust_remote_code=True, requests_per_second=2.5,
+                                   concurrency=3)  # fmt: skip
+    flags = {a.dest for a in parser._actions} - {"help", "model"}
+    assert flags == {f.name for f in dataclasses.fields(SamplerConfig)} - {"model"}
+    assert "share of GPU memory" in parser.format_help()  # the dataclass's help
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--backend", "grpc"])
+    with pytest.raises(ValueError, match="not SamplerConfig fields"):
+        add_sampler_arguments(argparse.ArgumentParser(), skip=("temperature",))
+    cpu = sampler_config_from_args(parser.parse_args(["--backend", "auto"]))
+    assert cpu.backend == ("vllm" if importlib.util.find_spec("vllm") and torch.cuda.is_available()
+                           else "transformers")  # fmt: skip
