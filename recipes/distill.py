@@ -17,12 +17,16 @@ Each of ``iterations`` rounds:
 
 A rerun resumes after the last complete iteration, and only under the configuration recorded in
 ``<output_dir>/run_config.json`` (another is refused, naming the keys; delete ``output_dir`` to start over).
-Measurement, selection, merging and evaluation run on the main process while the others wait; training runs on all
-of them. Every key can be overridden on the command line.
+Under ``accelerate launch`` every process samples its share of the prompts for the pass rates and the evaluation,
+from its own copy of the checkpoint folder loaded outside the training's ZeRO-3/FSDP context, with the backend the
+``sampler_*`` keys choose (transformers on the process's device, vLLM per process, or an endpoint); the replies are
+gathered in order (:mod:`train.sampling.sharded`). Training runs on all of them; the main process merges (streamed,
+from the saved folders) and writes the files. Every key can be overridden on the command line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import asdict
@@ -56,8 +60,12 @@ ARG_CLASSES = (DistillConfig, SFTConfig, ModelConfig)
 
 def main(argv: list[str] | None = None) -> Path:
     cfg, training_args, model_args = parse_args(ARG_CLASSES, argv)
+    # The sampling phases load the same checkpoints as training: remote code trusted for one is trusted for both.
+    cfg = dataclasses.replace(
+        cfg, sampler_trust_remote_code=cfg.sampler_trust_remote_code or training_args.trust_remote_code
+    )
     # The process group comes from the training arguments so that it gets their `ddp_timeout`: the other ranks wait
-    # at a barrier while the main process samples, which at scale takes far longer than torch's default timeout.
+    # at a barrier while the main process merges and writes.
     _ = training_args.device
     state = PartialState()
     # trl's default log level is "passive" (warnings only); the loop's progress is worth seeing on the main process.
@@ -82,30 +90,35 @@ def main(argv: list[str] | None = None) -> Path:
     if start:
         logger.info("resuming after iteration %d (%s)", start - 1, current)
     initial_metrics = output_dir / "initial_metrics.json"
-    if start == 0 and cfg.eval_initial and state.is_main_process and not initial_metrics.exists():
-        write_json(initial_metrics, evaluate_checkpoint(initial, {"held_out": held_out}, cfg, think, state.device))
+    if start == 0 and cfg.eval_initial and not initial_metrics.exists():
+        metrics = evaluate_checkpoint(initial, {"held_out": held_out}, cfg, think, state)  # every process: sharded
+        if state.is_main_process:
+            write_json(initial_metrics, metrics)
 
     for t in range(start, cfg.iterations):
         it_dir = iteration_dir(output_dir, t)
         began = time.time()
-        # 3. Complexity and selection (main process; the others wait for the selected set).
-        if state.is_main_process and not (it_dir / "selected.jsonl").exists():
-            select_iteration(current, pool, cfg, it_dir, t, seed, think, state.device)
-            fault_point("selection")  # FASTSLOW_FAULT (train/core/fingerprint.py): the reliability tests' kill
+        # 3. Complexity and selection: every process samples its share of the candidates; the main one writes.
+        if not (it_dir / "selected.jsonl").exists():
+            select_iteration(current, pool, cfg, it_dir, t, seed, think, state)
+            if state.is_main_process:
+                fault_point("selection")  # FASTSLOW_FAULT (train/core/fingerprint.py): the reliability tests' kill
         state.wait_for_everyone()
         # 4. Training (all processes).
         student = train_student(current, it_dir, training_args, model_args, cfg)
         state.wait_for_everyone()
-        # 5. Merge and evaluate (main process).
+        # 5. Merge (main process, streamed from the saved folders), then evaluate (every process, sharded).
+        method = cfg.merge_method if t > 0 else "none"  # nothing earlier to merge with in the first round
         if state.is_main_process:
-            method = cfg.merge_method if t > 0 else "none"  # nothing earlier to merge with in the first round
             merge_models(method, current, student, it_dir / "model", base=initial, weights=cfg.merge_weights,
                          parameters=cfg.merge_parameters())  # fmt: skip
-            record_sets = {"held_out": held_out}
-            if cfg.track_first_iteration:
-                first = read_records(iteration_dir(output_dir, 0) / "selected.jsonl")[: cfg.track_first_iteration]
-                record_sets["first_iteration_data"] = first
-            metrics = {"iteration": t, **evaluate_checkpoint(it_dir / "model", record_sets, cfg, think, state.device)}
+        state.wait_for_everyone()
+        record_sets = {"held_out": held_out}
+        if cfg.track_first_iteration:
+            first = read_records(iteration_dir(output_dir, 0) / "selected.jsonl")[: cfg.track_first_iteration]
+            record_sets["first_iteration_data"] = first
+        metrics = {"iteration": t, **evaluate_checkpoint(it_dir / "model", record_sets, cfg, think, state)}
+        if state.is_main_process:
             write_json(it_dir / "metrics.json", metrics)
             fault_point("evaluation")
             write_manifest(it_dir, iteration=t, started_from=str(current), student=str(student), merge_method=method,

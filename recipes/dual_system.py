@@ -5,8 +5,9 @@
 
 1. **Fusion data** (:mod:`train.dual_system.fusion`): the starting model's pass rates in fast and slow mode label
    every prompt fast or slow; targets are the shortest correct replies; each prompt gives ``/no_think``,
-   ``/think``, untagged and ``/auto_think`` records. Built once on the main process (the others wait), resumable,
-   or read from ``fusion_file``.
+   ``/think``, untagged and ``/auto_think`` records. Built once, resumable, or read from ``fusion_file``; under
+   ``accelerate launch`` every process samples its share of the prompts (``sampler_*`` keys: transformers, vLLM
+   per process, or an endpoint) and the main process writes.
 2. **Phase 1, explicit tags**: ``/no_think``, ``/think`` and untagged records, with a ``phase1_slow_replay`` share of
    slow-mode replay rows (``replay_files``, e.g. the Stage-1 SFT data) so slow reasoning is not forgotten, and a
    ``phase1_fast_share`` of fast-pool rows (``fast_files``). Prompts held out for phase-2 labelling
@@ -64,6 +65,10 @@ RL_KEYS = ("dual_system.rl_*",)
 
 def main(argv: list[str] | None = None) -> Path:
     args, training_args, model_args = parse_args(ARG_CLASSES, argv)
+    # The sampling phases load the same checkpoints as training: remote code trusted for one is trusted for both.
+    args = dataclasses.replace(
+        args, sampler_trust_remote_code=args.sampler_trust_remote_code or training_args.trust_remote_code
+    )
     setup_logging(training_args.get_process_log_level())
     # Resume only under the recorded configuration (delete output_dir to start over under another). The RL phase is
     # never resumed, only run after the saved phases, so its keys may change between runs.
@@ -76,7 +81,8 @@ def main(argv: list[str] | None = None) -> Path:
     # 1. Setup: the starting model labels the prompts (fusion data, built once, on the main process).
     model, tokenizer = load_for_training(model_args, args.think_start, args.think_end)
     think = ThinkFormat.from_tokenizer(tokenizer)
-    rows = fusion_rows(args, training_args, model, tokenizer)
+    source = Path(model_args.model_name_or_path)  # the folder of the latest model: the final save copies it
+    rows = fusion_rows(args, training_args, model, tokenizer, source)
     logger.info("fusion data: %d records", len(rows))
     split = split_prompts(rows, args)  # phase-1 rows; prompts held out for the phase-2 labels
     later_args = dataclasses.replace(model_args, use_peft=False)  # a PeftModel is not wrapped twice
@@ -86,12 +92,12 @@ def main(argv: list[str] | None = None) -> Path:
     if args.phase1_steps and phase_done(Path(p1.output_dir)):
         logger.info("phase 1 already done: loading %s", p1.output_dir)
         model, tokenizer = load_phase(Path(p1.output_dir), model_args, args)
-        model_args = later_args
+        model_args, source = later_args, Path(p1.output_dir)
     elif args.phase1_steps:
         size = rows_per_phase(args, training_args, args.phase1_steps)
         data = phase1_dataset(split.phase1, args, size, training_args.seed, think=think, held=split.held)
         model = run_sft_phase("phase 1", model, tokenizer, data, p1, model_args, {"phase": 1})
-        model_args = later_args
+        model_args, source = later_args, Path(p1.output_dir)
 
     # 3. Phase 2: /auto_think emphasis, labelled again by the phase-1 model, difficulty mix from its pass rates.
     rows = split.phase1
@@ -100,20 +106,24 @@ def main(argv: list[str] | None = None) -> Path:
         logger.info("phase 2 already done: loading %s", p2.output_dir)
         model, tokenizer = load_phase(Path(p2.output_dir), model_args, args)
         rows = saved_phase2_rows(args, training_args, split)  # the RL phase uses the phase-2 labels too
+        source = Path(p2.output_dir)
     elif args.phase2_steps:
-        rows = phase2_rows(args, training_args, model, tokenizer, split)
+        rows = phase2_rows(args, training_args, model, tokenizer, split, source)
         size = rows_per_phase(args, training_args, args.phase2_steps)
         data, weights = phase2_dataset(rows, args, size, training_args.seed + 1, think=think)
         logger.info("phase 2 difficulty mix: %s", weights)
         info = {"phase": 2, "difficulty_mix": weights}
         model = run_sft_phase("phase 2", model, tokenizer, data, p2, model_args, info)
+        source = Path(p2.output_dir)
 
     # 4. Optional RL for the mode choice.
     if args.rl_steps:
         model = run_rl(model, tokenizer, rows, args, training_args)
+        source = Path(training_args.output_dir) / "rl"
 
-    # 5. Save the final model where the next stage (or scripts/evaluate.py) loads it.
-    return save_final(model, tokenizer, Path(training_args.output_dir), args.merge_lora)
+    # 5. The final model where the next stage (or scripts/evaluate.py) loads it: the last phase's saved files (each
+    # phase saves through trainer.save_model, which gathers ZeRO-3/FSDP shards).
+    return save_final(source, Path(training_args.output_dir), args.merge_lora)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ mode-choice reward of its RL phase. Its stages' data: tests/test_dual_system_dat
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -110,7 +111,13 @@ def test_rerun_after_phase2_gives_rl_the_phase2_labels(tiny_model_dir, arithmeti
     relabelled = [{**json.loads(x), "marker": "phase2"} for x in labelled.read_text().splitlines()]
     write_jsonl(labelled, relabelled)  # tells the phase-2 labels from the start model's
     seen = {}
-    monkeypatch.setattr(dual_system, "run_rl", lambda model, tok, rows, *a: seen.setdefault("rows", rows) and model)
+
+    def fake_rl(model, tok, rows, args, training_args):
+        seen["rows"] = rows
+        shutil.copytree(out / "phase2", out / "rl")  # where the RL phase saves; the final model is copied from it
+        return model
+
+    monkeypatch.setattr(dual_system, "run_rl", fake_rl)
     # Phases 1 and 2 are done: only the RL phase runs, on the phase-1 model's labels (not the start model's).
     dual_system.main(_args(tiny_model_dir, arithmetic_data_dir / "train.jsonl", out, "--max_prompts", "8",
                            "--rl_steps", "1"))  # fmt: skip

@@ -5,28 +5,40 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from train.core.args import ModelFormatArguments
+from train.core.sources import DatasetArguments
 from train.distill.loop import MERGE_METHODS
 from train.distill.selection import SelectionConfig
+from train.sampling.params import BACKENDS
+from train.sampling.sharded import SamplerArguments
 
 SELECTIONS = ("model_aware", "random")
 
 
 @dataclass
-class DistillConfig(SelectionConfig, ModelFormatArguments):
+class DistillConfig(SelectionConfig, ModelFormatArguments, SamplerArguments, DatasetArguments):
     """Options of the distillation loop.
 
     Selection options are inherited from :class:`~train.distill.selection.SelectionConfig`, the think delimiters
-    and LoRA saving from :class:`~train.core.args.ModelFormatArguments`. Iteration ``t`` draws its selection with
-    the seed ``selection_seed + t``; ``selection_seed`` is its own key, independent of the training ``seed`` (which
-    seeds the complexity sampling and the candidate draw), so two runs can share their data and differ in training,
-    or the reverse.
+    and LoRA saving from :class:`~train.core.args.ModelFormatArguments`, the sampling backend of the pass rates
+    and the evaluation (``sampler_*``) from :class:`~train.sampling.sharded.SamplerArguments`, a data set by name
+    for the pool (and ``dataset_eval_split`` for the held-out records) from
+    :class:`~train.core.sources.DatasetArguments`. Iteration ``t``
+    draws its selection with the seed ``selection_seed + t``; ``selection_seed`` is its own key, independent of the
+    training ``seed`` (which seeds the complexity sampling and the candidate draw), so two runs can share their data
+    and differ in training, or the reverse.
     """
 
     train_file: str | None = field(
         default=None,
-        metadata={"help": "Pool of verified teacher data: records with a `response` (scripts/select_data.py verify)."},
+        metadata={
+            "help": "Pool of verified teacher data: records with a `response` (scripts/select_data.py verify); "
+            "dataset_name adds a data set's rows (a preset with responses, e.g. openr1-math)."
+        },
     )
-    eval_file: str | None = field(default=None, metadata={"help": "Held-out records (prompt, answer) for accuracy."})
+    eval_file: str | None = field(
+        default=None,
+        metadata={"help": "Held-out records (prompt, answer) for accuracy (or dataset_eval_split of dataset_name)."},
+    )
     iterations: int = field(default=2, metadata={"help": "Distillation iterations T."})
     candidates_per_iteration: int | None = field(
         default=None,
@@ -43,17 +55,27 @@ class DistillConfig(SelectionConfig, ModelFormatArguments):
     )
     complexity_samples: int = field(default=8, metadata={"help": "Replies sampled per prompt to measure pass rates."})
     complexity_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature for pass rates."})
-    complexity_backend: str = field(
-        default="transformers", metadata={"help": "`transformers`, `vllm`, or `auto` (vLLM when it and a GPU exist)."}
+    complexity_backend: str | None = field(
+        default=None,
+        metadata={
+            "help": "Backend of the pass-rate sampling: `transformers`, `vllm`, `endpoint`, or `auto` (vLLM when it "
+            "and a GPU exist); None: sampler_backend (which the evaluation uses)."
+        },
     )
-    complexity_gpu_memory_utilization: float = field(
-        default=0.5, metadata={"help": "vLLM complexity backend: share of the main process's GPU it may take."}
+    complexity_gpu_memory_utilization: float | None = field(
+        default=None,
+        metadata={
+            "help": "vLLM pass rates: share of each process's GPU the engine may take (None: "
+            "sampler_gpu_memory_utilization). Training's memory is released before the engine starts."
+        },
     )
     mode: str | None = field(
         default=None, metadata={"help": "Mode tag for sampling and evaluation (slow, fast); None keeps the prompts'."}
     )
     max_new_tokens: int = field(default=256, metadata={"help": "Longest sampled or evaluated reply, in tokens."})
-    generation_batch_size: int = field(default=64, metadata={"help": "Prompts per generate() call."})
+    generation_batch_size: int = field(
+        default=64, metadata={"help": "Prompts per generate() call, on each process (transformers backend)."}
+    )
     merge_method: str = field(
         default="ema", metadata={"help": f"Merge of the new student with the previous model: one of {MERGE_METHODS}."}
     )
@@ -75,10 +97,13 @@ class DistillConfig(SelectionConfig, ModelFormatArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        DatasetArguments.__post_init__(self)  # not reached through SelectionConfig's __post_init__
         if self.selection not in SELECTIONS:
             raise ValueError(f"selection {self.selection!r}; expected one of {SELECTIONS}")
         if self.merge_method not in MERGE_METHODS:
             raise ValueError(f"merge_method {self.merge_method!r}; expected one of {MERGE_METHODS}")
+        if self.complexity_backend not in (None, "auto", *BACKENDS):
+            raise ValueError(f"complexity_backend {self.complexity_backend!r}; expected auto or one of {BACKENDS}")
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
 

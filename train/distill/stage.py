@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import importlib.util
 import json
 import logging
 import random
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig
 
@@ -27,11 +29,14 @@ from train.core.data import DataError, difficulty_bucket, read_records, records_
 from train.core.fingerprint import fault_point
 from train.core.loading import load_model, load_tokenizer
 from train.core.modes import Mode, ThinkFormat
+from train.core.sources import load_source_from
 from train.distill.config import DistillConfig
 from train.distill.loop import has_weights, iteration_dir, write_json
 from train.distill.selection import measure_complexity, plot_histogram, select, statistics
 from train.eval.evaluation import per_prompt_scores
 from train.sampling.base import SamplerConfig, SamplingParams, make_sampler
+from train.sampling.params import Sampler
+from train.sampling.sharded import checkpoint_sampler
 from train.sft import build_sft_trainer, load_for_training, save_trained, sft_dataset
 
 logger = logging.getLogger(__name__)
@@ -45,20 +50,49 @@ def load_generation_model(
     return load_model(path, tokenizer=tokenizer).to(device), tokenizer
 
 
+def phase_sampler_config(cfg: DistillConfig, model_path: str | Path, pass_rates: bool = False) -> SamplerConfig:
+    """The sampler of a sampling phase on the checkpoint ``model_path``: the ``sampler_*`` keys, with
+    ``generation_batch_size``; pass rates take ``complexity_backend`` and ``complexity_gpu_memory_utilization``
+    when set (``auto``: vLLM when it is installed and a GPU is visible)."""
+    backend = (cfg.complexity_backend if pass_rates else None) or cfg.sampler_backend
+    if backend == "auto":
+        backend = (
+            "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "transformers"
+        )
+    options: dict[str, Any] = {"backend": backend, "batch_size": cfg.generation_batch_size}
+    if pass_rates and cfg.complexity_gpu_memory_utilization is not None:
+        options["gpu_memory_utilization"] = cfg.complexity_gpu_memory_utilization
+    return cfg.sampler_for(model_path, **options)
+
+
+def release() -> None:
+    """Give a finished phase's memory back (its sampler closed and dropped first), for training or for vLLM."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 # ------------------------------------------------------------------------------------------- candidates
 
 
 def read_pool(cfg: DistillConfig) -> list[dict]:
-    """The pool of verified teacher data, refused up front (naming the file) when it is empty or a record has no
-    response, rather than after the first evaluation when the first iteration finds no prompts to draw."""
-    if not cfg.train_file:
-        raise DataError("train_file: give the pool of verified teacher data (records with a `response`)")
-    pool = read_records(cfg.train_file)
-    if not pool:
-        raise DataError(f"{cfg.train_file}: the pool has no records")
-    if missing := [i for i, r in enumerate(pool, 1) if not r.get("response")]:
-        raise DataError(f"{cfg.train_file}, row {missing[0]}, key 'response': the pool needs teacher responses")
-    return pool
+    """The pool of verified teacher data: ``train_file``'s records, then the ``dataset_name`` data set's (read with
+    its preset and column mapping, :func:`train.core.sources.load_source`). Refused up front (naming the source)
+    when it is empty or a record has no response, rather than after the first evaluation when the first iteration
+    finds no prompts to draw."""
+    if not cfg.train_file and not cfg.dataset_name:
+        raise DataError(
+            "train_file / dataset_name: give the pool of verified teacher data (records with a `response`)"
+        )
+    sources = [(cfg.train_file, read_records(cfg.train_file))] if cfg.train_file else []
+    if cfg.dataset_name:
+        sources.append((f"{cfg.dataset_name} [{cfg.dataset_split}]", load_source_from(cfg)))
+    for name, records in sources:
+        if not records:
+            raise DataError(f"{name}: the pool has no records")
+        if missing := [i for i, r in enumerate(records, 1) if not r.get("response")]:
+            raise DataError(f"{name}, row {missing[0]}, key 'response': the pool needs teacher responses")
+    return [r for _, records in sources for r in records]
 
 
 def used_ids(output_dir: str | Path, t: int) -> set[str]:
@@ -92,33 +126,34 @@ def measure(
     cfg: DistillConfig,
     think: ThinkFormat,
     seed: int,
-    device: torch.device | str = "cpu",
+    state: Any = None,
 ) -> list[float]:
     """The complexity (``1 - pass rate``) of every candidate for the model in ``model_path``.
 
-    Sampling is seeded with ``seed``: unseeded, it draws from torch's global generator, which a fresh process seeds
-    at random, and the same model, pool and seed gave different pass rates, selections and accuracies between runs.
+    Every process must call it: each samples its share of the candidates from its own copy of the checkpoint
+    (:func:`train.sampling.sharded.checkpoint_sampler`) and all get every complexity back, in order. Sampling is
+    seeded with ``seed``: unseeded, it draws from torch's global generator, which a fresh process seeds at random,
+    and the same model, pool and seed gave different pass rates, selections and accuracies between runs.
     """
     start = time.perf_counter()
-    model: Any
-    tokenizer: Any = None
-    if cfg.complexity_backend in ("vllm", "auto"):
-        model = model_path  # sampled from its folder
-    else:
-        model, tokenizer = load_generation_model(model_path, think, device)
-    complexities = measure_complexity(
-        model,
-        tokenizer,
-        candidates,
-        num_samples=cfg.complexity_samples,
-        mode=cfg.mode,
-        temperature=cfg.complexity_temperature,
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.generation_batch_size,
-        backend=cfg.complexity_backend,
-        gpu_memory_utilization=cfg.complexity_gpu_memory_utilization,
-        seed=seed,
-    )
+    sampler = checkpoint_sampler(phase_sampler_config(cfg, model_path, pass_rates=True), think, state)
+    try:
+        complexities = measure_complexity(
+            None,
+            None,
+            candidates,
+            num_samples=cfg.complexity_samples,
+            mode=cfg.mode,
+            temperature=cfg.complexity_temperature,
+            max_new_tokens=cfg.max_new_tokens,
+            seed=seed,
+            sampler=sampler,
+            think=think,
+        )
+    finally:
+        sampler.close()
+        del sampler
+        release()
     logger.info("complexity of %d candidates in %.1fs", len(candidates), time.perf_counter() - start)
     return complexities
 
@@ -132,31 +167,37 @@ def measure_and_select(
     *,
     seed: int,
     iteration: int = 0,
-    device: torch.device | str = "cpu",
+    state: Any = None,
     complexities: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Measure the candidates' complexity (unless ``complexities`` are given), select, and write the selection.
 
     Writes ``complexity.jsonl``, ``selected.jsonl``, ``data_stats.json`` and (model-aware) ``complexity.png`` into
     ``out_dir`` and returns the statistics. Sampling is seeded with ``seed + iteration``, the draw with
-    ``cfg.selection_seed + iteration``; ``random`` selection measures nothing.
+    ``cfg.selection_seed + iteration``; ``random`` selection measures nothing. In a multi-process run every process
+    calls it (the measurement is sharded, :func:`measure`) and the main process writes the files.
     """
+    state = state if state is not None else PartialState()
+    writes = state.is_main_process
     out_dir = Path(out_dir)
     candidates = [{k: v for k, v in r.items() if k != "complexity"} for r in candidates]
     if complexities is None:
         if cfg.selection == "random":
             complexities = [float("nan")] * len(candidates)
         else:
-            complexities = measure(model_path, candidates, cfg, think, seed + iteration, device)
-        write_jsonl(out_dir / "complexity.jsonl", [{**r, "complexity": c} for r, c in zip(candidates, complexities)])
-        fault_point("complexity")  # reliability tests: killed with the complexities written, nothing selected
+            complexities = measure(model_path, candidates, cfg, think, seed + iteration, state)
+        if writes:
+            scored = [{**r, "complexity": c} for r, c in zip(candidates, complexities)]
+            write_jsonl(out_dir / "complexity.jsonl", scored)
+            fault_point("complexity")  # reliability tests: killed with the complexities written, nothing selected
     sel_cfg = cfg.selection_config(iteration)
     selection = select([0.5] * len(candidates) if cfg.selection == "random" else complexities, sel_cfg)
     chosen = [candidates[i] for i in selection.indices]
     stats: dict[str, Any] = {"iteration": iteration, "selection": cfg.selection}
     if cfg.selection == "model_aware":
         stats.update(statistics(candidates, complexities, selection))
-        plot_histogram(complexities, [complexities[i] for i in selection.indices], out_dir / "complexity.png")
+        if writes:
+            plot_histogram(complexities, [complexities[i] for i in selection.indices], out_dir / "complexity.png")
     else:
         by_difficulty = Counter(difficulty_bucket(r.get("difficulty")) for r in chosen)
         stats.update(
@@ -164,9 +205,10 @@ def measure_and_select(
         )
     if chosen and all(r.get("response") for r in chosen):
         stats["mean_response_tokens"] = sum(r.get("num_tokens") or len(r["response"]) for r in chosen) / len(chosen)
-    write_json(out_dir / "data_stats.json", stats)
-    write_jsonl(out_dir / "selected.jsonl", chosen)
-    logger.info("iteration %d: selected %d of %d candidates", iteration, len(chosen), len(candidates))
+    if writes:
+        write_json(out_dir / "data_stats.json", stats)
+        write_jsonl(out_dir / "selected.jsonl", chosen)
+        logger.info("iteration %d: selected %d of %d candidates", iteration, len(chosen), len(candidates))
     return stats
 
 
@@ -178,11 +220,12 @@ def select_iteration(
     t: int,
     seed: int,
     think: ThinkFormat,
-    device: torch.device | str = "cpu",
+    state: Any = None,
 ) -> dict[str, Any]:
-    """Main process: iteration ``t``'s candidates, their complexity for ``current``, and the selected set.
+    """Iteration ``t``'s candidates, their complexity for ``current``, and the selected set.
 
-    An interrupted iteration reuses the complexities it measured (``complexity.jsonl``).
+    Every process calls it (the candidates are drawn the same way on each, the sampling is sharded); the main
+    process writes the files. An interrupted iteration reuses the complexities it measured (``complexity.jsonl``).
     """
     scored = it_dir / "complexity.jsonl"
     if scored.exists():
@@ -190,7 +233,7 @@ def select_iteration(
         complexities = [r["complexity"] for r in candidates]
     else:
         candidates, complexities = draw_candidates(pool, cfg, it_dir.parent, t, seed), None
-    return measure_and_select(current, candidates, cfg, it_dir, think, seed=seed, iteration=t, device=device,
+    return measure_and_select(current, candidates, cfg, it_dir, think, seed=seed, iteration=t, state=state,
                               complexities=complexities)  # fmt: skip
 
 
@@ -226,7 +269,7 @@ def train_student(
     del trainer, model
     gc.collect()
     if torch.cuda.is_available():
-        torch.cuda.empty_cache()  # the main process may start vLLM next iteration
+        torch.cuda.empty_cache()  # every process may start vLLM next (pass rates, evaluation)
     return out
 
 
@@ -234,10 +277,16 @@ def train_student(
 
 
 def eval_records(cfg: DistillConfig) -> list[dict]:
-    """The held-out records (at most ``eval_max_samples``), none without an ``eval_file``."""
-    if not cfg.eval_file:
+    """The held-out records (at most ``eval_max_samples``) of ``eval_file`` or of ``dataset_name``'s
+    ``dataset_eval_split``; none without either."""
+    if cfg.eval_file and cfg.dataset_eval_split:
+        raise DataError("eval_file and dataset_eval_split: give one held-out source, not both")
+    if cfg.eval_file:
+        records = read_records(cfg.eval_file)
+    elif cfg.dataset_eval_split:
+        records = load_source_from(cfg, split=cfg.dataset_eval_split, limit=cfg.eval_max_samples)
+    else:
         return []
-    records = read_records(cfg.eval_file)
     return records[: cfg.eval_max_samples] if cfg.eval_max_samples else records
 
 
@@ -267,13 +316,18 @@ def held_out_metrics(
 
 
 def evaluate(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: Sequence[dict], cfg: DistillConfig,
-    think: ThinkFormat,
+    model: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase | None, records: Sequence[dict],
+    cfg: DistillConfig, think: ThinkFormat, sampler: Sampler | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Greedy replies to ``records`` in ``cfg.mode``, scored with the MARS rule checker (:func:`held_out_metrics`)."""
+    """Greedy replies to ``records`` in ``cfg.mode``, scored with the MARS rule checker (:func:`held_out_metrics`).
+
+    Samples with ``sampler`` when given (a :class:`~train.sampling.sharded.ShardedSampler` splits the records across
+    the processes), else with a transformers sampler over the loaded ``model`` on this process alone.
+    """
     if not records:
         return {}
-    sampler = make_sampler(SamplerConfig(batch_size=cfg.generation_batch_size), think, model, tokenizer)
+    if sampler is None:
+        sampler = make_sampler(SamplerConfig(batch_size=cfg.generation_batch_size), think, model, tokenizer)
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens)
     replies = sampler.sample([r["prompt"] for r in records], params, mode=cfg.mode)
     # Without a mode the prompts keep their own tags; the mode only decides compliance, which is not reported.
@@ -286,10 +340,19 @@ def evaluate_checkpoint(
     record_sets: dict[str, Sequence[dict]],
     cfg: DistillConfig,
     think: ThinkFormat,
-    device: torch.device | str = "cpu",
+    state: Any = None,
 ) -> dict[str, dict[str, Any]]:
-    """:func:`evaluate` of the model in ``path`` on each named set of records (``held_out``, ...)."""
-    model, tokenizer = load_generation_model(path, think, device)
-    metrics = {name: evaluate(model, tokenizer, records, cfg, think) for name, records in record_sets.items()}
-    del model
-    return metrics
+    """:func:`evaluate` of the model in ``path`` on each named set of records (``held_out``, ...).
+
+    Every process must call it: each loads the checkpoint whole (outside a live ZeRO-3 / FSDP context) on its own
+    device with the ``sampler_*`` backend, answers its share of each set, and all get the same metrics.
+    """
+    if not any(record_sets.values()):
+        return {name: {} for name in record_sets}
+    sampler = checkpoint_sampler(phase_sampler_config(cfg, path), think, state)
+    try:
+        return {name: evaluate(None, None, records, cfg, think, sampler) for name, records in record_sets.items()}
+    finally:
+        sampler.close()
+        del sampler
+        release()

@@ -7,17 +7,22 @@ from dataclasses import dataclass, field
 
 from train.core.args import ModelFormatArguments
 from train.core.data import difficulty_bucket
+from train.core.sources import DatasetArguments
 from train.dual_system.fusion import FusionBuildConfig
+from train.sampling.sharded import SamplerArguments
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class DualSystemConfig(FusionBuildConfig, ModelFormatArguments):
+class DualSystemConfig(FusionBuildConfig, ModelFormatArguments, SamplerArguments, DatasetArguments):
     """Data, fusion-labelling, phase and RL options of the dual-system recipe (training options: ``SFTConfig``).
 
     The sampling and labelling keys come from :class:`~train.dual_system.fusion.FusionBuildConfig`, the think
-    delimiters and LoRA saving from :class:`~train.core.args.ModelFormatArguments`.
+    delimiters and LoRA saving from :class:`~train.core.args.ModelFormatArguments`, the labelling's sampling backend
+    (``sampler_*``: transformers, vLLM per process, or an endpoint) from
+    :class:`~train.sampling.sharded.SamplerArguments`, a data set of prompts to label by name (``dataset_name``,
+    with its preset and column mapping) from :class:`~train.core.sources.DatasetArguments`.
     """
 
     train_files: list[str] = field(
@@ -134,6 +139,7 @@ class DualSystemConfig(FusionBuildConfig, ModelFormatArguments):
     rl_temperature: float = field(default=1.0, metadata={"help": "GRPO sampling temperature."})
 
     def __post_init__(self) -> None:
+        DatasetArguments.__post_init__(self)  # the dataclass chain does not call it
         # The checks stay in __post_init__ itself: tests/test_configs.py does not count a read here as a key's use.
         if not 0.0 <= self.phase1_slow_replay < 1.0:
             raise ValueError(f"phase1_slow_replay={self.phase1_slow_replay} must be in [0, 1)")

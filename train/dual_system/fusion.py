@@ -31,10 +31,12 @@ import logging
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from rewards.math import verify_answer
@@ -49,6 +51,7 @@ from train.eval.labels import FAST, SLOW, LabelRule, label_from_rates
 from train.sampling.base import Sampler, SamplerConfig, SamplingParams, make_sampler
 from train.sampling.params import chunk_seed
 from train.sampling.reply import Reply
+from train.sampling.sharded import ShardedSampler
 
 logger = logging.getLogger(__name__)
 
@@ -468,6 +471,8 @@ def sample_replies(
 
 def prefilled(sampler: Sampler) -> Sampler:
     """A copy of ``sampler`` whose prompts end with an empty think block (Qwen3's ``enable_thinking=False``)."""
+    if isinstance(sampler, ShardedSampler):
+        return sampler.with_inner(prefilled)
     if not isinstance(getattr(sampler, "chat_template_kwargs", None), dict):
         raise ValueError(
             f"{type(sampler).__name__} cannot prefill the empty think block; use the transformers sampler or "
@@ -526,6 +531,7 @@ def build_fusion(
     *,
     sampler: Sampler | None = None,
     seed: int | None = None,
+    state: Any = None,
 ) -> dict[str, Any]:
     """Label ``records`` with the model's pass rates and write the fusion data set to ``out_dir``.
 
@@ -541,39 +547,56 @@ def build_fusion(
     build resumes where it stopped, under the configuration recorded in ``run_config.json``), ``fusion.jsonl``
     (the tagged training records), ``stats.json`` and
     ``labels.png``. Returns the statistics.
+
+    In a multi-process run every process calls it with a :class:`~train.sampling.sharded.ShardedSampler` (each
+    samples its share of every chunk, all get the whole chunk back); the main process (of accelerate's ``state``)
+    writes the files.
     """
+    state = state if state is not None else PartialState()
+    writes = state.is_main_process
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     check = check or get_check(config.check)
     rule = config.rule()
     sampler = sampler or make_sampler(config.sampler_config(), model=model, tokenizer=tokenizer)
     records = merge_prompts(records)
     ids = [r["id"] for r in records]
-    # Labels of another configuration must not be mixed with this one's (ResumeConfigError names the keys).
-    check_run_config(out / RUN_CONFIG, fusion_run_config(config, seed, sampler.think))
-    done = _read_done(out / "labels.jsonl")
-    # Rewrite what was kept, so a torn last line never glues itself to the first new one.
-    write_jsonl(out / "labels.jsonl", [asdict(r) for r in done.values()])
+    labels = out / "labels.jsonl"
+    if writes:
+        out.mkdir(parents=True, exist_ok=True)
+        # Labels of another configuration must not be mixed with this one's (ResumeConfigError names the keys).
+        check_run_config(out / RUN_CONFIG, fusion_run_config(config, seed, sampler.think))
+        done = _read_done(labels)
+        # Rewrite what was kept, so a torn last line never glues itself to the first new one.
+        write_jsonl(labels, [asdict(r) for r in done.values()])
+    state.wait_for_everyone()
+    if not writes:
+        done = _read_done(labels)  # what the main process kept: every process labels the same chunks
     todo = [(i, r) for i, r in zip(ids, records) if i not in done]
-    if done:
+    if done and writes:
         logger.info("resuming: %d of %d prompts already labelled", len(records) - len(todo), len(records))
-    with (out / "labels.jsonl").open("a", encoding="utf-8") as f:
+    with labels.open("a", encoding="utf-8") if writes else nullcontext() as f:
         for start in tqdm(range(0, len(todo), config.chunk_size), desc="fusion labels", leave=False):
             chunk = [{**r, "id": i} for i, r in todo[start : start + config.chunk_size]]
             draw = None if seed is None else chunk_seed(seed, str(chunk[0]["id"]))
             for result in _label_chunk(sampler, tokenizer, chunk, config, rule, check, judge, draw):
-                f.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
+                if f is not None:
+                    f.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
                 done[result.id] = result
-            f.flush()
+            if f is not None:
+                f.flush()
     results = [done[i] for i in ids]
     by_id = {i: r for i, r in zip(ids, records)}
     rows = [row for res in results for row in fusion_records({**by_id[res.id], "id": res.id}, res)]
-    write_jsonl(out / "fusion.jsonl", rows)
     stats = statistics(results)
     stats["records"] = len(rows)
-    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
-    plot_labels(stats, out / "labels.png")
-    logger.info("fusion data: %d prompts, labels %s, %d records -> %s", len(results), stats["labels"], len(rows), out)
+    if writes:
+        write_jsonl(out / "fusion.jsonl", rows)
+        (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+        plot_labels(stats, out / "labels.png")
+        logger.info(
+            "fusion data: %d prompts, labels %s, %d records -> %s", len(results), stats["labels"], len(rows), out
+        )
+    state.wait_for_everyone()
     return stats
 
 

@@ -1,8 +1,12 @@
 """The dual-system recipe's stages: fusion labels, the SFT phases (each saved, skipped once done, resumed from its
 last checkpoint), the phase-2 relabelling and the final save.
 
-Data is labelled on the main process while the others wait (``main_process_first``), so a multi-process run builds
-each fusion data set once. A LoRA run keeps one adapter through every phase: the phase model stays a ``PeftModel``.
+Data is labelled by every process at once: each samples its share of the prompts and the main process writes
+(:func:`train.dual_system.fusion.build_fusion` with a :class:`~train.sampling.sharded.ShardedSampler`). The model
+labelled with is the one in memory where that is a whole model on each process (one process, DDP), else (ZeRO-3,
+FSDP, or a vLLM / endpoint backend) the saved folder, loaded outside the training's sharding. A LoRA run keeps one
+adapter through every phase: the phase model stays a ``PeftModel``. The final model is copied from the last saved
+phase (each saved by ``trainer.save_model``, which gathers sharded weights), never saved from rank 0's shard.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import copy
 import dataclasses
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +27,14 @@ from trl import ModelConfig
 
 from train.core.configs import SFTConfig
 from train.core.data import DataError, load_records, read_records
+from train.core.modes import ThinkFormat
+from train.core.sources import load_source_from
 from train.dual_system.config import DualSystemConfig
 from train.dual_system.data import PromptSplit, with_phase2_labels
 from train.dual_system.fusion import build_fusion, merge_prompts, prompts_of_fusion
-from train.sft import build_sft_trainer, load_for_training, save_trained
+from train.merging.lora import is_adapter
+from train.sampling.sharded import ShardedSampler, checkpoint_sampler, is_sharded_training
+from train.sft import build_sft_trainer, load_for_training, merge_saved_adapter, save_trained
 
 logger = logging.getLogger(__name__)
 
@@ -36,45 +45,96 @@ DONE = "phase_done.json"
 # ------------------------------------------------------------------------------------------------ fusion data
 
 
-def fusion_rows(args: DualSystemConfig, training_args: SFTConfig, model: Any, tokenizer: Any) -> list[dict]:
-    """The fusion records: read from ``fusion_file``, or built on the main process while the others wait."""
+def labelling_sampler(
+    args: DualSystemConfig, source: str | Path, model: Any, tokenizer: Any, scratch: Path
+) -> ShardedSampler:
+    """The sampler that labels prompts with the model saved in ``source`` (``model`` is the same one in memory).
+
+    The in-memory model serves when it is whole on every process (transformers backend, no ZeRO-3/FSDP): no second
+    copy. Else the folder is loaded on each process outside the sharding (a LoRA folder is first merged into its
+    base, streamed, by the main process, into ``scratch``) or handed to vLLM / the endpoint.
+    """
+    state = PartialState()
+    think = ThinkFormat.from_tokenizer(tokenizer)
+    config = args.sampler_for(source, batch_size=args.batch_size, self_repair=args.self_repair)
+    if config.backend == "transformers" and model is not None and not is_sharded_training():
+        model.to(state.device)
+        return checkpoint_sampler(config, think, state, model=model, tokenizer=tokenizer)
+    if is_adapter(source):
+        merged = scratch / "labelling_model"
+        if state.is_main_process and not (merged / "config.json").exists():
+            merge_saved_adapter(source, merged)
+        state.wait_for_everyone()
+        config = dataclasses.replace(config, model=str(merged))
+    return checkpoint_sampler(config, think, state)
+
+
+def label(
+    args: Any, source: str | Path, model: Any, tokenizer: Any, records: list[dict], out: Path, seed: int
+) -> None:
+    """Build the fusion data of ``records`` in ``out`` on every process (sharded), then free the sampler."""
+    sampler = labelling_sampler(args, source, model, tokenizer, out)
+    try:
+        build_fusion(None, tokenizer, records, args, out, sampler=sampler, seed=seed, state=sampler.state)
+    finally:
+        sampler.close()
+
+
+def fusion_rows(
+    args: DualSystemConfig, training_args: SFTConfig, model: Any, tokenizer: Any, source: str | Path | None = None
+) -> list[dict]:
+    """The fusion records: read from ``fusion_file``, or built by every process from :func:`prompt_records` (the
+    starting model's folder is ``source``, default ``model.name_or_path``)."""
     if args.fusion_file:
         return read_records(args.fusion_file, validate=False)
     out = Path(args.fusion_dir or Path(training_args.output_dir) / "fusion")
-    if not args.train_files:
-        raise DataError("train_files: give prompt records to label (or a prebuilt fusion_file)")
-    with training_args.main_process_first(desc="fusion data", local=False):
-        if not (out / "fusion.jsonl").exists():
-            records = merge_prompts([r for f in args.train_files for r in load_records(f).to_list()])
-            records = records[: args.max_prompts] if args.max_prompts else records
-            model.to(PartialState().device)
-            build_fusion(model, tokenizer, records, args, out, seed=training_args.seed)
+    if not args.train_files and not args.dataset_name:
+        raise DataError("train_files: give prompt records to label, a dataset_name, or a prebuilt fusion_file")
+    if not (out / "fusion.jsonl").exists():
+        records = merge_prompts(prompt_records(args))
+        records = records[: args.max_prompts] if args.max_prompts else records
+        label(args, source or model.name_or_path, model, tokenizer, records, out, training_args.seed)
+    PartialState().wait_for_everyone()
     return read_records(out / "fusion.jsonl", validate=False)
 
 
+def prompt_records(args: DualSystemConfig) -> list[dict]:
+    """The prompts to label: ``train_files``' records, then the ``dataset_name`` data set's (its preset and column
+    mapping, :func:`train.core.sources.load_source`; only ``max_prompts`` rows read when it is the only source)."""
+    records = [r for f in args.train_files for r in load_records(f).to_list()]
+    if args.dataset_name:
+        records += load_source_from(args, limit=None if args.train_files else args.max_prompts)
+    return records
+
+
 def relabel(
-    args: DualSystemConfig, training_args: SFTConfig, model: Any, tokenizer: Any, split: PromptSplit
-) -> list[dict]:
+    args: DualSystemConfig, training_args: SFTConfig, model: Any, tokenizer: Any, split: PromptSplit,
+    source: str | Path | None = None,
+) -> list[dict]:  # fmt: skip
     """Fusion records labelled again by the current (phase-1) model, sampling with the mode tags it has learned.
 
-    Labels ``split.labelled`` and the ``phase2_files`` prompts (``split.extra``), once, on the main process.
+    Labels ``split.labelled`` and the ``phase2_files`` prompts (``split.extra``), once, on every process (sharded);
+    ``source`` is the phase-1 folder, loaded when the model in memory is sharded.
     """
     out = Path(training_args.output_dir) / "fusion_phase2"
-    with training_args.main_process_first(desc="phase-2 fusion data", local=False):
-        if not (out / "fusion.jsonl").exists():
-            config = dataclasses.replace(args, sample_tags=True)
-            prompts = prompts_of_fusion(split.labelled) + list(split.extra)
-            build_fusion(model, tokenizer, prompts, config, out, seed=training_args.seed + 1)
+    if not (out / "fusion.jsonl").exists():
+        config = dataclasses.replace(args, sample_tags=True)
+        prompts = prompts_of_fusion(split.labelled) + list(split.extra)
+        label(config, source or Path(training_args.output_dir) / "phase1", model, tokenizer, prompts, out,
+              training_args.seed + 1)  # fmt: skip
+    PartialState().wait_for_everyone()
     return read_records(out / "fusion.jsonl", validate=False)
 
 
 def phase2_rows(
-    args: DualSystemConfig, training_args: SFTConfig, model: Any, tokenizer: Any, split: PromptSplit
-) -> list[dict]:
+    args: DualSystemConfig, training_args: SFTConfig, model: Any, tokenizer: Any, split: PromptSplit,
+    source: str | Path | None = None,
+) -> list[dict]:  # fmt: skip
     """The fusion rows phase 2 trains on: labelled by the phase-1 model (``relabel_before_phase2``), else phase 1's."""
     if not args.relabel_before_phase2:
         return split.phase1
-    rows = with_phase2_labels(relabel(args, training_args, model, tokenizer, split), split.phase1, split.to_label)
+    rows = relabel(args, training_args, model, tokenizer, split, source)
+    rows = with_phase2_labels(rows, split.phase1, split.to_label)
     logger.info("phase-2 fusion data (labelled by the phase-1 model): %d records", len(rows))
     return rows
 
@@ -144,21 +204,26 @@ def load_phase(path: Path, model_args: ModelConfig, args: DualSystemConfig) -> t
     )
 
 
-def save_final(model: Any, tokenizer: Any, out: Path, merge_lora: bool) -> Path:
-    """Save the final model where the next stage loads it; a LoRA run saves its adapter there and, with
-    ``merge_lora``, the merged model under ``merged/`` (returned)."""
+def save_final(source: str | Path, out: Path, merge_lora: bool) -> Path:
+    """The final model where the next stage loads it: the files of the last saved phase (``source``; each phase was
+    saved by ``trainer.save_model``, which gathers sharded weights) copied into ``out``; a LoRA run's adapter is
+    copied there and, with ``merge_lora``, merged into its base under ``merged/`` (returned), streamed from disk."""
     state = PartialState()
-    target = out
-    if hasattr(model, "merge_and_unload"):
-        if state.is_main_process:
-            model.save_pretrained(out)
-            tokenizer.save_pretrained(out)
-        if merge_lora:
-            target = out / "merged"
-            model = model.merge_and_unload()
+    source, out = Path(source), Path(out)
     if state.is_main_process:
-        model.save_pretrained(target)
-        tokenizer.save_pretrained(target)
-        logger.info("dual-system model saved to %s", target)
+        copy_model_files(source, out)
+        if is_adapter(out) and merge_lora:
+            merge_saved_adapter(out, out / "merged")
+        logger.info("dual-system model saved to %s (from %s)", out, source)
     state.wait_for_everyone()
-    return target
+    return out / "merged" if is_adapter(out) and merge_lora else out
+
+
+def copy_model_files(source: Path, out: Path) -> None:
+    """The files of a saved model folder (not its sub-folders: checkpoints, merged copies; not ``phase_done.json``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if source.resolve() == out.resolve():
+        return
+    for f in sorted(source.iterdir()):
+        if f.is_file() and f.name != DONE:
+            shutil.copy2(f, out / f.name)
