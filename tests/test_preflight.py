@@ -179,6 +179,16 @@ def test_lora_4bit_and_offload_and_kv_refusal():
     assert not tiny_share.fits and any("KV cache holds 0 tokens" in r for r in tiny_share.reasons)
 
 
+def test_sleep_mode_frees_the_vllm_share_while_training_and_configs_come_as_paths():
+    awake = estimate(PANGU, CONFIGS / "grpo.yaml", ROOT / "recipes/accelerate/zero3.yaml", 80, 8)
+    asleep = estimate(PANGU, recipe("grpo", vllm_enable_sleep_mode=True), accelerate("grpo"), 80, 8)
+    assert awake.training_peak_gb - asleep.training_peak_gb == pytest.approx(32.0)  # the share is not counted
+    # Generating: the 32 GB engine next to the sharded state (16.06 + 2.0 gathered) and the runtime (3 + 4).
+    assert asleep.sampling_peak_gb == pytest.approx(32.0 + 16.06 + 2.0 + 7.0, abs=0.01)
+    with pytest.raises(PreflightError, match="'grpo' is neither a mapping nor a YAML file"):
+        estimate(PANGU, "grpo", None, 80, 8)
+
+
 def test_bad_model_config_names_the_key():
     with pytest.raises(PreflightError, match="missing key 'intermediate_size'"):
         estimate({k: v for k, v in QWEN.items() if k != "intermediate_size"}, recipe("sft"), None, 80, 8)

@@ -38,7 +38,10 @@ import importlib.metadata
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 GB = 1e9
 PROMPT_TOKENS = 1024  # GRPO: assumed prompt length (trl 1.16 has no max_prompt_length); see the table's note
@@ -201,6 +204,8 @@ class MemoryEstimate:
     def table(self) -> str:
         head = (f"{self.kind}: {self.params / 1e9:.2f}B parameters, {self.n_devices} device(s) of "
                 f"{self.device_gb:g} GB")  # fmt: skip
+        if not self.rows:  # merge: nothing on the accelerator
+            return "\n".join([head, "", "verdict: fits (no accelerator memory)"] + [f"- {n}" for n in self.notes])
         lines = [head, "", "| per device | GB | note |", "|---|---:|---|"]
         for r in self.rows:
             lines.append(f"| {r.name if r.counted else f'({r.name})'} | {r.gb:.1f} | {r.note} |")
@@ -332,19 +337,33 @@ def _sampling_phase(shape: ModelShape, recipe: Mapping[str, Any], kind: str, dev
         est.sampling_peak_gb = max(est.sampling_peak_gb, peak)
 
 
+def _mapping(value: Mapping[str, Any] | str | Path | None, what: str) -> dict[str, Any] | None:
+    """A config given as a dict, or as the path of its YAML."""
+    if value is None or isinstance(value, Mapping):
+        return None if value is None else dict(value)
+    path = Path(value)
+    if not path.is_file():
+        raise PreflightError(f"{what}: {value!r} is neither a mapping nor a YAML file (pass the config, not a name)")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, Mapping):
+        raise PreflightError(f"{what}: {path} is not a YAML mapping")
+    return dict(data)
+
+
 def estimate(
     model_config: Mapping[str, Any] | Any,
-    recipe: Mapping[str, Any],
-    accelerate: Mapping[str, Any] | None,
+    recipe: Mapping[str, Any] | str | Path,
+    accelerate: Mapping[str, Any] | str | Path | None,
     device_gb: float,
     n_devices: int,
     *,
     kind: str | None = None,
 ) -> MemoryEstimate:
-    """Per-device memory of ``recipe`` (a recipe YAML as a dict) for ``model_config`` (a ``config.json`` as a dict, or
-    a transformers config) under ``accelerate`` (an accelerate YAML as a dict; None: one plain process) on
-    ``n_devices`` devices of ``device_gb`` GB. ``kind`` (sft, distill, dual_system, grpo, merge) is read from the keys
-    when not given."""
+    """Per-device memory of ``recipe`` (a recipe YAML as a dict, or its path) for ``model_config`` (a ``config.json``
+    as a dict, or a transformers config) under ``accelerate`` (an accelerate YAML as a dict or path; None: one plain
+    process) on ``n_devices`` devices of ``device_gb`` GB. ``kind`` (sft, distill, dual_system, grpo, merge) is read
+    from the keys when not given."""
+    recipe, accelerate = _mapping(recipe, "recipe config") or {}, _mapping(accelerate, "accelerate config")
     shape, kind = ModelShape.from_config(model_config), kind or recipe_kind(recipe)
     est = MemoryEstimate(kind, device_gb, n_devices, shape.params())
     if kind == "merge":  # streamed tensor by tensor on the CPU: no accelerator memory
@@ -373,8 +392,6 @@ def estimate(
         _sampling_phase(shape, recipe, kind, device_gb, est)
     if kind == "grpo":
         est.notes.append(f"sequence = {PROMPT_TOKENS:,} prompt tokens (assumed) + max_completion_length")
-    if sh.params and not (sh.name.startswith("ZeRO") or sh.fsdp):
-        est.notes.append(f"sharding: {sh.name}")
     est.notes.insert(0, f"sharding: {sh.name} over {n} device(s)")
     for what, gb in (("training", est.training_peak_gb), ("sampling", est.sampling_peak_gb)):
         if gb > device_gb:
