@@ -19,7 +19,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from conftest import load_script
 
+from train.core.data import write_jsonl
 from train.core.loading import load_model_and_tokenizer
 from train.core.modes import QWEN3_THINK, ThinkFormat
 from train.dual_system.fusion import FusionBuildConfig, build_fusion
@@ -155,3 +157,21 @@ def test_fusion_labels_are_identical(served, records, tmp_path):
         tmp_path / "transformers" / "fusion.jsonl"
     ).read_text()
     assert any(r.get("chat_template_kwargs") == {"enable_thinking": False} for r in _Handler.requests)
+
+
+def test_build_fusion_data_script_labels_the_same_through_either_backend(served, records, tmp_path):
+    """scripts/build_fusion_data.py with --backend endpoint (the shared sampler flags) against the loopback server."""
+    _, tokenizer, url = served
+    folder = tmp_path / "model"
+    _Handler.model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    write_jsonl(tmp_path / "prompts.jsonl", records)
+    main = load_script("scripts/build_fusion_data.py").main
+    common = ["--model", str(folder), "--data", str(tmp_path / "prompts.jsonl"), "--num_samples", "1",
+              "--max_new_tokens", str(MAX_NEW_TOKENS), "--check", "exact", "--seed", "0"]  # fmt: skip
+    main([*common, "--out", str(tmp_path / "local"), "--backend", "transformers", "--device", "cpu"])
+    main(
+        [*common, "--out", str(tmp_path / "remote"), "--backend", "endpoint", "--base-url", url, "--max_retries", "0"]
+    )
+    for name in ("labels.jsonl", "fusion.jsonl"):
+        assert (tmp_path / "remote" / name).read_text() == (tmp_path / "local" / name).read_text()
