@@ -89,12 +89,13 @@ def test_load_for_training_without_training_args_trusts_no_code_and_stays_float3
 
 
 def test_model_init_kwargs_reach_from_pretrained_and_win(tiny_model_dir, tmp_path, calls):
-    init = {"attn_implementation": "eager", "low_cpu_mem_usage": True}
+    init = {"attn_implementation": "eager", "low_cpu_mem_usage": True, "torch_dtype": "bfloat16"}
     training_args = SFTConfig(output_dir=str(tmp_path), report_to=[], model_init_kwargs=init)
     model_args = ModelConfig(model_name_or_path=str(tiny_model_dir), attn_implementation="sdpa")
     load_for_training(model_args, training_args=training_args)
     (kwargs,) = calls["model"]
     assert kwargs["attn_implementation"] == "eager" and kwargs["low_cpu_mem_usage"] is True
+    assert kwargs["dtype"] is torch.bfloat16 and "torch_dtype" not in kwargs
 
 
 def test_4bit_without_bitsandbytes_is_a_clear_error_not_plain_lora(tiny_model_dir, calls, monkeypatch):

@@ -78,17 +78,20 @@ class LoadOptions:
         (the trainer, or ``device="auto"``, places them).
         """
         quantization = get_quantization_config(model_args)
+        init = dict(getattr(training_args, "model_init_kwargs", None) or {})
+        # model_init_kwargs win over the ModelConfig (as in trl's scripts); the keys this class holds move here.
+        dtype = init.pop("dtype", init.pop("torch_dtype", model_args.dtype))
         options = cls(
-            dtype=model_args.dtype,
-            attn_implementation=model_args.attn_implementation,
-            trust_remote_code=bool(getattr(training_args, "trust_remote_code", False)),
-            revision=model_args.model_revision,
-            quantization_config=quantization,
-            device_map=kbit_device_map(training_args) if quantization is not None else None,
+            dtype=dtype,
+            attn_implementation=init.pop("attn_implementation", model_args.attn_implementation),
+            trust_remote_code=bool(init.pop("trust_remote_code", getattr(training_args, "trust_remote_code", False))),
+            revision=init.pop("revision", model_args.model_revision),
+            quantization_config=init.pop("quantization_config", quantization),
+            device_map=init.pop("device_map", kbit_device_map(training_args) if quantization is not None else None),
             use_peft=bool(model_args.use_peft),
             gradient_checkpointing=bool(getattr(training_args, "gradient_checkpointing", False)),
             gradient_checkpointing_kwargs=getattr(training_args, "gradient_checkpointing_kwargs", None),
-            model_init_kwargs=dict(getattr(training_args, "model_init_kwargs", None) or {}),
+            model_init_kwargs=init,
         )
         return dataclasses.replace(options, **changes)
 
