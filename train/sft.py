@@ -6,6 +6,7 @@ The recipes stay top-to-bottom scripts; what they share (turning records into ch
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,7 +120,8 @@ def load_for_training(
     """
     options = LoadOptions.from_model_config(model_args, training_args)
     if options.dtype in (None, "auto") and not options.quantized:
-        options.dtype = "float32"  # trained weights stay float32; mixed precision comes from the trainer's bf16/fp16
+        # Trained weights stay float32; mixed precision comes from the trainer's bf16/fp16.
+        options = dataclasses.replace(options, dtype="float32")
     return load_model_and_tokenizer(
         model_args.model_name_or_path,
         options=options,
