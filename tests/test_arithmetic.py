@@ -13,6 +13,7 @@ from train.world.arithmetic import (
     addition_steps,
     corpus,
     make_dataset,
+    make_mixed_problems,
     make_problem,
     make_problems,
     multiplication_steps,
@@ -52,6 +53,21 @@ def test_problems_distinct_and_exclusion():
     assert [p["id"] for p in make_problems(10, (3,), seed=5)] == [p["id"] for p in make_problems(10, (3,), seed=5)]
     with pytest.raises(ValueError, match="distinct"):
         make_problems(200, (1,), seed=0)  # only 100 one-digit sums exist
+
+
+def test_mixed_problems_have_the_asked_shares():
+    test = make_problems(20, (3,), seed=1)
+    shares = {1: 0.05, 3: 0.25, 7: 0.7}
+    pool = make_mixed_problems(200, shares, seed=3, exclude={p["id"] for p in test})
+    levels = [p["difficulty"] for p in pool]
+    assert {lv: levels.count(lv) for lv in shares} == {1: 10, 3: 50, 7: 140}
+    assert len({p["id"] for p in pool}) == 200 and not {p["id"] for p in pool} & {p["id"] for p in test}
+    assert levels[:20] != sorted(levels[:20])  # shuffled, not in level blocks
+    assert [p["id"] for p in make_mixed_problems(200, shares, seed=3)] == [p["id"] for p in pool]
+    assert len(make_mixed_problems(7, {2: 1, 8: 1}, seed=0)) == 7  # the rounding remainder is still drawn
+    assert all(len(p["a"].__str__()) == 6 for p in make_mixed_problems(5, {8: 1.0}))
+    with pytest.raises(ValueError, match="shares"):
+        make_mixed_problems(10, {1: 0.0})
 
 
 def test_error_rate_and_verbosity():

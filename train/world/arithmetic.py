@@ -13,7 +13,12 @@ Levels (difficulty):
 4     ``a*b``, 2 x 1 digits
 5     ``a+b``, 4 digits
 6     ``a*b``, 3 x 2 digits
+7     ``a+b``, 5 digits      out of reach of a small student
+8     ``a+b``, 6 digits
 ====  =====================  ==========================
+
+:func:`make_mixed_problems` draws a pool with a given share per level (the distillation benchmark's skewed pool:
+mostly mastered or out-of-reach prompts, a minority learnable).
 
 The teacher writes slow answers (a digit-by-digit trace in the think block, then the result) and fast answers
 (an empty think block, then the result). ``verbosity`` adds redundant steps and ``error_rate`` makes it slip
@@ -35,6 +40,8 @@ LEVELS: dict[int, tuple[str, int, int]] = {
     4: ("*", 2, 1),
     5: ("+", 4, 4),
     6: ("*", 3, 2),
+    7: ("+", 5, 5),
+    8: ("+", 6, 6),
 }
 
 
@@ -83,6 +90,26 @@ def make_problems(
         if p["id"] not in seen:
             seen.add(p["id"])
             out.append(p)
+    return out
+
+
+def make_mixed_problems(
+    n: int, shares: dict[int, float], seed: int = 0, exclude: set[str] | None = None
+) -> list[dict]:
+    """``n`` distinct problems with ``round(n * share)`` of each level (shares normalised; the rounding remainder
+    goes to the largest share), shuffled with ``seed``; ids in ``exclude`` are skipped."""
+    if not shares or any(v < 0 for v in shares.values()) or sum(shares.values()) <= 0:
+        raise ValueError(f"shares must be non-negative with a positive sum, got {shares}")
+    total = sum(shares.values())
+    counts = {level: round(n * v / total) for level, v in shares.items()}
+    counts[max(shares, key=shares.get)] += n - sum(counts.values())
+    seen = set(exclude or ())
+    out: list[dict] = []
+    for level, count in sorted(counts.items()):
+        drawn = make_problems(count, (level,), seed=seed * 1000 + level, exclude=seen)
+        seen |= {p["id"] for p in drawn}
+        out += drawn
+    random.Random(seed).shuffle(out)
     return out
 
 
