@@ -16,6 +16,7 @@ from train.distill.selection import (
     complexity,
     gaussian_weight,
     histogram,
+    informative_center,
     measure_complexity,
     plot_histogram,
     select,
@@ -74,7 +75,25 @@ def test_statistics_and_png(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_informative_center_follows_the_student():
+    # A weak student: its informative prompts (0 < c < 1) mostly fail, so the centre moves towards 1.
+    weak = [0.0] * 10 + [1.0] * 50 + [0.5, 0.75, 0.75, 0.75, 1.0]
+    assert informative_center(weak) == 0.75
+    assert informative_center([0.25, 0.5, 0.75, 1.0]) == 0.5
+    assert informative_center([0.25, 0.5]) == 0.375  # even count: the mean of the middle two
+    assert informative_center([0.0, 1.0], default=0.4) == 0.4  # nothing informative: the fixed centre
+    config = SelectionConfig(center_rule="informative", center=0.5, width=0.1, target_size=3, selection_seed=0)
+    assert config.center_for(weak) == 0.75
+    sel = select([0.25] * 10 + [0.75] * 20, config)
+    assert sel.center == 0.75 and len(sel.indices) == 3 and all(i >= 10 for i in sel.indices)
+    fixed = select([0.25] * 20 + [0.75] * 20, SelectionConfig(center=0.3, width=0.1, target_size=3))
+    assert fixed.center == 0.3
+    assert select([0.5], SelectionConfig(weighting="band")).center is None
+
+
 def test_config_validation():
+    with pytest.raises(ValueError, match="center_rule"):
+        SelectionConfig(center_rule="median")
     with pytest.raises(ValueError, match="weighting"):
         SelectionConfig(weighting="cubic")
     with pytest.raises(ValueError, match="replay_fraction"):

@@ -8,6 +8,11 @@ beyond reach; selection favours the middle:
 * ``band``: weight 1 inside ``[lo, hi]``, 0 outside;
 * ``uniform``: weight 1 everywhere (random selection, the baseline).
 
+The Gaussian's centre is fixed (``center_rule: fixed``) or adapts to the student (``center_rule: informative``):
+the median complexity of the *informative* candidates, those neither always solved nor never solved (``0 < c <
+1``), so a weak student, whose informative prompts mostly fail, is given harder ones than a strong student; with
+no informative candidate the fixed ``center`` is used.
+
 A target number of examples is drawn by weighted sampling without replacement (Efraimidis-Spirakis keys
 ``u^(1/w)``), and an optional replay share is drawn uniformly from *mastered* prompts (complexity at most
 ``mastered_max``), so the student keeps seeing what it already knows.
@@ -36,6 +41,7 @@ from train.sampling.pass_rate import pass_rates
 logger = logging.getLogger(__name__)
 
 WEIGHTINGS = ("gaussian", "band", "uniform")
+CENTER_RULES = ("fixed", "informative")
 
 
 def complexity(pass_rate: float) -> float:
@@ -52,6 +58,15 @@ def gaussian_weight(c: float, center: float = 0.5, width: float = 0.2) -> float:
     return math.exp(-((c - center) ** 2) / (2.0 * width**2))
 
 
+def informative_center(complexities: Sequence[float], default: float = 0.5) -> float:
+    """The median of the complexities strictly between 0 and 1 (``default`` when there is none)."""
+    inner = sorted(c for c in complexities if 0.0 < c < 1.0)
+    if not inner:
+        return default
+    mid = len(inner) // 2
+    return inner[mid] if len(inner) % 2 else (inner[mid - 1] + inner[mid]) / 2.0
+
+
 def band_weight(c: float, lo: float = 0.25, hi: float = 0.75) -> float:
     """1 for ``lo <= c <= hi``, else 0."""
     if lo > hi:
@@ -65,6 +80,13 @@ class SelectionConfig:
 
     weighting: str = field(default="gaussian", metadata={"help": f"Selection weights: one of {WEIGHTINGS}."})
     center: float = field(default=0.5, metadata={"help": "Gaussian centre in complexity (0 easy, 1 unsolved)."})
+    center_rule: str = field(
+        default="fixed",
+        metadata={
+            "help": f"Gaussian centre: one of {CENTER_RULES}; `informative` is the median complexity of the "
+            "candidates with 0 < complexity < 1 (`center` when there is none)."
+        },
+    )
     width: float = field(default=0.2, metadata={"help": "Gaussian standard deviation in complexity."})
     band_lo: float = field(default=0.25, metadata={"help": "Band weighting: lowest complexity kept."})
     band_hi: float = field(default=0.75, metadata={"help": "Band weighting: highest complexity kept."})
@@ -80,6 +102,8 @@ class SelectionConfig:
     def __post_init__(self) -> None:
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting {self.weighting!r}; expected one of {WEIGHTINGS}")
+        if self.center_rule not in CENTER_RULES:
+            raise ValueError(f"center_rule {self.center_rule!r}; expected one of {CENTER_RULES}")
         if not 0.0 <= self.replay_fraction <= 1.0:
             raise ValueError(f"replay_fraction must be in [0, 1], got {self.replay_fraction}")
         if self.width <= 0:
@@ -87,9 +111,16 @@ class SelectionConfig:
         if self.band_lo > self.band_hi:
             raise ValueError(f"band_lo {self.band_lo} > band_hi {self.band_hi}")
 
-    def weight(self, c: float) -> float:
+    def center_for(self, complexities: Sequence[float]) -> float:
+        """The Gaussian's centre for these candidates under ``center_rule``."""
+        if self.center_rule == "informative":
+            return informative_center(complexities, self.center)
+        return self.center
+
+    def weight(self, c: float, center: float | None = None) -> float:
+        """The selection weight of complexity ``c`` (the Gaussian at ``center``, default the fixed ``center``)."""
         if self.weighting == "gaussian":
-            return gaussian_weight(c, self.center, self.width)
+            return gaussian_weight(c, self.center if center is None else center, self.width)
         if self.weighting == "band":
             return band_weight(c, self.band_lo, self.band_hi)
         return 1.0
@@ -104,10 +135,12 @@ def weighted_sample(weights: Sequence[float], n: int, rng: random.Random) -> lis
 
 @dataclass
 class Selection:
-    """Indices of the selected prompts: ``learn`` (weighted by complexity) and ``replay`` (mastered)."""
+    """Indices of the selected prompts: ``learn`` (weighted by complexity) and ``replay`` (mastered), and the
+    Gaussian centre the weights used (None for other weightings)."""
 
     learn: list[int]
     replay: list[int]
+    center: float | None = None
 
     @property
     def indices(self) -> list[int]:
@@ -123,8 +156,9 @@ def select(complexities: Sequence[float], config: SelectionConfig) -> Selection:
     n_replay = min(round(target * config.replay_fraction), len(mastered))
     replay = sorted(rng.sample(mastered, n_replay)) if n_replay else []
     taken = set(replay)
+    center = config.center_for(complexities)
     # Replay stands apart: mastered prompts are not also drawn as learning material.
-    weights = [0.0 if (i in taken or (n_replay and c <= config.mastered_max)) else config.weight(c)
+    weights = [0.0 if (i in taken or (n_replay and c <= config.mastered_max)) else config.weight(c, center)
                for i, c in enumerate(complexities)]  # fmt: skip
     learn = weighted_sample(weights, target - n_replay, rng)
     if len(learn) < target - n_replay:
@@ -134,7 +168,7 @@ def select(complexities: Sequence[float], config: SelectionConfig) -> Selection:
             target - n_replay,
             config.weighting,
         )
-    return Selection(sorted(learn), replay)
+    return Selection(sorted(learn), replay, center if config.weighting == "gaussian" else None)
 
 
 def histogram(values: Sequence[float], bins: int = 10) -> list[int]:
@@ -163,6 +197,7 @@ def statistics(
         "replay": len(selection.replay),
         "mean_complexity_before": mean(complexities),
         "mean_complexity_after": mean(chosen),
+        "center": selection.center,
         "mastered_before": sum(c == 0.0 for c in complexities),
         "unsolved_before": sum(c == 1.0 for c in complexities),
         "histogram_before": histogram(complexities, bins),
