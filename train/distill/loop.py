@@ -151,6 +151,42 @@ def merge_models(
     return out_dir
 
 
+def merge_iterations(
+    method: str,
+    students: list[str | Path],
+    out_dir: str | Path,
+    base: str | Path,
+    parameters: dict[str, Any] | None = None,
+) -> Path:
+    """Merge the students of every iteration so far, as deltas against ``base`` (the initial model), into
+    ``out_dir``: ``base + lambda * mean_i(student_i - base)`` for ``task_arithmetic``, the same with TIES' trim
+    (``density``) and sign election for ``ties`` (the paper's "accumulating parameter deltas"; with two models
+    of which the first is the previous merge, :func:`merge_models`' ``task_arithmetic`` is instead an affine mix
+    of previous, student and base, and with the default weights the same as ``ema`` at beta 0.5).
+    """
+    if method not in ("task_arithmetic", "ties"):
+        raise ValueError(f"merge_iterations merges deltas: task_arithmetic or ties, not {method!r}")
+    if not students:
+        raise ValueError("merge_iterations needs at least one student")
+    parameters = dict(parameters or {})
+    density = float(parameters.pop("density", 1.0))
+    n = len(students)
+    merge_checkpoints(
+        method,
+        [str(m) for m in students],
+        out_dir,
+        base_model=str(base),
+        weights=[1.0 / n] * n,
+        parameters={k: v for k, v in parameters.items() if k != "beta"},
+        tokenizer_source=str(students[-1]),
+        densities=[density] * n if method == "ties" else None,
+        overwrite=True,
+        show_progress=False,
+    )
+    logger.info("merged %d iteration students with %s into %s", n, method, out_dir)
+    return Path(out_dir)
+
+
 def _copy_model(src: str | Path, dst: Path) -> None:
     """Copy the student's loadable files to ``dst``, committed like a merge's output (atomic, self-cleaning)."""
     dst = Path(dst).resolve()
