@@ -8,8 +8,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import load_script
 
-from train.core.data import DataError, validate_record
+from train.core.data import DataError, validate_record, write_jsonl
 from train.core.modes import PANGU_THINK, QWEN3_THINK
 from train.distill.teacher import (
     ArithmeticBackend,
@@ -198,3 +199,18 @@ def test_endpoint_teacher_passes_its_batch_budget_to_the_client():
     config = TeacherConfig(backend="openai", model="teacher", batch_budget=5.0, timeout=2.0)
     sampler = config.sampler_config()
     assert (sampler.backend, sampler.batch_budget, sampler.timeout) == ("endpoint", 5.0, 2.0)
+
+
+def test_generate_teacher_script_reads_a_file_or_a_data_set(tmp_path):
+    """--input and --dataset_name (train.core.sources: here a local JSONL read through `datasets`) give the same
+    teacher file; giving both, or neither, is an error."""
+    write_jsonl(tmp_path / "prompts.jsonl", records(6))
+    main = load_script("scripts/generate_teacher.py").main
+    common = ["--backend", "arithmetic", "--k", "2", "--limit", "4"]
+    main(["--input", str(tmp_path / "prompts.jsonl"), "--out", str(tmp_path / "a.jsonl"), *common])
+    main(["--dataset_name", str(tmp_path / "prompts.jsonl"), "--out", str(tmp_path / "b.jsonl"), *common])
+    rows = [read_teacher_file(tmp_path / f"{x}.jsonl") for x in "ab"]
+    assert len(rows[0]) == 4
+    assert [(r["id"], r["samples"]) for r in rows[0]] == [(r["id"], r["samples"]) for r in rows[1]]
+    with pytest.raises(DataError, match="one source"):
+        main(["--out", str(tmp_path / "c.jsonl"), *common])
