@@ -21,10 +21,12 @@ from trl import ModelConfig
 from rewards.judge import JudgeConfig, TransformersBackend
 from train.core import loading
 from train.core.configs import SFTConfig
+from train.core.data import write_jsonl
 from train.core.loading import LoadOptions, load_model_and_tokenizer, sampling_device
 from train.distill.teacher import TeacherConfig, make_backend
 from train.sampling import SamplerConfig, make_sampler
 from train.sft import load_for_training
+from train.world.arithmetic import make_problems
 
 _HONOURED_ON_CPU = ("dtype", "local_files_only", "revision")
 
@@ -152,14 +154,13 @@ def test_sampler_auto_dtype_is_the_devices_precision(tiny_model_dir, calls):
 
 
 def test_scripts_take_the_shared_sampler_flags(tiny_model_dir, tmp_path, calls):
-    """select_data complexity: --dtype/--device/--trust-remote-code reach the loader (SamplerConfig's flags)."""
-    from train.core.data import write_jsonl
-    from train.world.arithmetic import make_problems
-
-    write_jsonl(tmp_path / "in.jsonl", make_problems(2, levels=(1,), seed=0))
+    """select_data complexity: --dtype/--device/--trust-remote-code reach the loader (SamplerConfig's flags); the
+    candidates come from a data set (--dataset-name, a local file read through `datasets`)."""
+    write_jsonl(tmp_path / "in.jsonl", make_problems(3, levels=(1,), seed=0))
     main = load_script("scripts/select_data.py").main
-    main(["complexity", "--model", str(tiny_model_dir), "--input", str(tmp_path / "in.jsonl"), "--out",
-          str(tmp_path / "sel"), "--num-samples", "1", "--max-new-tokens", "2", "--dtype", "bfloat16", "--device",
-          "cpu", "--trust-remote-code", "--weighting", "uniform"])  # fmt: skip
+    stats = main(["complexity", "--model", str(tiny_model_dir), "--dataset-name", str(tmp_path / "in.jsonl"),
+                  "--out", str(tmp_path / "sel"), "--num-samples", "1", "--max-new-tokens", "2", "--dtype", "bfloat16",
+                  "--device", "cpu", "--trust-remote-code", "--weighting", "uniform"])  # fmt: skip
     (kwargs,) = calls["model"]
     assert kwargs["dtype"] is torch.bfloat16 and kwargs["trust_remote_code"] is True
+    assert stats["candidates"] == 3
