@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> Path:
     # trl's default log level is "passive" (warnings only); the loop's progress is worth seeing on the main process.
     passive = training_args.log_level == "passive"
     setup_logging(training_args.get_process_log_level() if not passive or not state.is_main_process else logging.INFO)
+    logger.info("%d process(es), device %s", state.num_processes, state.device)  # sampling is split over them
     output_dir, seed = Path(training_args.output_dir), training_args.seed
 
     # 1. The pool of verified teacher data, the held-out records and the run's think format.

@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> Path:
         args, sampler_trust_remote_code=args.sampler_trust_remote_code or training_args.trust_remote_code
     )
     setup_logging(training_args.get_process_log_level())
+    _ = training_args.device  # the process group is created here, with the config's ddp_timeout
+    logger.info("%d process(es), device %s", PartialState().num_processes, PartialState().device)
     # Resume only under the recorded configuration (delete output_dir to start over under another). The RL phase is
     # never resumed, only run after the saved phases, so its keys may change between runs.
     record = dict(stage="dual_system", config=args, training_args=training_args, model_args=model_args, ignore=RL_KEYS)
