@@ -334,3 +334,21 @@ def test_no_from_pretrained_in_a_main_only_block_under_zero3(
 
 def read_weights(folder: Path) -> torch.Tensor:
     return torch.cat([t.flatten() for _, t in sorted(load_file(str(folder / "model.safetensors")).items())])
+
+
+def test_a_lora_phase_is_labelled_from_its_merged_folder_under_zero3(zero3, loads, tiny_model_dir, arithmetic_data_dir,
+                                                                     tmp_path):  # fmt: skip
+    """Under ZeRO-3 a LoRA run's phase-1 adapter is merged into its base (streamed, no from_pretrained) and that
+    folder labels the phase-2 prompts, loaded outside ZeRO-3; the final adapter is merged from disk too."""
+    out = tmp_path / "dual"
+    load_script("recipes/dual_system.py").main([
+        "--model_name_or_path", str(tiny_model_dir), "--train_files", str(arithmetic_data_dir / "train.jsonl"),
+        "--output_dir", str(out), "--max_prompts", "6", "--num_samples", "1", "--max_new_tokens", "6",
+        "--check", "exact", "--phase1_steps", "1", "--phase2_steps", "1", "--per_device_train_batch_size", "4",
+        "--max_length", "96", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
+        "--use_peft", "true", "--lora_target_modules", "all-linear",
+    ])  # fmt: skip
+    labeller = out / "fusion_phase2" / "labelling_model"
+    assert [(c["path"], c["zero3"]) for c in loads][-1] == (str(labeller), False)
+    assert (out / "adapter_config.json").exists() and (out / "merged" / "model.safetensors").exists()
+    assert [c for c in loads if c["main_only"]] == []
