@@ -81,6 +81,26 @@ def test_embedded_dry_run_prints_the_full_chained_plan(pipeline, capsys):
     assert plan.count("    memory ") == 3 and plan.count("    output ") == 3
 
 
+def test_embedded_dry_run_estimates_every_stage_for_the_base_models_config(pipeline, capsys, tmp_path):
+    """With the base model's config.json (openPangu-Embedded-7B's shape, by hand) the plan carries the memory
+    preflight of every stage: its recipe YAML with the pipeline's overrides, under zero3 on 8 x 80 GB. (The
+    verdicts are the estimator's: distillation's transformers evaluation batch, 64 x 9,216 tokens of KV cache,
+    does not fit as configured.)"""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "pangu_embedded", "num_hidden_layers": 34, "hidden_size": 4096,
+                                  "intermediate_size": 12800, "num_attention_heads": 32, "num_key_value_heads": 8,
+                                  "vocab_size": 153376, "tie_word_embeddings": False}))  # fmt: skip
+    raw = yaml.safe_load(EMBEDDED.read_text())
+    raw["preflight"]["model_config"] = str(config)
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    plan = dry_run(pipeline, capsys, "--config", str(path))
+    memory = [line for line in plan.splitlines() if line.startswith("    memory ")]
+    assert len(memory) == 3 and all(" fits (peak " in m or "DOES NOT FIT" in m for m in memory), memory
+    assert plan.count("8.03B parameters, 8 device(s) of 80 GB") == 3 and plan.count("verdict: ") == 3
+    assert "| **training peak** |" in plan
+
+
 def test_from_and_only_pick_stages(pipeline, capsys, tmp_path):
     plan = dry_run(pipeline, capsys, "--config", str(TINY), "--run_dir", str(tmp_path), "--from", "grpo")
     assert list(inputs_of(plan)) == ["grpo", "dual_system"]

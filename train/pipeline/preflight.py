@@ -1,53 +1,60 @@
 """The printed plan: per stage its command, inputs (with where each comes from), output and memory preflight.
 
-The memory preflight is ``train.core.memory.estimate`` (model config, recipe, accelerate config, device memory,
-device count) when that module exists and the config's ``preflight:`` section names the target machine
-(``device_gb``, ``n_devices``); otherwise the plan says why there is none.
+The memory preflight is :func:`train.core.memory.estimate` for the stage's recipe YAML with the pipeline's
+overrides laid over it, under the stage's accelerate config, on the machine the config's ``preflight:`` section
+names (``device_gb``, ``n_devices``), for the base model's ``config.json`` (``preflight.model_config``, else the
+base model's folder or the local hub cache: the network is never asked). Without them the plan says why there is
+no estimate.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 from typing import Any
 
+import yaml
 from transformers import AutoConfig
 
+from train.core.memory import PreflightError, estimate
 from train.pipeline.config import PipelineConfig
 from train.pipeline.plan import Step
 
-try:  # the preflight estimator is a later addition to train.core; the plan works without it
-    from train.core import memory
-except ImportError:  # pragma: no cover - depends on the checkout
-    memory = None
 
-
-def model_config(path: str) -> Any:
-    """The model's config (local folder, or the hub cache; never the network); None when it cannot be read."""
+def model_config(cfg: PipelineConfig, step: Step) -> Any:
+    """The base model's config (every stage trains its architecture), or None when it cannot be read here."""
+    given = cfg.preflight.get("model_config")
+    if given:
+        return json.loads(Path(given).read_text())
+    base = cfg.base_model or next(i.value for i in step.inputs if i.key == "model_name_or_path")
     try:
-        return AutoConfig.from_pretrained(path, local_files_only=True)
+        return AutoConfig.from_pretrained(str(base), local_files_only=True)
     except (OSError, ValueError):
         return None
 
 
+def recipe_config(step: Step) -> dict[str, Any]:
+    """The stage's recipe YAML as the stage will run it: with the pipeline's overrides."""
+    raw = yaml.safe_load(Path(step.stage.config).read_text()) or {}
+    return {**raw, **step.stage.overrides}
+
+
 def preflight(cfg: PipelineConfig, step: Step) -> str:
     target = cfg.preflight
-    if memory is None:
-        return "not available (train.core.memory is not in this checkout)"
     if not target.get("device_gb"):
         return "off (no preflight.device_gb in the pipeline config)"
-    # Every stage trains the base model's architecture: its config is the one to estimate with.
-    base = cfg.base_model or next(i.value for i in step.inputs if i.key == "model_name_or_path")
-    config = model_config(str(base))
+    config = model_config(cfg, step)
     if config is None:
-        return f"not estimated: the config of {base} is not available locally (download it, or run where it is)"
+        return "not estimated: the base model's config.json is not here (set preflight.model_config to its path)"
     accelerate = step.stage.accelerate_config or cfg.accelerate_config
     try:
-        est = memory.estimate(config, step.stage.recipe, accelerate, target["device_gb"], target.get("n_devices", 1))
-    except Exception as exc:  # an estimator's refusal is part of the plan, not a crash of the dry run
+        est = estimate(config, recipe_config(step), accelerate, target["device_gb"], target.get("n_devices", 1),
+                       kind=step.stage.recipe)  # fmt: skip
+    except (PreflightError, KeyError, ValueError) as exc:  # an estimator's refusal is part of the plan
         return f"not estimated: {type(exc).__name__}: {exc}"
-    verdict = "fits" if est.fits else "DOES NOT FIT"
-    return f"{verdict}\n" + "\n".join("      " + line for line in est.table().splitlines())
+    verdict = f"fits (peak {est.peak_gb:.1f} GB per device)" if est.fits else "DOES NOT FIT"
+    return verdict + "\n" + "\n".join("      " + line for line in est.table().splitlines())
 
 
 def describe_plan(cfg: PipelineConfig, steps: list[Step], run_dir: Path) -> str:
