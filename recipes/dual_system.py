@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> Path:
     check_recipe_config(training_args.output_dir, **record, write=False)
 
     # 1. Setup: the starting model labels the prompts (fusion data, built once, on the main process).
-    model, tokenizer = load_for_training(model_args, args.think_start, args.think_end)
+    model, tokenizer = load_for_training(model_args, args.think_start, args.think_end, training_args=training_args)
     think = ThinkFormat.from_tokenizer(tokenizer)
     source = Path(model_args.model_name_or_path)  # the folder of the latest model: the final save copies it
     rows = fusion_rows(args, training_args, model, tokenizer, source)
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> Path:
     p1 = phase_args(training_args, "phase1", args.phase1_steps)
     if args.phase1_steps and phase_done(Path(p1.output_dir)):
         logger.info("phase 1 already done: loading %s", p1.output_dir)
-        model, tokenizer = load_phase(Path(p1.output_dir), model_args, args)
+        model, tokenizer = load_phase(Path(p1.output_dir), model_args, args, training_args)
         model_args, source = later_args, Path(p1.output_dir)
     elif args.phase1_steps:
         size = rows_per_phase(args, training_args, args.phase1_steps)
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> Path:
     p2 = phase_args(training_args, "phase2", args.phase2_steps, args.phase2_learning_rate)
     if args.phase2_steps and phase_done(Path(p2.output_dir)):
         logger.info("phase 2 already done: loading %s", p2.output_dir)
-        model, tokenizer = load_phase(Path(p2.output_dir), model_args, args)
+        model, tokenizer = load_phase(Path(p2.output_dir), model_args, args, training_args)
         rows = saved_phase2_rows(args, training_args, split)  # the RL phase uses the phase-2 labels too
         source = Path(p2.output_dir)
     elif args.phase2_steps:

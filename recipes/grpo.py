@@ -45,7 +45,11 @@ def main(argv: list[str] | None = None) -> tuple[Path, GRPOTrainer]:
     # 1. Model, tokenizer (with the fastslow template and the run's think format) and chat-formatted prompts with
     #    their reward columns.
     model, tokenizer = load_for_training(
-        model_args, script_args.think_start, script_args.think_end, script_args.allow_nonfinite_weights
+        model_args,
+        script_args.think_start,
+        script_args.think_end,
+        script_args.allow_nonfinite_weights,
+        training_args=training_args,
     )
     think = ThinkFormat.from_tokenizer(tokenizer)
     train_dataset, eval_dataset = load_grpo_data(script_args, seed=training_args.seed)

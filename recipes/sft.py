@@ -34,7 +34,11 @@ def main(argv: list[str] | None = None) -> Path:
 
     # 1. Setup: model, tokenizer (with the fastslow template) and chat-formatted data.
     model, tokenizer = load_for_training(
-        model_args, script_args.think_start, script_args.think_end, script_args.allow_nonfinite_weights
+        model_args,
+        script_args.think_start,
+        script_args.think_end,
+        script_args.allow_nonfinite_weights,
+        training_args=training_args,
     )
     train_dataset, eval_dataset = load_sft_data(script_args, seed=training_args.seed)
     logger.info("training on %d examples", len(train_dataset))

@@ -164,3 +164,27 @@ def test_scripts_take_the_shared_sampler_flags(tiny_model_dir, tmp_path, calls):
     (kwargs,) = calls["model"]
     assert kwargs["dtype"] is torch.bfloat16 and kwargs["trust_remote_code"] is True
     assert stats["candidates"] == 3
+
+
+@pytest.mark.parametrize(("recipe", "config", "data_loader"), [
+    ("sft", "sft.yaml", "load_sft_data"), ("grpo", "grpo_arithmetic.yaml", "load_grpo_data"),
+])  # fmt: skip
+def test_recipes_pass_remote_code_and_attention_to_the_loader(recipe, config, data_loader, tiny_model_dir, tmp_path,
+                                                              calls, monkeypatch):  # fmt: skip
+    """A recipe's `--trust_remote_code` (a training-config key in trl 1.16) and `--attn_implementation` reach the
+    training model's from_pretrained; the run stops at the data, which comes next (only the loading is under test)."""
+    module = load_script(f"recipes/{recipe}.py")
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("model loaded")
+
+    monkeypatch.setattr(module, data_loader, stop)
+    argv = [
+        "--config", f"recipes/configs/tiny/{config}", "--model_name_or_path", str(tiny_model_dir),
+        "--output_dir", str(tmp_path / "out"), "--trust_remote_code", "true", "--attn_implementation", "sdpa",
+    ]  # fmt: skip
+    with pytest.raises(RuntimeError, match="model loaded"):
+        module.main(argv)
+    (kwargs,) = calls["model"]
+    assert kwargs["trust_remote_code"] is True and kwargs["attn_implementation"] == "sdpa"
+    assert [t["trust_remote_code"] for t in calls["tokenizer"]] == [True]

@@ -381,7 +381,7 @@ def test_async_grpo_config_maps_our_keys(script):
 
     build_async_trainer(model_args.model_name_or_path, ["r"], fake, ["d"], "tok", ["cb"], trainer_cls=FakeTrainer)
     assert seen == {
-        "model": "outputs/embedded-7b/distill",
+        "model": "outputs/embedded-7b/distill/iteration_2/model",
         "reward_funcs": ["r"],
         "args": fake,
         "train_dataset": ["d"],

@@ -27,7 +27,6 @@ from rewards.verify import check
 from train.core.configs import SFTConfig
 from train.core.data import DataError, difficulty_bucket, read_records, records_to_dataset, write_jsonl
 from train.core.fingerprint import fault_point
-from train.core.loading import load_model, load_tokenizer
 from train.core.modes import Mode, ThinkFormat
 from train.core.sources import load_source_from
 from train.distill.config import DistillConfig
@@ -40,14 +39,6 @@ from train.sampling.sharded import checkpoint_sampler
 from train.sft import build_sft_trainer, load_for_training, save_trained, sft_dataset
 
 logger = logging.getLogger(__name__)
-
-
-def load_generation_model(
-    path: str | Path, think: ThinkFormat, device: torch.device | str = "cpu"
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A model and tokenizer to sample or evaluate with, its tokenizer in the run's think format."""
-    tokenizer = load_tokenizer(path, think_start=think.start, think_end=think.end)
-    return load_model(path, tokenizer=tokenizer).to(device), tokenizer
 
 
 def phase_sampler_config(cfg: DistillConfig, model_path: str | Path, pass_rates: bool = False) -> SamplerConfig:
@@ -257,7 +248,7 @@ def train_student(
     args.output_dir = str(it_dir / "train")
     margs = copy.copy(model_args)
     margs.model_name_or_path = str(current)
-    model, tokenizer = load_for_training(margs, cfg.think_start, cfg.think_end)
+    model, tokenizer = load_for_training(margs, cfg.think_start, cfg.think_end, training_args=args)
     train = sft_dataset(records_to_dataset(read_records(it_dir / "selected.jsonl")), str(it_dir / "selected.jsonl"))
     trainer = build_sft_trainer(model, tokenizer, args, margs, train)
     result = trainer.train()

@@ -194,13 +194,19 @@ def run_sft_phase(
     return trainer.model
 
 
-def load_phase(path: Path, model_args: ModelConfig, args: DualSystemConfig) -> tuple[Any, Any]:
-    """Reload a saved phase (full model, or base + adapter for LoRA) to resume after it."""
+def load_phase(
+    path: Path, model_args: ModelConfig, args: DualSystemConfig, training_args: Any = None
+) -> tuple[Any, Any]:
+    """Reload a saved phase (full model, or base + adapter for LoRA) to resume after it; ``training_args`` carries
+    the loading options trl keeps there (``trust_remote_code``, ``model_init_kwargs``)."""
     if model_args.use_peft:
-        model, tokenizer = load_for_training(model_args, args.think_start, args.think_end)
+        model, tokenizer = load_for_training(model_args, args.think_start, args.think_end, training_args=training_args)
         return PeftModel.from_pretrained(model, str(path), is_trainable=True), tokenizer
     return load_for_training(
-        dataclasses.replace(model_args, model_name_or_path=str(path)), args.think_start, args.think_end
+        dataclasses.replace(model_args, model_name_or_path=str(path)),
+        args.think_start,
+        args.think_end,
+        training_args=training_args,
     )
 
 

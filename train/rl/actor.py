@@ -111,10 +111,12 @@ def load_generator(
     params: SamplingParams,
     chat_template_kwargs: dict[str, Any],
     generate_kwargs: dict[str, Any],
+    trust_remote_code: bool = False,
 ) -> GroupGenerator:
-    """A :class:`GroupGenerator` on a model loaded from ``model_dir`` (a process actor's factory, with ``partial``)."""
-    tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, tokenizer=tokenizer).eval()
+    """A :class:`GroupGenerator` on a model loaded from ``model_dir`` (a process actor's factory, with ``partial``);
+    ``trust_remote_code`` as the learner's (a checkpoint with its own modelling code, e.g. openPangu, needs it)."""
+    tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
+    model = load_model(model_dir, tokenizer=tokenizer, trust_remote_code=trust_remote_code).eval()
     return GroupGenerator(
         model, tokenizer, prompts, params, chat_template_kwargs=chat_template_kwargs, generate_kwargs=generate_kwargs
     )

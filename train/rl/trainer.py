@@ -253,7 +253,8 @@ class FastslowGRPOTrainer(GRPOTrainer):
             self._tokenizer.save_pretrained(root / "model")
             store = FileWeightStore(root / "weights.pt")
             store.publish(model.state_dict(), self.state.global_step)
-            factory = partial(load_generator, str(root / "model"), prompts, params, template, generate_kwargs)
+            remote = bool(getattr(self.args, "trust_remote_code", False))
+            factory = partial(load_generator, str(root / "model"), prompts, params, template, generate_kwargs, remote)
             spec = ProcessSpec(factory, str(store.path), len(self.train_dataset), self.args.seed + 1, settings,
                                torch_threads=torch.get_num_threads())  # fmt: skip
             self._actor = ProcessActor(spec, heartbeat_timeout=self.heartbeat_timeout)
