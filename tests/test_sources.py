@@ -548,3 +548,10 @@ def test_the_grpo_recipe_trains_on_a_data_set_by_preset(tmp_path, tiny_model_dir
     _, trainer = load_script("recipes/grpo.py").main(["--config", str(tmp_path / "grpo.yaml")])
     logged = {key for entry in trainer.state.log_history for key in entry}
     assert "mars/code/accuracy" in logged  # the converted tests reached the code reward
+
+
+def test_grpo_config_refuses_a_bad_preset_when_parsed():
+    from train.rl.config import GRPOScriptArguments
+
+    with pytest.raises(Exception, match="no-such-preset"):
+        GRPOScriptArguments(dataset_name="data.jsonl", dataset_preset="no-such-preset")

@@ -139,6 +139,7 @@ class GRPOScriptArguments(DataArguments):
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the data source's keys: a bad preset or column mapping is refused here
         if self.pass_rate_range is not None:
             band = self.pass_rate_range
             if len(band) != 2 or not 0.0 <= band[0] <= band[1] <= 1.0:
