@@ -41,6 +41,7 @@ import os
 import random
 import shutil
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "oracle": {"weighting": "band"},  # on complexities given by the level, not measured
 }
 MERGE_POOL, MERGE_ARM = "uniform", "random"  # every example learnable: forgetting has something to lose
+TASKS = (*POOLS, "merge")  # one worker each per seed: the selection arms of each pool, the merge arms
 MERGES = ("none", "ema", "task_arithmetic", "ties")
 MEASURED = ("gauss@0.5", "gauss@informative", "band")
 
@@ -272,7 +274,7 @@ def run_chain(student: Student, seed_dir: Path, start: Path, pool: str, arm: str
                 "filled": max(0, len(chosen) - len(selection.indices)),
                 "hard": student.correct(model, held_out),
             }
-            if pool == MERGE_POOL and arm == MERGE_ARM:  # forgetting: each earlier iteration's own data
+            if pool == "merge":  # forgetting: each earlier iteration's own data
                 metrics["own_data"] = student.correct(model, chosen[: args.forget_eval])
                 metrics["earlier_data"] = [student.correct(model, o["data"]) for o in out]
             metrics["data"] = chosen[: args.forget_eval]
@@ -307,17 +309,15 @@ def run_start(args: argparse.Namespace, seed: int) -> dict:
     return result
 
 
-def chains_of(pool: str, args: argparse.Namespace) -> list[tuple[str, str, int]]:
-    """(arm, merge, iterations) of every chain run on ``pool``: the selection arms, then the merge arms."""
-    runs = [(arm, "none", args.iterations) for arm in ARMS]
-    if pool == MERGE_POOL:
-        runs = [(a, m, args.merge_iterations if a == MERGE_ARM else n) for a, m, n in runs]
-        runs += [(MERGE_ARM, merge, args.merge_iterations) for merge in MERGES[1:]]
-    return runs
+def chains_of(task: str, args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """(arm, merge, iterations) of every chain of ``task``: a pool's selection arms, or the merge arms."""
+    if task == "merge":
+        return [(MERGE_ARM, merge, args.merge_iterations) for merge in MERGES]
+    return [(arm, "none", args.iterations) for arm in ARMS]
 
 
 def run_pool(args: argparse.Namespace, seed: int, pool: str) -> dict:
-    """Every selection arm on ``pool`` (and the merge arms on the merge pool) for one seed, from its warm-up."""
+    """Every selection arm on ``pool``, or (``pool`` "merge") every merge arm on the merge pool, for one seed."""
     torch.set_num_threads(1)
     began = time.perf_counter()
     student = Student(args, Path(args.out))
@@ -326,7 +326,7 @@ def run_pool(args: argparse.Namespace, seed: int, pool: str) -> dict:
     if done.exists():
         return json.loads(done.read_text())
     start = warm_up(student, seed)
-    records = read_records(student.out / f"{pool}.jsonl", validate=False)
+    records = read_records(student.out / f"{MERGE_POOL if pool == 'merge' else pool}.jsonl", validate=False)
     rounds = max(args.iterations, args.merge_iterations)
     drawn = random.Random(1000 * seed + len(pool)).sample(records, args.candidates * rounds)
     cands = [drawn[t * args.candidates : (t + 1) * args.candidates] for t in range(rounds)]
@@ -334,12 +334,6 @@ def run_pool(args: argparse.Namespace, seed: int, pool: str) -> dict:
     for arm, merge, rounds in chains_of(pool, args):
         chain = run_chain(student, seed_dir, start, pool, arm, merge, cands[:rounds], seed)
         result["chains"][f"{pool}/{arm}+{merge}"] = [{k: v for k, v in m.items() if k != "data"} for m in chain]
-    complexities0 = json.loads((seed_dir / pool / "complexity_0.json").read_text())
-    result[f"{pool}_start_complexity"] = {
-        "mastered": sum(c == 0.0 for c in complexities0) / len(complexities0),
-        "unsolved": sum(c == 1.0 for c in complexities0) / len(complexities0),
-        "center_informative": result["chains"][f"{pool}/gauss@informative+none"][0]["center"],
-    }
     result["seconds"] = time.perf_counter() - began
     write_json(done, result)
     logger.info("seed %d, pool %s done in %.0fs", seed, pool, result["seconds"])
@@ -352,7 +346,7 @@ def collect_seed(out: Path, seed: int, args: argparse.Namespace) -> dict | None:
     if not (seed_dir / "start.json").exists():
         return None
     result = {**json.loads((seed_dir / "start.json").read_text()), "chains": {}}
-    for pool in POOLS:
+    for pool in TASKS:
         for arm, merge, rounds in chains_of(pool, args):
             chain = []
             for t in range(rounds):
@@ -363,7 +357,7 @@ def collect_seed(out: Path, seed: int, args: argparse.Namespace) -> dict | None:
             result["chains"][f"{pool}/{arm}+{merge}"] = chain
         if (seed_dir / pool / "complexity_0.json").exists():
             c0 = json.loads((seed_dir / pool / "complexity_0.json").read_text())
-            informative = result["chains"][f"{pool}/gauss@informative+none"]
+            informative = result["chains"].get(f"{pool}/gauss@informative+none")
             result[f"{pool}_start_complexity"] = {
                 "mastered": sum(c == 0.0 for c in c0) / len(c0),
                 "unsolved": sum(c == 1.0 for c in c0) / len(c0),
@@ -434,9 +428,9 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
               "| merge | hard acc. (end) | paired diff. to none | accuracy on earlier iterations' data (end) | "
               "forgetting (drop since its iteration) | forgetting: diff. to none (>0: forgets less) |",
               "|---|---|---|---|---|---|"]  # fmt: skip
-    base_key = f"{MERGE_POOL}/{MERGE_ARM}+none"
+    base_key = f"merge/{MERGE_ARM}+none"
     for merge in MERGES:
-        key = f"{MERGE_POOL}/{MERGE_ARM}+{merge}"
+        key = f"merge/{MERGE_ARM}+{merge}"
         done = [r for r in complete(results, key, M) if r in complete(results, base_key, M)]
         if not done:
             lines.append(f"| {merge} | not finished | - | - | - | - |")
@@ -452,6 +446,17 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
         lines.append(f"| {merge}{note} | {fmt(bootstrap(end))} | {diff} | {fmt(bootstrap(kept))} | "
                      f"{fmt(bootstrap(forget))} | {fdiff} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def compact(summary: dict) -> dict:
+    """The run without per-problem scores: per seed and chain, hard accuracy and level counts per iteration."""
+    seeds = [
+        {"seed": r["seed"], "start_hard": float(np.mean(r["start_hard"])), "start_by_level": r["start_by_level"],
+         "chains": {key: [{"hard": float(np.mean(m["hard"])), "levels": dict(Counter(map(str, m["levels"]))),
+                           "center": m.get("center")} for m in chain] for key, chain in r["chains"].items()}}
+        for r in summary["seeds"]
+    ]  # fmt: skip
+    return {**{k: v for k, v in summary.items() if k != "seeds"}, "seeds": seeds}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -476,7 +481,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=16, help="training steps per iteration")
     parser.add_argument("--batch-size", type=int, default=16, help="training batch size")
     parser.add_argument(
-        "--lr", type=float, default=1e-3, help="learning rate per iteration (constant after 2 warm-up steps)"
+        "--lr", type=float, default=3e-4, help="learning rate per iteration (constant after 2 warm-up steps)"
     )
     parser.add_argument("--max-length", type=int, default=192, help="training sequence length")
     parser.add_argument("--max-new-tokens", type=int, default=80, help="longest sampled or evaluated reply")
@@ -502,7 +507,7 @@ def main(argv: list[str] | None = None) -> dict:
         build_world(args, out)
         with ProcessPoolExecutor(max_workers=args.jobs) as workers:  # warm-ups first: the pools share them
             list(workers.map(_run, [(run_start, args, s) for s in args.seeds]))
-            list(workers.map(_run, [(run_pool, args, s, p) for s in args.seeds for p in POOLS]))
+            list(workers.map(_run, [(run_pool, args, s, p) for s in args.seeds for p in TASKS]))
     results = [r for r in (collect_seed(out, s, args) for s in args.seeds) if r is not None]
     text = report(results, args)
     wall = time.perf_counter() - began
@@ -511,10 +516,14 @@ def main(argv: list[str] | None = None) -> dict:
                "seeds": results}  # fmt: skip
     if not args.report_only:
         write_json(out / "results.json", summary)
+    elif (out / "results.json").exists():  # the run's own wall time, load and options
+        saved = json.loads((out / "results.json").read_text())
+        summary.update({k: saved[k] for k in ("args", "wall_seconds", "load")})
+    write_json(out / "summary.json", compact(summary))
     print(text)
     per_seed = ", ".join(f"{r['seconds']:.0f}s" for r in results)
-    print(f"\nwall time {wall:.0f}s (seeds: {per_seed}); "
-          f"load {os.getloadavg()[0]:.1f}; results in {out / 'results.json'}")  # fmt: skip
+    print(f"\nwall time {summary['wall_seconds']:.0f}s (per seed, its tasks' sum: {per_seed}); "
+          f"load {summary['load'][0]:.1f}; results in {out / 'results.json'}")  # fmt: skip
     return summary
 
 
