@@ -152,18 +152,26 @@ def check_value_types(config: dict[str, Any], dataclass_types: Sequence[type], s
                 raise ConfigError(f"{source}: key {key!r}: {problem}")
 
 
-def check_config_file(path: str | Path, dataclass_types: Sequence[type]) -> dict[str, Any]:
-    """Load a YAML config and refuse unknown keys (naming the file, the key and the closest known key) and values
-    whose type does not fit the key's field (:func:`check_value_types`)."""
+def read_yaml_mapping(path: str | Path, error: type[Exception] = ConfigError, what: str = "config") -> dict[str, Any]:
+    """The YAML mapping in ``path``; a missing file, invalid YAML or a non-mapping raises ``error`` naming the file
+    (``what`` names the kind of file in the message)."""
     path = Path(path)
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
+        raise error(f"{path}: no such {what} file") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        raise error(f"{path}: invalid YAML: {exc}") from None
     if not isinstance(config, dict):
-        raise ConfigError(f"{path}: a config must be a YAML mapping of keys to values")
+        raise error(f"{path}: a {what} must be a YAML mapping of keys to values")
+    return config
+
+
+def check_config_file(path: str | Path, dataclass_types: Sequence[type]) -> dict[str, Any]:
+    """Load a YAML config and refuse unknown keys (naming the file, the key and the closest known key) and values
+    whose type does not fit the key's field (:func:`check_value_types`)."""
+    path = Path(path)
+    config = read_yaml_mapping(path)
     known = known_keys(dataclass_types) | {"env"}
     for key in config:
         if key not in known:

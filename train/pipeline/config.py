@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from train.core.cli import read_yaml_mapping
 
 RECIPES = ("sft", "distill", "grpo", "dual_system", "merge")
 
@@ -176,16 +176,7 @@ def deep_update(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_raw(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PipelineConfigError(f"{path}: no such pipeline config") from None
-    except yaml.YAMLError as exc:
-        raise PipelineConfigError(f"{path}: invalid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise PipelineConfigError(f"{path}: a pipeline config must be a YAML mapping")
-    return raw
+    return read_yaml_mapping(path, PipelineConfigError, "pipeline config")
 
 
 def load_pipeline(path: str | Path, quick: bool = False, **overrides: Any) -> PipelineConfig:
