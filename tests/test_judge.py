@@ -11,6 +11,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import send_json
 
 from rewards.judge import (
     Judge,
@@ -44,13 +45,8 @@ class ChatServer:
                 status, payload, delay = outer.behaviour(body, attempt)
                 if delay:
                     time.sleep(delay)
-                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
+                    send_json(self, payload, status)
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
                     pass
 

@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from conftest import send_json
 
 from train.core.loading import load_model, load_tokenizer
 from train.core.modes import PANGU_THINK, QWEN3_THINK
@@ -159,12 +160,7 @@ class ChatServer:
                     outer.requests.append(body)
                     attempt = len(outer.requests)
                 status, payload = outer.behaviour(body, attempt)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, payload, status)
 
             def log_message(self, *args):
                 pass

@@ -8,7 +8,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import load_script
+from conftest import load_script, send_json
 
 from train.core.data import DataError, validate_record, write_jsonl
 from train.core.modes import PANGU_THINK, QWEN3_THINK
@@ -158,12 +158,7 @@ class Handler(BaseHTTPRequestHandler):
             "choices": [{"message": message, "finish_reason": "stop"}],
             "usage": {"completion_tokens": 7},
         }
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, reply)
 
     def log_message(self, *args):
         pass
