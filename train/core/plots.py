@@ -34,3 +34,19 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
         pyplot().close(fig)
     tmp.replace(path)
     return path
+
+
+def save_accuracy_figure(
+    fig: Any, ax: Any, path: str | Path, xlabel: str, ylabel: str, title: str, **legend: Any
+) -> Path:
+    """Finish and save a plot of accuracy (y, 0 to 1) against a non-negative x (tokens, budgets): the one look of
+    the evaluation, budget and pipeline figures. ``legend`` goes to ``ax.legend``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.legend(**legend)
+    ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -31,7 +31,7 @@ from typing import Any
 from train.core.checks import Checker, exact_match
 from train.core.data import difficulty_bucket, write_jsonl
 from train.core.modes import Mode, ThinkFormat
-from train.core.plots import pyplot, save_figure
+from train.core.plots import pyplot, save_accuracy_figure
 from train.eval.labels import LabelRule, label_from_rates
 from train.eval.passk import budget_curve, budget_grid, ks_for, mean_pass_at_k, plot_budget_curves
 from train.eval.passk import pass_at_k as pass_at_k  # re-exported: its home was here
@@ -381,15 +381,9 @@ def plot_accuracy_tokens(results: dict[str, Any], path: str | Path) -> Path:
     for mode, s in results["modes"].items():
         ax.scatter(s["mean_tokens"], s[f"avg@{n}"], s=60, label=mode)
         ax.annotate(mode, (s["mean_tokens"], s[f"avg@{n}"]), textcoords="offset points", xytext=(5, 5))
-    ax.set_xlabel("mean output tokens")
-    ax.set_ylabel(f"accuracy (avg@{n})")
-    ax.set_ylim(0, 1.05)
-    ax.set_xlim(left=0)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title("Accuracy against tokens per mode")
-    fig.tight_layout()
-    return save_figure(fig, path)
+    return save_accuracy_figure(
+        fig, ax, path, "mean output tokens", f"accuracy (avg@{n})", "Accuracy against tokens per mode"
+    )
 
 
 def write_results(results: dict[str, Any], out_dir: str | Path, name: str = "eval") -> dict[str, Path]:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from train.core.plots import pyplot, save_figure
+from train.core.plots import pyplot, save_accuracy_figure
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -77,12 +77,7 @@ def plot_budget_curves(results: dict[str, Any], path: str | Path) -> Path:
     for mode, summary in results["modes"].items():
         curve = summary["budget_curve"]
         ax.plot(curve["budgets"], curve["accuracy"], marker="o", markersize=3, label=mode)
-    ax.set_xlabel("token budget (max new tokens)")
-    ax.set_ylabel(f"accuracy (avg@{results.get('n', results['k'])})")
-    ax.set_ylim(0, 1.05)
-    ax.set_xlim(left=0)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title("Accuracy over token budgets per mode")
-    fig.tight_layout()
-    return save_figure(fig, path)
+    ylabel = f"accuracy (avg@{results.get('n', results['k'])})"
+    return save_accuracy_figure(
+        fig, ax, path, "token budget (max new tokens)", ylabel, "Accuracy over token budgets per mode"
+    )

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from train.core.plots import pyplot, save_figure
+from train.core.plots import pyplot, save_accuracy_figure, save_figure
 from train.pipeline.config import EvalConfig, PipelineConfig
 from train.pipeline.manifests import trainer_logs
 from train.pipeline.plan import Step
@@ -158,15 +158,10 @@ def plot_accuracy_tokens(cfg: PipelineConfig, stages: dict[str, dict[str, Any]],
         for mode, m in stages[s.name]["modes"].items():
             ax.scatter(m["mean_tokens"], m["avg@1"], marker=markers.get(mode, "x"), color=f"C{i}", s=60,
                        label=f"{s.title or s.name}: {mode}")  # fmt: skip
-    ax.set_xlabel("mean output tokens")
-    ax.set_ylabel("accuracy (greedy)")
-    ax.set_ylim(0, 1.05)
-    ax.set_xlim(left=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_title("Accuracy against tokens, per stage and mode")
-    fig.tight_layout()
-    return save_figure(fig, path)
+    title = "Accuracy against tokens, per stage and mode"
+    return save_accuracy_figure(
+        fig, ax, path, "mean output tokens", "accuracy (greedy)", title, fontsize=7, loc="lower right"
+    )
 
 
 CURVE_KEYS = (("loss", "loss"), ("reward", "reward"), ("kl", "kl"), ("entropy", "entropy"))
