@@ -1,0 +1,96 @@
+"""Kill the pipeline with SIGKILL in the middle of each stage in turn, rerun it, and compare its summary.
+
+    python scripts/bench/pipeline_resume.py --reference outputs/demo --run_dir outputs/demo-killed
+
+``--reference`` is a finished, uninterrupted run of the same config and seed: each stage's wall time there
+(``<stage>/pipeline_stage.json``) sets when this run is killed (``--at`` of it after the stage starts, by default
+half). The pipeline runs in its own process group; once the pipeline logs ``run <stage>:``, the script waits, then
+kills the whole group (the pipeline, accelerate's launcher and every recipe process) with SIGKILL, and starts the
+pipeline again, which must skip the finished stages and resume the killed one from its partial output. After the
+last stage's kill the run is left to finish. Prints, per stage, when it was killed and what its folder held then;
+at the end whether ``summary.md`` equals the reference's byte for byte (exit status 1 if not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="recipes/configs/tiny/pipeline.yaml", help="pipeline YAML")
+    p.add_argument("--reference", required=True, help="run_dir of an uninterrupted run of the same config")
+    p.add_argument("--run_dir", required=True, help="run_dir of this (killed and resumed) run; must not exist")
+    p.add_argument("--at", type=float, default=0.5, help="kill at this share of the stage's reference wall time")
+    p.add_argument("--stages", nargs="*", default=None, help="stages to kill in (default: every stage)")
+    return p.parse_args(argv)
+
+
+def stage_seconds(reference: Path) -> dict[str, float]:
+    """Wall time of each stage in the reference run, in its order."""
+    summary = json.loads((reference / "summary.json").read_text())
+    return {s: json.loads((reference / s / "pipeline_stage.json").read_text())["seconds"] for s in summary["stages"]}
+
+
+def start(config: str, run_dir: Path, log) -> subprocess.Popen:
+    cmd = [sys.executable, "recipes/pipeline.py", "--config", config, "--run_dir", str(run_dir)]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for_stage(proc: subprocess.Popen, log_path: Path, stage: str, offset: int) -> bool:
+    """Block until the pipeline (log read from ``offset``) starts ``stage``; False if it exits first."""
+    marker = f"run {stage}:"
+    while proc.poll() is None:
+        if marker in log_path.read_text(errors="replace")[offset:]:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def contents(folder: Path) -> str:
+    if not folder.exists():
+        return "nothing"
+    names = sorted(p.name for p in folder.iterdir())
+    return ", ".join(names[:8]) + (f" (+{len(names) - 8})" if len(names) > 8 else "") or "empty"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    reference, run_dir = Path(args.reference).resolve(), Path(args.run_dir).resolve()
+    if run_dir.exists():
+        raise SystemExit(f"--run_dir {run_dir} exists: this benchmark starts from nothing")
+    seconds = stage_seconds(reference)
+    run_dir.mkdir(parents=True)
+    log_path = run_dir.parent / f"{run_dir.name}.log"
+    began = time.perf_counter()
+    with log_path.open("w") as log:
+        for stage in args.stages or list(seconds):
+            offset = len(log_path.read_text(errors="replace"))
+            proc = start(args.config, run_dir, log)
+            if not wait_for_stage(proc, log_path, stage, offset):
+                raise SystemExit(f"the pipeline exited (status {proc.returncode}) before stage {stage!r}; {log_path}")
+            delay = args.at * seconds[stage]
+            time.sleep(delay)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            print(f"killed in {stage} after {delay:.0f} s of its {seconds[stage]:.0f} s; "
+                  f"{stage}/ held: {contents(run_dir / stage)}", flush=True)  # fmt: skip
+        proc = start(args.config, run_dir, log)
+        status = proc.wait()
+    print(f"resumed run finished with status {status} after {time.perf_counter() - began:.0f} s in all ({log_path})")
+    same = (run_dir / "summary.md").read_bytes() == (reference / "summary.md").read_bytes()
+    print(f"summary.md {'equals' if same else 'DIFFERS FROM'} {reference / 'summary.md'}")
+    return 0 if same and status == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
