@@ -2,13 +2,15 @@
 
     python scripts/bench/pipeline_resume.py --reference outputs/demo --run_dir outputs/demo-killed
 
-``--reference`` is a finished, uninterrupted run of the same config and seed: each stage's wall time there
+``--reference`` is an uninterrupted run of the same config and seed: each stage's wall time there
 (``<stage>/pipeline_stage.json``) sets when this run is killed (``--at`` of it after the stage starts, by default
-half). The pipeline runs in its own process group; once the pipeline logs ``run <stage>:``, the script waits, then
-kills the whole group (the pipeline, accelerate's launcher and every recipe process) with SIGKILL, and starts the
-pipeline again, which must skip the finished stages and resume the killed one from its partial output. After the
-last stage's kill the run is left to finish. Prints, per stage, when it was killed and what its folder held then;
-at the end whether ``summary.md`` equals the reference's byte for byte (exit status 1 if not).
+half), unless ``--delays`` gives the seconds per stage (then the reference need only be finished at the end: the
+two runs may go side by side). The pipeline runs in its own process group; once it logs ``run <stage>:``, the
+script waits, then kills the whole group (the pipeline, accelerate's launcher and every recipe process) with
+SIGKILL, and starts the pipeline again, which must skip the finished stages and resume the killed one from its
+partial output. After the last stage's kill the run is left to finish. Prints, per stage, when it was killed and
+what its folder held then; at the end whether ``summary.md`` equals the reference's byte for byte (exit status 1
+if not).
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run_dir", required=True, help="run_dir of this (killed and resumed) run; must not exist")
     p.add_argument("--at", type=float, default=0.5, help="kill at this share of the stage's reference wall time")
     p.add_argument("--stages", nargs="*", default=None, help="stages to kill in (default: every stage)")
+    p.add_argument(
+        "--delays",
+        nargs="*",
+        default=None,
+        metavar="STAGE=SECONDS",
+        help="seconds after each stage's start to kill it (default: --at of the reference's wall time)",
+    )
     return p.parse_args(argv)
 
 
@@ -68,22 +77,25 @@ def main(argv: list[str] | None = None) -> int:
     reference, run_dir = Path(args.reference).resolve(), Path(args.run_dir).resolve()
     if run_dir.exists():
         raise SystemExit(f"--run_dir {run_dir} exists: this benchmark starts from nothing")
-    seconds = stage_seconds(reference)
+    if args.delays:
+        delays = {k: float(v) for k, v in (d.split("=", 1) for d in args.delays)}
+    else:
+        delays = {k: args.at * v for k, v in stage_seconds(reference).items()}
     run_dir.mkdir(parents=True)
     log_path = run_dir.parent / f"{run_dir.name}.log"
     began = time.perf_counter()
     with log_path.open("w") as log:
-        for stage in args.stages or list(seconds):
+        for stage in args.stages or list(delays):
             offset = len(log_path.read_text(errors="replace"))
             proc = start(args.config, run_dir, log)
             if not wait_for_stage(proc, log_path, stage, offset):
                 raise SystemExit(f"the pipeline exited (status {proc.returncode}) before stage {stage!r}; {log_path}")
-            delay = args.at * seconds[stage]
+            delay = delays[stage]
             time.sleep(delay)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            print(f"killed in {stage} after {delay:.0f} s of its {seconds[stage]:.0f} s; "
-                  f"{stage}/ held: {contents(run_dir / stage)}", flush=True)  # fmt: skip
+            print(f"killed in {stage} {delay:.0f} s after it started; {stage}/ held: {contents(run_dir / stage)}",
+                  flush=True)  # fmt: skip
         proc = start(args.config, run_dir, log)
         status = proc.wait()
     print(f"resumed run finished with status {status} after {time.perf_counter() - began:.0f} s in all ({log_path})")
