@@ -61,7 +61,11 @@ def test_tiny_dry_run_chains_every_stage_from_the_one_before(pipeline, capsys, t
     assert inputs["dual_system"]["model_name_or_path"] == str(tmp_path / "grpo")
     assert inputs["distill"]["train_file"] == str(tmp_path / "world/data/pool.jsonl")
     assert "(not found here)" not in plan  # every input is the world's or an earlier stage's
-    assert plan.count("accelerate.commands.launch --config_file recipes/accelerate/cpu.yaml") == 4
+    # Stages 1a/1b and the base on one process; Stage 2 on two data-parallel CPU processes (its own config).
+    assert plan.count("accelerate.commands.launch --config_file recipes/accelerate/cpu.yaml") == 3
+    dual = next(line for line in plan.splitlines() if "recipes/dual_system.py" in line)
+    assert "--config_file recipes/accelerate/cpu_ddp.yaml" in dual and "ACCELERATE_USE_CPU=true" in dual
+    assert "--per_device_train_batch_size 32" in dual  # 2 x 32: the global batch of 64
     grpo = next(line for line in plan.splitlines() if "recipes/grpo.py" in line)
     assert "--config recipes/configs/tiny/grpo_arithmetic.yaml" in grpo and "--max_steps" not in grpo  # tuned 60
     assert "OMP_NUM_THREADS=1" in plan
