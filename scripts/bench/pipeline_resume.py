@@ -6,11 +6,11 @@
 (``<stage>/pipeline_stage.json``) sets when this run is killed (``--at`` of it after the stage starts, by default
 half), unless ``--delays`` gives the seconds per stage (then the reference need only be finished at the end: the
 two runs may go side by side). The pipeline runs in its own process group; once it logs ``run <stage>:``, the
-script waits, then kills the whole group (the pipeline, accelerate's launcher and every recipe process) with
-SIGKILL, and starts the pipeline again, which must skip the finished stages and resume the killed one from its
-partial output. After the last stage's kill the run is left to finish. Prints, per stage, when it was killed and
-what its folder held then; at the end whether ``summary.md`` equals the reference's byte for byte (exit status 1
-if not).
+script waits, then kills the whole process tree with SIGKILL (the pipeline, accelerate's launcher and every recipe
+process, torchrun's workers included: they start their own sessions, so a group kill misses them), and starts
+the pipeline again, which must skip the finished stages and resume the killed one from its partial output. After
+the last stage's kill the run is left to finish. Prints, per stage, when it was killed and what its folder held
+then; at the end whether ``summary.md`` equals the reference's byte for byte (exit status 1 if not).
 """
 
 from __future__ import annotations
@@ -65,6 +65,32 @@ def wait_for_stage(proc: subprocess.Popen, log_path: Path, stage: str, offset: i
     return False
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun's workers start their own sessions: a group kill misses them)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and everything below it, children first listed before the kill."""
+    for p in [pid, *descendants(pid)]:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def contents(folder: Path) -> str:
     if not folder.exists():
         return "nothing"
@@ -92,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"the pipeline exited (status {proc.returncode}) before stage {stage!r}; {log_path}")
             delay = delays[stage]
             time.sleep(delay)
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc.pid)
             proc.wait()
             print(f"killed in {stage} {delay:.0f} s after it started; {stage}/ held: {contents(run_dir / stage)}",
                   flush=True)  # fmt: skip
