@@ -56,12 +56,15 @@ def start(config: str, run_dir: Path, log) -> subprocess.Popen:
 
 
 def wait_for_stage(proc: subprocess.Popen, log_path: Path, stage: str, offset: int) -> bool:
-    """Block until the pipeline (log read from ``offset``) starts ``stage``; False if it exits first."""
-    marker = f"run {stage}:"
-    while proc.poll() is None:
-        if marker in log_path.read_text(errors="replace")[offset:]:
-            return True
-        time.sleep(0.5)
+    """Block until the pipeline (its log from byte ``offset``: this attempt's output) starts ``stage``; False if it
+    exits first."""
+    marker = f"run {stage}:".encode()
+    with log_path.open("rb") as log:
+        while proc.poll() is None:
+            log.seek(offset)
+            if marker in log.read():
+                return True
+            time.sleep(0.5)
     return False
 
 
@@ -83,7 +86,7 @@ def descendants(pid: int) -> list[int]:
 
 
 def kill_tree(pid: int) -> None:
-    """SIGKILL ``pid`` and everything below it, children first listed before the kill."""
+    """SIGKILL ``pid`` and everything below it (the tree is listed before the first kill: orphans get reparented)."""
     for p in [pid, *descendants(pid)]:
         try:
             os.kill(p, signal.SIGKILL)
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     with log_path.open("w") as log:
         for stage in args.stages or list(delays):
-            offset = len(log_path.read_text(errors="replace"))
+            offset = log_path.stat().st_size
             proc = start(args.config, run_dir, log)
             if not wait_for_stage(proc, log_path, stage, offset):
                 raise SystemExit(f"the pipeline exited (status {proc.returncode}) before stage {stage!r}; {log_path}")
