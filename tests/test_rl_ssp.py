@@ -265,6 +265,10 @@ class Recording(FastslowGRPOTrainer):
             self.actor_pid = getattr(self._actor, "pid", None)
         return out
 
+    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+        self.forwards = getattr(self, "forwards", 0) + 1
+        return super()._get_per_token_logps_and_entropies(*args, **kwargs)
+
 
 def grpo_args(out, **kw) -> GRPOConfig:
     base = dict(
@@ -302,17 +306,19 @@ def test_s0_actor_logprobs_match_learner_and_loss_equals_grpo(tiny_model_dir, tm
     trainer.args.max_steps = 1
     trainer.train()
     [batch] = trainer.batches
-    mask = batch["completion_mask"].bool()
-    learner = trainer._ssp_last["learner_logps"]
+    last = trainer._ssp_last  # the loss's micro-batch (trl shuffles the rows after collection)
+    mask = last["mask"].bool()
     # The step's learner weights are version 0, the weights the actor sampled with: same log-probs (fp32).
-    assert (learner[mask] - batch["sampling_per_token_logps"][mask]).abs().max().item() < 1e-5
-    weights = trainer._ssp_last["weights"]
-    assert (weights[mask] - 1).abs().max().item() < 1e-5
+    assert (last["learner_logps"][mask] - last["actor_logps"][mask]).abs().max().item() < 1e-5
+    assert (last["weights"][mask] - 1).abs().max().item() < 1e-5
     assert trainer._ssp_queue.stats.staleness == {0: LOCAL_BATCH // G}
-    # The same batch through trl's GRPOTrainer (its advantages unweighted) gives the same loss.
+    assert trainer.forwards == 1  # the loss's own forward gives the weights: no extra no-grad pass
+    # The collected batch (advantages unweighted) through trl's GRPOTrainer gives the ssp trainer's loss, whose
+    # forward pass computes the weights (1 at s=0) and applies them.
+    assert batch["advantages"].dim() == 1
     plain = make(tiny_model_dir, tmp_path / "plain", cls=GRPOTrainer)
     fresh = make(tiny_model_dir, tmp_path / "fresh", rollout_mode="ssp", max_staleness=0)
-    raw = dict(batch, advantages=trainer._ssp_last["advantages"])
+    raw = dict(batch)
     for t in (plain, fresh):
         t.model.train()
         t.current_gradient_accumulation_steps = 1  # set by Trainer.train; one micro-batch here
@@ -320,6 +326,14 @@ def test_s0_actor_logprobs_match_learner_and_loss_equals_grpo(tiny_model_dir, tm
         expected = plain.compute_loss(plain.model, dict(raw), num_items_in_batch=batch["num_items_in_batch"])
         got = fresh.compute_loss(fresh.model, dict(batch), num_items_in_batch=batch["num_items_in_batch"])
     assert got.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
+    assert abs(expected.item()) > 1e-4  # a batch with a learning signal
+    # A staler actor: its log-probs log(1.5) and log(4) below the learner's give weights 1.5 and 2 (the cap), and
+    # dapo's loss is linear in the advantages.
+    with torch.no_grad():
+        for shift, weight in ((math.log(1.5), 1.5), (math.log(4.0), 2.0)):
+            stale = dict(batch, sampling_per_token_logps=batch["sampling_per_token_logps"] - shift)
+            got = fresh.compute_loss(fresh.model, stale, num_items_in_batch=batch["num_items_in_batch"])
+            assert got.item() == pytest.approx(weight * expected.item(), rel=1e-4, abs=1e-6)
     assert trainer._actor is None  # stopped at the end of training
 
 
@@ -331,8 +345,9 @@ def test_ssp_training_runs_stale_within_s_and_logs(tiny_model_dir, tmp_path):
     assert max(lags) <= 2 and sum(lags.values()) >= 4 * LOCAL_BATCH // G
     logged = [e["ssp/staleness_max"] for e in trainer.state.log_history if "ssp/staleness_max" in e]
     assert len(logged) == 4 and max(logged) <= 2
-    for batch in trainer.batches:
-        assert batch["advantages"].shape == batch["completion_ids"].shape  # per-token weighted advantages
+    # The loss weighted the last batch's advantages per token, from its own forward pass.
+    assert trainer._ssp_last["weights"].shape == trainer.batches[-1]["completion_ids"].shape
+    assert [e for e in trainer.state.log_history if "ssp/is_weight_mean" in e]
 
 
 def test_rollout_mode_is_checked(tiny_model_dir, tmp_path):

@@ -23,10 +23,11 @@ the token normaliser). This subclass changes one thing, the generation batch tha
   an actor (a thread, or a supervised child process) generates groups with the published weights while the
   learner trains; the weights are published after every optimizer step (version = ``global_step``). Every
   generation round's groups are taken from the actor (dropping any staler than s) instead of generated here, and
-  trl scores them (``rollout_func`` hands trl the actor's tokens and sampling log-probs). The advantages of the
-  batch are then weighted per token by ``min(exp(logp_learner - logp_actor), importance_cap)`` (advantages become
+  trl scores them (``rollout_func`` hands trl the actor's tokens and sampling log-probs). In the loss the
+  advantages are weighted per token by ``min(exp(logp_learner - logp_actor), importance_cap)`` (advantages become
   ``(B, T)``, which trl's loss accepts: a non-negative weight on the advantage scales each token's clipped loss
-  term exactly as trl's ``importance_sampling_ratio`` would). Metrics ``ssp/*``.
+  term exactly as trl's ``importance_sampling_ratio`` would). ``logp_learner`` is the loss's own forward pass,
+  detached (or trl's ``old_per_token_logps`` where trl computed them): no extra forward per step. Metrics ``ssp/*``.
 
 Metrics (train mode, per generation batch): ``dynamic_sampling/zero_std_frac_raw`` (share of uninformative groups
 among all generated), ``dynamic_sampling/zero_std_frac_trained`` (in the trained batch: 0 when enough were found),
@@ -203,6 +204,7 @@ class FastslowGRPOTrainer(GRPOTrainer):
         self._actor: ThreadActor | ProcessActor | None = None
         self._ssp_queue: StalenessQueue | None = None
         self._ssp_pending: list[Group] = []
+        self._ssp_loss_inputs: dict[str, Any] | None = None  # the batch whose advantages the loss's forward weights
         self._prompt_lock = threading.Lock()  # the actor thread draws from the prompt queue the learner updates
         if not self.ssp:
             return
@@ -286,36 +288,64 @@ class FastslowGRPOTrainer(GRPOTrainer):
             "logprobs": [lp for g in groups for lp in g.logprobs],
         }
 
-    def _ssp_correct(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Weight the advantages per token by the truncated importance weight of the learner against the actor."""
-        mask = batch["completion_mask"] * batch["tool_mask"] if "tool_mask" in batch else batch["completion_mask"]
-        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
-        attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
-        with torch.no_grad():
-            learner, _, _ = self._get_per_token_logps_and_entropies(
-                self.model, ids, attention, batch["completion_ids"].size(1),
-                batch_size=self.args.per_device_train_batch_size,
-            )  # fmt: skip
-        weights = truncated_importance_weights(learner, batch["sampling_per_token_logps"], mask, self.is_cap)
-        advantages = batch["advantages"]
-        self._ssp_last = {"advantages": advantages, "weights": weights, "learner_logps": learner}
-        batch["advantages"] = (advantages.unsqueeze(1) if advantages.dim() == 1 else advantages) * weights
+    def _ssp_collected(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The round's batch is complete: the actor may run ahead for the next step. Weighting happens in the loss."""
         self._ssp_queue.step_collected()
-        self._log_ssp(weights, mask)
         return batch
 
+    def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        if not (self.ssp and model.training):
+            return super()._compute_loss(model, inputs)
+        # A copy: trl reuses its buffered batch when num_iterations > 1, and the weighting must not compound.
+        self._ssp_loss_inputs = dict(inputs)
+        try:
+            loss = super()._compute_loss(model, self._ssp_loss_inputs)
+            if self._ssp_loss_inputs is not None:  # trl's loss changed shape: never train stale groups unweighted
+                raise RuntimeError("ssp: trl's loss did not compute per-token log-probs with entropies; the "
+                                   "importance weights could not be applied")  # fmt: skip
+            return loss
+        finally:
+            self._ssp_loss_inputs = None
+
+    def _get_per_token_logps_and_entropies(self, model: Any, *args: Any, **kwargs: Any) -> Any:
+        out = super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
+        inputs = self._ssp_loss_inputs
+        if inputs is not None and kwargs.get("compute_entropy"):  # the loss's forward: trl reads advantages next
+            self._ssp_loss_inputs = None
+            self._ssp_weight(inputs, out[0].detach())
+        return out
+
+    def _ssp_weight(self, inputs: dict[str, Any], current: torch.Tensor) -> None:
+        """Weight the advantages per token by the truncated importance weight of the learner against the actor.
+
+        The learner's log-probs are the loss's own forward (detached): with one optimisation pass per generation
+        they are the collection-time policy's, so no second forward is needed; trl's ``old_per_token_logps`` (the
+        collection-time policy, when trl computed them) take precedence.
+        """
+        mask = inputs["completion_mask"] * inputs["tool_mask"] if "tool_mask" in inputs else inputs["completion_mask"]
+        old = inputs.get("old_per_token_logps")
+        learner = current if old is None else old
+        weights = truncated_importance_weights(learner, inputs["sampling_per_token_logps"], mask, self.is_cap)
+        advantages = inputs["advantages"]
+        self._ssp_last = {"advantages": advantages, "weights": weights, "learner_logps": learner,
+                          "actor_logps": inputs["sampling_per_token_logps"], "mask": mask}  # fmt: skip
+        inputs["advantages"] = (advantages.unsqueeze(1) if advantages.dim() == 1 else advantages) * weights
+        self._log_ssp(weights, mask)
+
     def _log_ssp(self, weights: torch.Tensor, mask: torch.Tensor) -> None:
-        stats, metrics = self._ssp_queue.stats, self._metrics["train"]
-        kept = weights[mask.bool()]
+        metrics, kept = self._metrics["train"], weights[mask.bool()]
+        if kept.numel():
+            metrics["ssp/is_weight_mean"].append(kept.mean().item())
+            metrics["ssp/is_weight_min"].append(kept.min().item())
+            metrics["ssp/is_truncated_frac"].append((kept >= self.is_cap).float().mean().item())
+        if self._ssp_queue is None:  # a loss computed outside train() (tests): no actor, no queue
+            return
+        stats = self._ssp_queue.stats
         lags = [lag for lag, n in stats.staleness.items() for _ in range(n)]
         metrics["ssp/staleness_max"].append(float(max(lags, default=0)))
         metrics["ssp/staleness_mean"].append(float(np.mean(lags)) if lags else 0.0)
         metrics["ssp/dropped_groups"].append(float(stats.dropped))
         metrics["ssp/learner_wait_s"].append(stats.wait_s)
-        if kept.numel():
-            metrics["ssp/is_weight_mean"].append(kept.mean().item())
-            metrics["ssp/is_weight_min"].append(kept.min().item())
-            metrics["ssp/is_truncated_frac"].append((kept >= self.is_cap).float().mean().item())
 
     # -- scoring hooks
 
@@ -373,7 +403,7 @@ class FastslowGRPOTrainer(GRPOTrainer):
         if not self.model.training or (not self.dynamic_sampling and self.prompt_queue is None and not self.ssp):
             return super()._generate_and_score_completions(inputs)
         batch = self._generation_batch(inputs)
-        return self._ssp_correct(batch) if self.ssp else batch
+        return self._ssp_collected(batch) if self.ssp else batch
 
     def _generation_batch(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         target = len(inputs) // self.num_generations
