@@ -53,6 +53,15 @@ def test_sync_with_constant_lengths_and_w_equal_b_is_exact():
     assert r.steps_per_hour == 5 * 3600 / 20
 
 
+def test_startup_shifts_a_sync_run_by_exactly_the_startup():
+    base = SimConfig(workers=4, batch_groups=4, steps=5, decode_s=1.0, train_s=1.0, lengths=CONSTANT)
+    r = simulate(replace(base, startup_s=7.0))
+    assert r.makespan == 27.0 and r.learner_waits[0] == 10.0  # 7 s start-up, then 3 s of decoding
+    assert r.learner_idle == 15.0 + 7.0 and r.generator_idle == 4 * (5.0 + 7.0)
+    with pytest.raises(ValueError, match="startup_s"):
+        SimConfig(startup_s=-1.0)
+
+
 def test_ssp_learner_never_idles_after_warm_up_when_generation_is_faster():
     cfg = SimConfig(workers=4, batch_groups=4, steps=5, max_staleness=1, decode_s=1.0, train_s=4.0, lengths=CONSTANT)
     r = simulate(cfg)
@@ -165,6 +174,9 @@ def test_calibrate_predicts_a_constant_sync_run_exactly(tmp_path):
     assert row["name"] == "s0" and row["measured_learner_idle_fraction"] == 0.7
     assert row["predicted_learner_idle_fraction"] == 0.75
     assert row["predicted_generator_idle_fraction"] == 0.25
+    path.write_text(json.dumps({"runs": [dict(run, startup_s=5.0)]}))  # a child's start-up: 5 more idle seconds
+    (row,) = calibrate(path)
+    assert row["predicted_learner_idle_fraction"] == (15.0 + 5.0) / 25.0
 
 
 def test_cli_prints_one_row_per_policy(capsys):

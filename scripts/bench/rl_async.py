@@ -176,6 +176,10 @@ def ssp_measures(trainer: Logged, clock: StepClock, wall: float, s: int, args: a
     lengths = [length for length, _ in calls.values()]
     busy = sum(seconds for _, seconds in calls.values())
     learner_idle = stats.wait_s / wall
+    # Start-up: the learner's first wait less the decoding of the calls that filled its first batch (a child's
+    # imports and model load; ~0 for a thread actor).
+    first = {g.call: g.seconds for g in trainer.call_log[: args.groups]}
+    startup = max(0.0, waits[0] - sum(first.values()))
     return {
         "learner_idle_fraction": learner_idle,
         "steady_learner_idle_fraction": (trainer.waits[-1] - trainer.waits[0]) / (clock.ends[-1] - clock.ends[0]),
@@ -191,6 +195,7 @@ def ssp_measures(trainer: Logged, clock: StepClock, wall: float, s: int, args: a
             "group_lengths": lengths,
             "train_s": train_s,
             "steps": len(train_s),
+            "startup_s": startup,
             "measured": {"learner_idle_fraction": learner_idle, "generator_idle_fraction": 1.0 - busy / wall},
         },
     }
@@ -208,7 +213,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", default=None, help="write the results here (default <out>/result.json)")
     parser.add_argument("--steps", type=int, default=12, help="learner steps of every arm")
     parser.add_argument("--groups", type=int, default=8, help="groups (prompts) per learner step")
-    parser.add_argument("--groups-per-call", type=int, default=4, help="groups the actor decodes per generate call")
+    parser.add_argument(
+        "--groups-per-call",
+        type=int,
+        default=None,
+        help="groups the actor decodes per generate call (default --groups: the whole step, the trainer's default)",
+    )
     parser.add_argument("--G", type=int, default=4, help="completions per group")
     parser.add_argument("--max-tokens", type=int, default=72)
     parser.add_argument("--lr", type=float, default=1e-4)
@@ -220,6 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    args.groups_per_call = args.groups_per_call or args.groups
     # Level-3 problems: held-out and training prompts disjoint (ids), drawn by fixed seeds.
     args.heldout_records = make_problems(args.n_heldout, [3], seed=21)
     records = make_problems(args.n_rl, [3], seed=12, exclude={r["id"] for r in args.heldout_records})

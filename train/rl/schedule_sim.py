@@ -19,6 +19,9 @@ The model (docs/grpo_scheduler.md has the long form):
   - ``s = 0`` is exactly synchronous GRPO: B groups per version, the learner waits for the slowest, and nothing is
     generated while it trains.
 
+* ``startup_s``: the generators start decoding only then (a child process's imports and model load); with 0,
+  the first group starts at time 0.
+
 * Priority (the paper's "prioritized data queues"): prompts arrive in data batches of B; within a batch the workers
   take prompts in decreasing *predicted* length (longest-processing-time-first list scheduling) instead of data
   order. The long groups start first, the short ones fill the gaps at the end, so the last group of a batch to
@@ -86,11 +89,21 @@ class SimConfig:
     predict_sigma: float = field(
         default=0.5, metadata={"help": "Lognormal sigma of the length predictor's error (0 = oracle)."}
     )
+    startup_s: float = field(
+        default=0.0,
+        metadata={
+            "help": "Seconds before the generators decode their first group (a child process's imports and "
+            "model load); the learner waits them out too."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "The one seed every random draw derives from."})
 
     def __post_init__(self):
-        if self.workers < 1 or self.batch_groups < 1 or self.steps < 1 or self.max_staleness < 0:
-            raise ValueError(f"SimConfig needs workers, batch_groups, steps >= 1 and max_staleness >= 0: {self}")
+        counts = (self.workers, self.batch_groups, self.steps)
+        if min(counts) < 1 or self.max_staleness < 0 or self.startup_s < 0:
+            raise ValueError(
+                f"SimConfig needs workers, batch_groups, steps >= 1, max_staleness, startup_s >= 0: {self}"
+            )
         if not isinstance(self.decode_s, (int, float)) and len(self.decode_s) != self.workers:
             raise ValueError(f"decode_s has {len(self.decode_s)} values for {self.workers} workers")
 
@@ -197,8 +210,9 @@ def simulate(cfg: SimConfig) -> SimResult:
             dispatched += 1
             version_of[group] = version
             decoding[version] += 1
-            end = float(t + lengths[group] * decode[worker])
-            spans.append((t, end))
+            start = max(t, cfg.startup_s)  # nothing decodes before the generators are up
+            end = float(start + lengths[group] * decode[worker])
+            spans.append((start, end))
             push(end, worker, group)
 
     try_dispatch()
@@ -300,6 +314,7 @@ def _calibrate_run(path: Path, i: int, run: dict, seed: int) -> dict:
         decode_s=float(run["decode_s_per_token"]),
         train_s=tuple(train_s) if isinstance(train_s, list) else float(train_s),
         lengths=LengthModel(values=tuple(float(x) for x in run["group_lengths"])),
+        startup_s=float(run.get("startup_s", 0.0)),
         seed=seed,
     )
     result = simulate(cfg)
