@@ -12,7 +12,7 @@ from train.core.checks import exact_match
 from train.core.loading import load_model_and_tokenizer
 from train.core.modes import PANGU_THINK, QWEN3_THINK, Mode, detect_mode, parse_response
 from train.dual_system.fusion import FusionBuildConfig, decide, fusion_records
-from train.eval.labels import LabelRule, label_from_rates
+from train.eval.labels import LabelRule, label_from_rates, margin_in_samples
 from train.sampling.reply import Reply
 from train.sampling.transformers import TransformersSampler
 
@@ -45,6 +45,13 @@ def slow(answer, steps="s", tokens=None):
 )
 def test_label_rule_on_fixed_pass_rates(fast_rate, slow_rate, label):
     assert label_from_rates(fast_rate, slow_rate, RULE) == label
+
+
+def test_margin_in_samples_is_the_misses_it_tolerates():
+    assert margin_in_samples(0.1, 8) == 0  # finer than 1/8: fast 7/8 against slow 8/8 is slow (the row above)
+    assert margin_in_samples(0.125, 8) == 1 and margin_in_samples(0.25, 8) == 2
+    assert margin_in_samples(0.1, 10) == 1  # 0.1 * 10 is 1 up to rounding
+    assert margin_in_samples(0.0, 8) == 0
 
 
 def test_rule_validates():

@@ -47,7 +47,7 @@ from train.core.fingerprint import RUN_CONFIG, check_run_config
 from train.core.modes import Mode, ThinkFormat, tagged, untagged
 from train.core.plots import pyplot, save_figure
 from train.eval.evaluation import bucket_sort_key
-from train.eval.labels import FAST, SLOW, LabelRule, label_from_rates
+from train.eval.labels import FAST, SLOW, LabelRule, label_from_rates, margin_in_samples
 from train.sampling.base import Sampler, SamplerConfig, SamplingParams, make_sampler
 from train.sampling.params import chunk_seed
 from train.sampling.reply import Reply
@@ -557,6 +557,10 @@ def build_fusion(
     out = Path(out_dir)
     check = check or get_check(config.check)
     rule = config.rule()
+    if 0 < rule.margin and margin_in_samples(rule.margin, config.num_samples) == 0:
+        logger.warning("fusion: margin %g is finer than one of %d samples (%.3g): it tolerates no fast miss, and a "
+                       "prompt whose slow replies are all right is labelled slow after one wrong fast reply",
+                       rule.margin, config.num_samples, 1 / config.num_samples)  # fmt: skip
     sampler = sampler or make_sampler(config.sampler_config(), model=model, tokenizer=tokenizer)
     records = merge_prompts(records)
     ids = [r["id"] for r in records]

@@ -5,6 +5,7 @@ Fusion data (Stage 2) labels prompts with it; evaluation uses it (with ``margin 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 FAST, SLOW = "fast", "slow"
@@ -23,6 +24,15 @@ class LabelRule:
             raise ValueError(f"fast_threshold={self.fast_threshold} must be in [0, 1]")
         if not 0.0 <= self.margin <= 1.0:
             raise ValueError(f"margin={self.margin} must be in [0, 1]")
+
+
+def margin_in_samples(margin: float, num_samples: int) -> int:
+    """How many fewer correct fast replies than slow ones (of ``num_samples`` each) ``margin`` tolerates.
+
+    Pass rates move in steps of ``1 / num_samples``: a margin finer than one step acts as 0 (with 8 samples, 0.1
+    tolerates no miss: fast 7/8 against slow 8/8 is labelled slow).
+    """
+    return math.floor(margin * num_samples + 1e-9)
 
 
 def label_from_rates(fast_rate: float, slow_rate: float, rule: LabelRule) -> str:
