@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--G", type=int, default=4, help="completions per group")
     parser.add_argument("--max-tokens", type=int, default=72)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--n-heldout", type=int, default=100, help="held-out level-3 problems for accuracy")
+    parser.add_argument("--n-heldout", type=int, default=400, help="held-out level-3 problems for accuracy")
     parser.add_argument(
         "--arms",
         default="sync,sync1,ssp0,ssp2,ssp0p,ssp2p",
