@@ -232,6 +232,19 @@ def test_quick_run_writes_the_summary_report_and_model_card(quick_run):
     assert "recipes/configs/tiny/grpo_arithmetic.yaml" in card
 
 
+def test_quick_run_writes_every_reply_of_its_evaluations(quick_run):
+    out, _ = quick_run
+    summary = json.loads((out / "summary.json").read_text())
+    n_test = len((out / "world" / "data" / "test.jsonl").read_text().splitlines())
+    for stage in STAGES:
+        rows = [json.loads(line) for line in (out / "eval" / f"{stage}.generations.jsonl").read_text().splitlines()]
+        modes = set(summary["stages"][stage]["modes"])
+        assert sorted({r["mode"] for r in rows}) == sorted(modes) and len(rows) == n_test * len(modes)
+        assert {"prompt", "reference", "text", "num_tokens", "truncated", "correct", "reply_mode"} <= set(rows[0])
+        sampled = (out / "eval" / f"{stage}.sampled.jsonl").read_text().splitlines()
+        assert len(sampled) == 2 * n_test // 3  # k = 2 replies to each level-3 problem, a third of the test set
+
+
 def test_the_final_model_loads_and_renders_every_mode(quick_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -1,7 +1,10 @@
 """Evaluation of every stage's model: greedy in each of its modes on the held-out set, and sampled on the hard part.
 
 Results are cached in ``<run>/eval/<stage>.json`` (with ``.md`` and ``.png`` beside it), keyed by the model they
-scored: a rerun reuses them, a retrained model is scored again. Sampling is seeded from the pipeline's seed.
+scored: a rerun reuses them, a retrained model is scored again. Every reply is written as JSONL (one row per reply:
+prompt, reference, text, tokens, truncation, correctness, the mode it took): ``<stage>.generations.jsonl`` for the
+greedy replies in every mode, ``<stage>.sampled.jsonl`` for the sampled hard ones. Sampling is seeded from the
+pipeline's seed.
 """
 
 from __future__ import annotations
@@ -30,10 +33,13 @@ def evaluate_stage(
     model, tok = load_model_and_tokenizer(model_dir)
     model.eval()
     params = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=seed)
-    results = evaluate(model, tok, test, modes=modes, **params)
+    # Every reply as JSONL beside the scores: what a reader checks when a number looks wrong.
+    results = evaluate(model, tok, test, modes=modes, generations_path=eval_dir / f"{name}.generations.jsonl", **params)
     hard = [r for r in test if bucket(r) == cfg.hard_level]
     if hard and cfg.sampled_k > 1 and "slow" in modes:
-        sampled = evaluate(model, tok, hard, modes=["slow"], k=cfg.sampled_k, temperature=1.0, top_p=1.0, **params)
+        sampled_path = eval_dir / f"{name}.sampled.jsonl"
+        sampled = evaluate(model, tok, hard, modes=["slow"], k=cfg.sampled_k, temperature=1.0, top_p=1.0,
+                           generations_path=sampled_path, **params)  # fmt: skip
         results["sampled_hard"] = {"k": cfg.sampled_k, "avg": sampled["modes"]["slow"][f"avg@{cfg.sampled_k}"],
                                    "prompts": len(hard)}  # fmt: skip
     results["model"] = str(model_dir)
