@@ -34,7 +34,8 @@ def evaluate_stage(
     model.eval()
     params = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=seed)
     # Every reply as JSONL beside the scores: what a reader checks when a number looks wrong.
-    results = evaluate(model, tok, test, modes=modes, generations_path=eval_dir / f"{name}.generations.jsonl", **params)
+    replies = eval_dir / f"{name}.generations.jsonl"
+    results = evaluate(model, tok, test, modes=modes, generations_path=replies, **params)
     hard = [r for r in test if bucket(r) == cfg.hard_level]
     if hard and cfg.sampled_k > 1 and "slow" in modes:
         sampled_path = eval_dir / f"{name}.sampled.jsonl"
