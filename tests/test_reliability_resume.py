@@ -46,6 +46,41 @@ def test_fingerprint_ignores_patterns_and_names_differing_keys(tmp_path):
     assert not list(record.parent.glob("*.tmp*"))
 
 
+def test_a_recipe_resumes_against_a_restarted_sampler_server(tmp_path):
+    from dataclasses import dataclass, fields
+
+    from train.core.fingerprint import SAMPLER_TRANSPORT, check_recipe_config
+    from train.sampling.params import SamplerConfig
+
+    assert set(SAMPLER_TRANSPORT) <= {f.name for f in fields(SamplerConfig)}  # the list names real keys
+
+    @dataclass
+    class Stage:
+        sampler_model: str = "served"
+        sampler_base_url: str = "http://127.0.0.1:8000/v1"
+        sampler_timeout: float = 60.0
+        sampler_batch_budget: float | None = None
+
+    class Training:
+        def __init__(self, **kw):
+            self.kw = {"learning_rate": 1e-3, "logging_steps": 5, **kw}
+
+        def to_dict(self):
+            return self.kw
+
+    @dataclass
+    class Model:
+        name: str = "m"
+
+    check_recipe_config(tmp_path, "distill", Stage(), Training(), Model())
+    moved = Stage(sampler_base_url="http://127.0.0.1:8011/v1", sampler_timeout=600.0)
+    check_recipe_config(tmp_path, "distill", moved, Training(logging_steps=1), Model())  # transport, logging: resume
+    with pytest.raises(ResumeConfigError, match="distill.sampler_model: 'served' -> 'other'"):
+        check_recipe_config(tmp_path, "distill", Stage(sampler_model="other"), Training(), Model())
+    with pytest.raises(ResumeConfigError, match="distill.sampler_batch_budget"):
+        check_recipe_config(tmp_path, "distill", Stage(sampler_batch_budget=5.0), Training(), Model())
+
+
 def test_fault_point_exits_137_at_the_nth_reach():
     code = "from train.core.fingerprint import fault_point as f\nfor i in range(3):\n print(i, flush=True)\n f('x')"
     env = {**os.environ, "FASTSLOW_FAULT": "x@2"}

@@ -34,8 +34,21 @@ TRAINING_IGNORE = (
 )  # fmt: skip
 
 
-#: What a recipe's run configuration ignores: the training arguments that change no result, and the process rank.
-RECIPE_IGNORE = tuple(f"training.{p}" for p in (*TRAINING_IGNORE, "local_rank"))
+#: Keys of the sampler (``SamplerConfig``, ``sampler_*`` in a recipe) that say how requests reach a server, not what
+#: it samples: a resumed run may point at a restarted server (another port, key or timeout); ``sampler_model`` names
+#: the model it serves and stays recorded. Timeouts and retries decide only whether a request gets through, which no
+#: value makes reproducible; ``batch_budget`` is not here: it decides by design which replies come back.
+SAMPLER_TRANSPORT = (
+    "base_url", "api_key_env", "timeout", "max_retries", "backoff", "max_backoff", "concurrency",
+    "requests_per_second",
+)  # fmt: skip
+
+#: What a recipe's run configuration ignores: the training arguments that change no result, the process rank and
+#: the sampler's transport keys.
+RECIPE_IGNORE = (
+    *(f"training.{p}" for p in (*TRAINING_IGNORE, "local_rank")),
+    *(f"*.sampler_{k}" for k in SAMPLER_TRANSPORT),
+)
 
 
 class ResumeConfigError(RuntimeError):
