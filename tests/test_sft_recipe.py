@@ -62,7 +62,7 @@ def test_two_process_accelerate_launch_changes_every_parameter(tiny_model_dir, a
         "--config_file",
         str(ROOT / "recipes/accelerate/cpu_ddp.yaml"),
         str(RECIPE),
-        *_overrides(tiny_model_dir, arithmetic_data_dir, out, "--report_to", "none"),
+        *_overrides(tiny_model_dir, arithmetic_data_dir, out, "--report_to", "none", "--save_strategy", "no"),
     ]
     res = _run(cmd)
     assert res.returncode == 0, res.stderr[-4000:]
@@ -72,6 +72,9 @@ def test_two_process_accelerate_launch_changes_every_parameter(tiny_model_dir, a
     unchanged = [k for k in before if torch.equal(before[k], after[k])]
     assert not unchanged, f"parameters that did not change: {unchanged}"
     assert (out / "tokenizer_config.json").exists()
+    # No checkpoint, yet the log history the pipeline's report plots is saved (by rank 0 only).
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert len([h for h in history if "loss" in h]) == 4 and not list(out.glob("checkpoint-*"))
 
 
 def test_lora_trains_adapter_and_saves_merged_model(tiny_model_dir, arithmetic_data_dir, tmp_path):

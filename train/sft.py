@@ -158,7 +158,8 @@ def build_sft_trainer(
 
 
 def save_trained(trainer: SFTTrainer, output_dir: str | Path, merge_lora: bool = True) -> Path:
-    """Save the trained model and tokenizer; a LoRA run also gets ``merged/``, a full loadable model.
+    """Save the trained model and tokenizer (and the trainer's state, ``trainer_state.json`` in its ``output_dir``); a
+    LoRA run also gets ``merged/``, a full loadable model.
 
     Returns the folder downstream stages should load (the merged one for LoRA). A model with NaN/inf weights is
     refused (:class:`train.core.guards.NonFiniteError`): nothing is saved. Every process must call it: the save is
@@ -169,6 +170,8 @@ def save_trained(trainer: SFTTrainer, output_dir: str | Path, merge_lora: bool =
     output_dir = Path(output_dir)
     check_finite_model(trainer.model, str(output_dir))
     trainer.save_model(str(output_dir))
+    # trainer_state.json (the log history the report plots) also when no checkpoint was saved (save_strategy: no).
+    trainer.save_state()
     if not (hasattr(trainer.model, "merge_and_unload") and merge_lora):
         return output_dir
     merged_dir = output_dir / "merged"
