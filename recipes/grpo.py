@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> tuple[Path, GRPOTrainer]:
     if script_args.rollout_mode == "ssp" and training_args.use_vllm:
         config = async_grpo_config(script_args, training_args)
         path = model_args.model_name_or_path
-        trainer = build_async_trainer(path, reward_funcs, config, train_dataset, tokenizer, callbacks)
+        sampling = dict(dynamic_sampling=script_args.dynamic_sampling, prompt_queue=queue,
+                        success_threshold=script_args.queue_success_threshold, resume=resume)  # fmt: skip
+        trainer = build_async_trainer(path, reward_funcs, config, train_dataset, tokenizer, callbacks, **sampling)
     else:
         trainer = FastslowGRPOTrainer(
             model=model,

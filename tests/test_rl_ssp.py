@@ -367,7 +367,7 @@ class FakeConfig:
         self.kwargs = kwargs
 
 
-def test_async_grpo_config_maps_our_keys(script):
+def test_async_grpo_config_maps_our_keys(script, tmp_path):
     from train.core.cli import parse_args
     from train.rl.async_trl import async_grpo_config, build_async_trainer
 
@@ -387,14 +387,32 @@ def test_async_grpo_config_maps_our_keys(script):
     from trl.experimental.async_grpo import AsyncGRPOConfig
 
     assert set(kw) <= {f.name for f in dataclasses.fields(AsyncGRPOConfig)}
-    # The trainer gets the model by path, our config, rewards, data and tokenizer.
+    # The trainer gets the model by path, our config, rewards, data and tokenizer, and its rollout worker our loop.
     seen = {}
+
+    class FakeWorker:
+        _process = None
+        _loop_kwargs = {"dataset": "d"}
 
     class FakeTrainer:
         def __init__(self, **kwargs):
             seen.update(kwargs)
+            self.rollout_worker, self.callbacks = FakeWorker(), []
 
-    build_async_trainer(model_args.model_name_or_path, ["r"], fake, ["d"], "tok", ["cb"], trainer_cls=FakeTrainer)
+        def add_callback(self, callback):
+            self.callbacks.append(callback)
+
+    fake.output_dir = str(tmp_path)
+    trainer = build_async_trainer(
+        model_args.model_name_or_path,
+        ["r"],
+        fake,
+        ["d"],
+        "tok",
+        ["cb"],
+        trainer_cls=FakeTrainer,
+        dynamic_sampling=True,
+    )
     assert seen == {
         "model": "outputs/embedded-7b/distill/iteration_2/model",
         "reward_funcs": ["r"],
@@ -403,9 +421,13 @@ def test_async_grpo_config_maps_our_keys(script):
         "processing_class": "tok",
         "callbacks": ["cb"],
     }
-    script_args.dynamic_sampling = True
-    with pytest.raises(NotImplementedError, match="dynamic_sampling"):
-        async_grpo_config(script_args, training_args, config_cls=FakeConfig)
+    from train.rl.async_worker import FastslowRolloutLoop
+
+    worker = trainer.rollout_worker
+    assert worker._loop_cls is FastslowRolloutLoop and worker._loop_kwargs["dynamic_sampling"] is True
+    assert worker._loop_kwargs["prompt_queue"] is None and not trainer.callbacks  # no queue: no queue state to save
+    script_args.dynamic_sampling = True  # mapped: it is the loop's, not AsyncGRPOConfig's
+    assert async_grpo_config(script_args, training_args, config_cls=FakeConfig).kwargs == kw
 
 
 @pytest.mark.slow

@@ -16,15 +16,25 @@ Mapping (ours -> trl):
   ``vllm_server_timeout``; sampling (``num_generations``, ``max_completion_length``, ``temperature``, ``top_p``,
   ``top_k``, ``min_p``, ``repetition_penalty``, ``chat_template_kwargs``), clipping (``epsilon``, ``epsilon_high``)
   and the Trainer keys below, unchanged.
+* :func:`build_async_trainer` makes trl's rollout worker spawn :class:`train.rl.async_worker.FastslowRolloutLoop`,
+  a subclass of its child loop that hands the rewards the whole reply (trl would parse the think block out, and
+  refuses an unknown chat template such as ours), and with ``dynamic_sampling`` and ``prompt_queue`` (with
+  ``queue_success_threshold`` and the queue's state in checkpoints) draws prompts from the queue and drops groups
+  without a learning signal (``max_resample_rounds`` has no meaning there: the worker generates continuously and
+  simply sends fewer groups).
 * Not mapped: ``importance_cap`` (AsyncGRPOTrainer has no truncated importance weight: its loss clips the ratio to
-  the vLLM sampling log-probs, PPO-style, with ``epsilon``/``epsilon_high``); ``dynamic_sampling`` and
-  ``prompt_queue`` (they would need a subclass of its rollout worker's child loop, not written): asking for them
-  with the async trainer is an error rather than a silent no-op.
+  the vLLM sampling log-probs, PPO-style, with ``epsilon``/``epsilon_high``).
 """
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
+
+from train.rl.async_worker import AsyncQueueStateCallback, use_fastslow_loop
+
+logger = logging.getLogger(__name__)
 
 # TrainingArguments keys copied as they are.
 TRAINER_KEYS = (
@@ -65,12 +75,6 @@ def async_grpo_kwargs(script_args: Any, training_args: Any) -> dict[str, Any]:
     """The ``AsyncGRPOConfig`` keyword arguments for our GRPOScriptArguments and GRPOConfig (see the module doc)."""
     if script_args.rollout_mode != "ssp":
         raise ValueError(f"the async trainer is rollout_mode: ssp, not {script_args.rollout_mode!r}")
-    unsupported = [k for k in ("dynamic_sampling", "prompt_queue") if getattr(script_args, k)]
-    if unsupported:
-        raise NotImplementedError(
-            f"{', '.join(unsupported)} with trl's AsyncGRPOTrainer (rollout_mode: ssp, use_vllm: true) is not "
-            "implemented: set them false, or run ssp without vLLM (FastslowGRPOTrainer's actor)"
-        )
     url = training_args.vllm_server_base_url or (
         f"http://{training_args.vllm_server_host}:{training_args.vllm_server_port}"
     )
@@ -102,13 +106,23 @@ def build_async_trainer(
     tokenizer: Any,
     callbacks: list | None = None,
     trainer_cls: type | None = None,
+    *,
+    dynamic_sampling: bool = False,
+    prompt_queue: Any = None,
+    success_threshold: float = 0.5,
+    resume: str | None = None,
 ) -> Any:
-    """trl's ``AsyncGRPOTrainer`` (or ``trainer_cls``) on ``model_path`` (it loads the model itself, by path)."""
+    """trl's ``AsyncGRPOTrainer`` (or ``trainer_cls``) on ``model_path`` (it loads the model itself, by path).
+
+    Its rollout worker runs :class:`train.rl.async_worker.FastslowRolloutLoop`: the whole reply reaches the rewards,
+    and ``dynamic_sampling`` and the ``prompt_queue`` (restored from ``resume``'s ``queue_state.json`` when there is
+    one) work as on the CPU path (module docstring).
+    """
     if trainer_cls is None:
         from trl.experimental.async_grpo import AsyncGRPOTrainer
 
         trainer_cls = AsyncGRPOTrainer
-    return trainer_cls(
+    trainer = trainer_cls(
         model=model_path,
         reward_funcs=reward_funcs,
         args=config,
@@ -116,3 +130,22 @@ def build_async_trainer(
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    _install_loop(trainer, config, dynamic_sampling, prompt_queue, success_threshold, resume)
+    return trainer
+
+
+def _install_loop(trainer: Any, config: Any, dynamic: bool, queue: Any, threshold: float, resume: str | None) -> None:
+    worker = getattr(trainer, "rollout_worker", None)
+    accelerator = getattr(trainer, "accelerator", None)
+    if worker is None:
+        if accelerator is None or accelerator.is_main_process:  # only rank 0 holds trl's worker
+            raise RuntimeError("the async trainer has no rollout worker on the main process to run fastslow's loop")
+        return
+    queue_dir = Path(config.output_dir) / "rollout_queue"
+    queue_dir.mkdir(parents=True, exist_ok=True)
+    if queue is not None and resume and queue.load(resume):
+        logger.info("prompt queue restored from %s", resume)
+    use_fastslow_loop(worker, dynamic_sampling=dynamic, prompt_queue=queue, success_threshold=threshold,
+                      queue_dir=str(queue_dir))  # fmt: skip
+    if queue is not None:
+        trainer.add_callback(AsyncQueueStateCallback(queue_dir))
