@@ -6,7 +6,8 @@ queue the trainer reads. It has no dynamic sampling and no prompt priority. :cla
 where trl leaves room for them, in its two per-group hooks:
 
 * ``_repeat_iterator`` (which prompt the next group answers): with a :class:`~train.rl.queue.PromptQueue`, the queue
-  draws it by priority instead of the dataset order;
+  draws it by priority instead of the dataset order, one prompt per group as the worker asks (the synchronous
+  trainer draws a round's prompts at once, distinct; here two groups in flight may share a prompt);
 * ``_score_group`` (a group's samples): after trl scores the group, its success count updates the prompt's EMA pass
   rate, and with ``dynamic_sampling`` a group without a learning signal (fewer than two scored rewards, or all
   equal: :func:`~train.rl.trainer.informative_groups`) yields no samples. The generate loop keeps drawing, so the
