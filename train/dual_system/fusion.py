@@ -557,7 +557,7 @@ def build_fusion(
     out = Path(out_dir)
     check = check or get_check(config.check)
     rule = config.rule()
-    if 0 < rule.margin and margin_in_samples(rule.margin, config.num_samples) == 0:
+    if writes and 0 < rule.margin and margin_in_samples(rule.margin, config.num_samples) == 0:  # once, not per rank
         logger.warning("fusion: margin %g is finer than one of %d samples (%.3g): it tolerates no fast miss, and a "
                        "prompt whose slow replies are all right is labelled slow after one wrong fast reply",
                        rule.margin, config.num_samples, 1 / config.num_samples)  # fmt: skip
