@@ -87,13 +87,13 @@ def sweep(base: SimConfig, staleness: int) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=1024)
     parser.add_argument("--staleness", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     start = time.perf_counter()
     base = base_config(args.workers, args.steps, args.seed)
     print(
