@@ -267,11 +267,13 @@ def test_a_rerun_skips_every_stage_and_prints_the_same_summary(quick_run):
     out, _ = quick_run
     before = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
     table = (out / "summary.md").read_text()
+    (out / "eval" / "base.generations.jsonl").unlink()  # scores without their replies: evaluated again
     cmd = [sys.executable, "recipes/pipeline.py", "--config", str(TINY), "--quick", "--run_dir", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stderr.count("skip (done)") == 4
     assert {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")} == before
     assert (out / "summary.md").read_text() == table
+    assert (out / "eval" / "base.generations.jsonl").exists()
     refused = subprocess.run(cmd + ["--think_format", "pangu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "built with think_format 'qwen3'" in refused.stderr

@@ -79,6 +79,14 @@ def test_a_recipe_resumes_against_a_restarted_sampler_server(tmp_path):
         check_recipe_config(tmp_path, "distill", Stage(sampler_model="other"), Training(), Model())
     with pytest.raises(ResumeConfigError, match="distill.sampler_batch_budget"):
         check_recipe_config(tmp_path, "distill", Stage(sampler_batch_budget=5.0), Training(), Model())
+    # A record written before these keys were ignored still holds them: it resumes all the same.
+    older = tmp_path / "older"
+    keys = {"distill.sampler_model": "served", "distill.sampler_base_url": "http://old:1/v1",
+            "distill.sampler_timeout": 1, "distill.sampler_batch_budget": None, "training.learning_rate": 1e-3,
+            "model.name": "m"}  # fmt: skip
+    older.mkdir()
+    (older / RUN_CONFIG).write_text(json.dumps(config_fingerprint(keys)))
+    check_recipe_config(older, "distill", Stage(), Training(), Model())
 
 
 def test_fault_point_exits_137_at_the_nth_reach():

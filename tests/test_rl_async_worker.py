@@ -197,3 +197,27 @@ def test_rewards_get_the_whole_reply_with_its_think_block(make_loop, tiny_model_
     options, shared = loop_kwargs(load_tokenizer(tiny_model_dir))
     with pytest.raises(ValueError, match="Unrecognized chat template"):
         trl_worker._AsyncRolloutLoop(**options, **shared)
+
+
+def test_a_checkpoint_resumes_after_the_last_trained_group_not_the_first_dropped(tmp_path, monkeypatch):
+    from train.rl import async_trl
+    from train.rl.async_worker import FastslowAsyncGRPOTrainer, record_resume_point
+
+    # trl wrote its point: dataset start 10 + its first never-trained group id, 3, which dynamic sampling dropped.
+    (tmp_path / "rollout_state.json").write_text(json.dumps({"prompt_index": 13, "model_version": 5}))
+    assert record_resume_point(tmp_path, 10, {0, 1, 2, 4, 5}) == 16
+    assert json.loads((tmp_path / "rollout_state.json").read_text()) == {"prompt_index": 16, "model_version": 5}
+    assert record_resume_point(tmp_path / "none", 10, {0}) is None and record_resume_point(tmp_path, 10, set()) is None
+    assert "_save_checkpoint" in FastslowAsyncGRPOTrainer.__dict__
+    # The recipe's builder uses this subclass unless told otherwise.
+    built = []
+
+    class Recorder:
+        def __init__(self, **kwargs):
+            built.append(kwargs)
+            self.rollout_worker = SimpleNamespace(_process=None, _loop_kwargs={})
+
+    monkeypatch.setattr(async_trl, "FastslowAsyncGRPOTrainer", Recorder)
+    trainer = async_trl.build_async_trainer("m", ["r"], SimpleNamespace(output_dir=str(tmp_path)), ["d"], "tok")
+    assert isinstance(trainer, Recorder) and built[0]["model"] == "m"
+    assert trainer.rollout_worker._loop_cls is FastslowRolloutLoop

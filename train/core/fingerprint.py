@@ -100,16 +100,18 @@ def check_run_config(
     ``output`` (default: ``record``'s folder) to delete to start over. ``write=False`` only checks (processes other
     than the main one). Returns the fingerprint.
     """
-    record = Path(record)
+    record, ignore = Path(record), tuple(ignore)
     fingerprint = config_fingerprint(mapping, ignore)
     if record.exists():
         try:
             recorded = json.loads(record.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ResumeConfigError(f"{record}: unreadable recorded configuration ({exc.msg})") from None
-        if recorded.get("hash") != fingerprint["hash"]:
-            old, new = recorded.get("keys", {}), fingerprint["keys"]
-            diff = differing_keys(old, new)
+        # Keys, not the hash: a record written before a key joined ``ignore`` still holds it, and must not block.
+        old = {k: v for k, v in recorded.get("keys", {}).items() if not any(fnmatch.fnmatch(k, p) for p in ignore)}
+        new = fingerprint["keys"]
+        diff = differing_keys(old, new)
+        if diff:
             shown = "; ".join(f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in diff[:12])
             more = f" (and {len(diff) - 12} more)" if len(diff) > 12 else ""
             raise ResumeConfigError(

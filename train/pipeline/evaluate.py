@@ -25,20 +25,20 @@ def evaluate_stage(
 ) -> dict[str, Any]:
     """Greedy results in ``modes`` and sampled slow-mode accuracy (avg@k, T=1) on the hard problems."""
     cached = eval_dir / f"{name}.json"
-    if cached.exists():
+    # Every reply as JSONL beside the scores: what a reader checks when a number looks wrong.
+    replies, sampled_path = eval_dir / f"{name}.generations.jsonl", eval_dir / f"{name}.sampled.jsonl"
+    if cached.exists() and replies.exists():  # scores without their replies (an older run): evaluate again
         results = json.loads(cached.read_text())
         if results.get("model") == str(model_dir):
             return results
+    sampled_path.unlink(missing_ok=True)  # another model's sampled replies must not survive beside these scores
     test = read_records(test_file)
     model, tok = load_model_and_tokenizer(model_dir)
     model.eval()
     params = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=seed)
-    # Every reply as JSONL beside the scores: what a reader checks when a number looks wrong.
-    replies = eval_dir / f"{name}.generations.jsonl"
     results = evaluate(model, tok, test, modes=modes, generations_path=replies, **params)
     hard = [r for r in test if bucket(r) == cfg.hard_level]
     if hard and cfg.sampled_k > 1 and "slow" in modes:
-        sampled_path = eval_dir / f"{name}.sampled.jsonl"
         sampled = evaluate(model, tok, hard, modes=["slow"], k=cfg.sampled_k, temperature=1.0, top_p=1.0,
                            generations_path=sampled_path, **params)  # fmt: skip
         results["sampled_hard"] = {"k": cfg.sampled_k, "avg": sampled["modes"]["slow"][f"avg@{cfg.sampled_k}"],

@@ -32,7 +32,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from train.rl.async_worker import AsyncQueueStateCallback, use_fastslow_loop
+from train.rl.async_worker import AsyncQueueStateCallback, FastslowAsyncGRPOTrainer, use_fastslow_loop
 
 logger = logging.getLogger(__name__)
 
@@ -112,16 +112,14 @@ def build_async_trainer(
     success_threshold: float = 0.5,
     resume: str | None = None,
 ) -> Any:
-    """trl's ``AsyncGRPOTrainer`` (or ``trainer_cls``) on ``model_path`` (it loads the model itself, by path).
+    """trl's ``AsyncGRPOTrainer`` (our subclass, whose checkpoints resume after dropped groups; or ``trainer_cls``) on
+    ``model_path`` (it loads the model itself, by path).
 
     Its rollout worker runs :class:`train.rl.async_worker.FastslowRolloutLoop`: the whole reply reaches the rewards,
     and ``dynamic_sampling`` and the ``prompt_queue`` (restored from ``resume``'s ``queue_state.json`` when there is
     one) work as on the CPU path (module docstring).
     """
-    if trainer_cls is None:
-        from trl.experimental.async_grpo import AsyncGRPOTrainer
-
-        trainer_cls = AsyncGRPOTrainer
+    trainer_cls = trainer_cls or FastslowAsyncGRPOTrainer
     trainer = trainer_cls(
         model=model_path,
         reward_funcs=reward_funcs,

@@ -37,6 +37,7 @@ the real ``_AsyncRolloutLoop`` subclass on a CPU: its iterator, its scoring of f
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -53,6 +54,7 @@ from trl.chat_template_utils import _SUPPORTS_RESPONSE_TEMPLATE
 
 with warnings.catch_warnings():  # the instability warning, on every recipe start; docs/grpo.md says what we rely on
     warnings.filterwarnings("ignore", message=".*trl.experimental")
+    from trl.experimental.async_grpo import AsyncGRPOTrainer
     from trl.experimental.async_grpo.async_rollout_worker import RolloutGroup, RolloutSample, _AsyncRolloutLoop
 
 from train.rl.queue import STATE_FILE, PromptQueue
@@ -160,6 +162,36 @@ class FastslowRolloutLoop(_AsyncRolloutLoop):
         finally:
             if self.prompt_queue is not None and self.queue_dir:
                 self.prompt_queue.save(self.queue_dir)
+
+
+def record_resume_point(checkpoint_dir: str | Path, start_index: int, trained_groups: set[int]) -> int | None:
+    """Rewrite trl's ``rollout_state.json`` in ``checkpoint_dir`` to resume after the last trained group.
+
+    trl resumes the dataset at its first group id that was never trained; a group the loop dropped (dynamic sampling)
+    is never trained, so that point would stay at the first dropped group and a resumed run would replay the data
+    from near the start. After the highest trained id instead: groups still in flight at the save are skipped, not
+    replayed. Returns the new prompt index (None when there is no state file or nothing was trained).
+    """
+    path = Path(checkpoint_dir) / "rollout_state.json"
+    if not (path.is_file() and trained_groups):
+        return None
+    state = json.loads(path.read_text(encoding="utf-8"))
+    state["prompt_index"] = start_index + max(trained_groups) + 1
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(state), encoding="utf-8")
+    tmp.replace(path)
+    return state["prompt_index"]
+
+
+class FastslowAsyncGRPOTrainer(AsyncGRPOTrainer):
+    """trl's ``AsyncGRPOTrainer`` whose checkpoints resume after the groups :class:`FastslowRolloutLoop` dropped."""
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        worker = self.rollout_worker
+        if self.accelerator.is_main_process and getattr(worker, "_loop_kwargs", {}).get("dynamic_sampling"):
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            record_resume_point(folder, worker._loop_kwargs["dataset_start_index"], self._trained_groups)
 
 
 def use_fastslow_loop(worker: Any, **options: Any) -> None:
