@@ -337,6 +337,29 @@ def test_s0_actor_logprobs_match_learner_and_loss_equals_grpo(tiny_model_dir, tm
     assert trainer._actor is None  # stopped at the end of training
 
 
+def test_two_passes_over_a_batch_weight_it_from_trls_old_logps_and_never_twice(tiny_model_dir, tmp_path):
+    seen = []
+
+    class Watching(Recording):
+        def _ssp_weight(self, inputs, current):
+            seen.append((inputs["advantages"].dim(), "old_per_token_logps" in inputs))
+            super()._ssp_weight(inputs, current)
+
+    trainer = Watching(
+        model=load_model(tiny_model_dir),
+        reward_funcs=[live_reward],
+        args=grpo_args(tmp_path, num_iterations=2),  # trl reuses its buffered batch for a second optimizer step
+        train_dataset=dataset(),
+        processing_class=load_tokenizer(tiny_model_dir),
+        rollout_mode="ssp",
+        max_staleness=1,
+    )
+    trainer.train()
+    # One generation, two steps on it: trl computed the collection-time log-probs (the weights' reference), and the
+    # second step got the advantages unweighted again (a weighted (B, T) tensor there would be weighted twice).
+    assert len(trainer.batches) == 1 and seen == [(1, True), (1, True)]
+
+
 def test_ssp_training_runs_stale_within_s_and_logs(tiny_model_dir, tmp_path):
     trainer = make(tiny_model_dir, tmp_path, rollout_mode="ssp", max_staleness=2, dynamic_sampling=True)
     trainer.args.max_steps = 4
