@@ -155,10 +155,12 @@ def test_sharded_evaluation_and_pass_rates_equal_the_single_process_ones(tiny, t
     records = make_problems(9, levels=(1, 2), seed=3)
     cfg = DistillConfig(max_new_tokens=10, generation_batch_size=4)
     alone = stage.evaluate(model, tok, records, cfg, QWEN3_THINK)
-    copies = [load_model_and_tokenizer(tiny_model_dir)[0] for _ in range(2)]
+    # Each simulated rank loads its own model and tokenizer, as each process does: a tokenizer's padding state is
+    # set per call and is not thread-safe: two rank threads sharing one raced once in CI (a ragged batch).
+    copies = [load_model_and_tokenizer(tiny_model_dir) for _ in range(2)]
 
     def evaluation(state, gather):
-        sampler = ShardedSampler(TransformersSampler(copies[state.process_index], tok, 4), state, gather)
+        sampler = ShardedSampler(TransformersSampler(*copies[state.process_index], 4), state, gather)
         return stage.evaluate(None, None, records, cfg, QWEN3_THINK, sampler)
 
     assert World(2).run(evaluation) == [alone, alone]
@@ -167,7 +169,7 @@ def test_sharded_evaluation_and_pass_rates_equal_the_single_process_ones(tiny, t
     single = pass_rates(TransformersSampler(model, tok, 4), records, k=1, check=exact_match, max_new_tokens=10)
 
     def rates(state, gather, k=1):
-        sampler = ShardedSampler(TransformersSampler(copies[state.process_index], tok, 4), state, gather)
+        sampler = ShardedSampler(TransformersSampler(*copies[state.process_index], 4), state, gather)
         return pass_rates(sampler, records, k=k, check=exact_match, max_new_tokens=10, seed=0)
 
     for got in World(2).run(rates):
