@@ -60,10 +60,14 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
+def _ignored(key: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatch(key, p) for p in patterns)
+
+
 def config_fingerprint(mapping: Mapping[str, Any], ignore: Iterable[str] = ()) -> dict[str, Any]:
     """``{"keys": {...}, "hash": sha256}`` of ``mapping`` less the keys matching an ``ignore`` pattern."""
     patterns = tuple(ignore)
-    keys = {k: _jsonable(v) for k, v in sorted(mapping.items()) if not any(fnmatch.fnmatch(k, p) for p in patterns)}
+    keys = {k: _jsonable(v) for k, v in sorted(mapping.items()) if not _ignored(k, patterns)}
     digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode("utf-8")).hexdigest()
     return {"keys": keys, "hash": digest}
 
@@ -108,7 +112,7 @@ def check_run_config(
         except json.JSONDecodeError as exc:
             raise ResumeConfigError(f"{record}: unreadable recorded configuration ({exc.msg})") from None
         # Keys, not the hash: a record written before a key joined ``ignore`` still holds it, and must not block.
-        old = {k: v for k, v in recorded.get("keys", {}).items() if not any(fnmatch.fnmatch(k, p) for p in ignore)}
+        old = {k: v for k, v in recorded.get("keys", {}).items() if not _ignored(k, ignore)}
         new = fingerprint["keys"]
         diff = differing_keys(old, new)
         if diff:

@@ -139,11 +139,12 @@ def _install_loop(trainer: Any, config: Any, dynamic: bool, queue: Any, threshol
         if accelerator is None or accelerator.is_main_process:  # only rank 0 holds trl's worker
             raise RuntimeError("the async trainer has no rollout worker on the main process to run fastslow's loop")
         return
-    queue_dir = Path(config.output_dir) / "rollout_queue"
-    queue_dir.mkdir(parents=True, exist_ok=True)
-    if queue is not None and resume and queue.load(resume):
-        logger.info("prompt queue restored from %s", resume)
-    use_fastslow_loop(worker, dynamic_sampling=dynamic, prompt_queue=queue, success_threshold=threshold,
-                      queue_dir=str(queue_dir))  # fmt: skip
-    if queue is not None:
+    queue_dir = None
+    if queue is not None:  # the child writes the queue's state there; each checkpoint gets a copy
+        queue_dir = Path(config.output_dir) / "rollout_queue"
+        queue_dir.mkdir(parents=True, exist_ok=True)
+        if resume and queue.load(resume):
+            logger.info("prompt queue restored from %s", resume)
         trainer.add_callback(AsyncQueueStateCallback(queue_dir))
+    use_fastslow_loop(worker, dynamic_sampling=dynamic, prompt_queue=queue, success_threshold=threshold,
+                      queue_dir=str(queue_dir) if queue_dir else None)  # fmt: skip

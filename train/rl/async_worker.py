@@ -57,6 +57,7 @@ with warnings.catch_warnings():  # the instability warning, on every recipe star
     from trl.experimental.async_grpo import AsyncGRPOTrainer
     from trl.experimental.async_grpo.async_rollout_worker import RolloutGroup, RolloutSample, _AsyncRolloutLoop
 
+from train.core.fingerprint import write_json_atomic
 from train.rl.queue import STATE_FILE, PromptQueue
 from train.rl.trainer import informative_groups
 
@@ -177,9 +178,7 @@ def record_resume_point(checkpoint_dir: str | Path, start_index: int, trained_gr
         return None
     state = json.loads(path.read_text(encoding="utf-8"))
     state["prompt_index"] = start_index + max(trained_groups) + 1
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(state), encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomic(path, state)
     return state["prompt_index"]
 
 
