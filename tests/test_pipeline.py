@@ -258,6 +258,7 @@ def test_the_final_model_loads_and_renders_every_mode(quick_run):
                                        add_generation_prompt=True)  # fmt: skip
         assert text.rstrip().endswith("assistant") or "<think>" in text, text
         assert tag in text
+        assert tag in tok.convert_ids_to_tokens(tok(text)["input_ids"])  # the world's word_tokens: one token
     fast = tok.apply_chat_template([{"role": "user", "content": "Compute 1+2."}], tokenize=False,
                                    add_generation_prompt=True, enable_thinking=False)  # fmt: skip
     assert "<think>\n\n</think>" in fast

@@ -43,6 +43,24 @@ def test_char_tokenizer_one_token_per_digit():
     assert tok.decode(tok("x\ny z", add_special_tokens=False)["input_ids"]) == "x\ny z"
 
 
+def test_char_tokenizer_whole_words_only_where_they_stand_alone(tmp_path):
+    words = ("user", "Compute", "/think", "/no_think")
+    out = make_tiny(tmp_path / "m", ["Compute 1+2."], size="nano", think=QWEN3_THINK, words=words)
+    tok = load_tokenizer(out)  # the words survive save and reload
+    text = "Compute 12+3. /no_think users a/think /think"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(ids) == [
+        "Compute", " ", "1", "2", "+", "3", ".", " ", "/no_think", " ",
+        "u", "s", "e", "r", "s", " ", "a", "/", "t", "h", "i", "n", "k", " ", "/think",
+    ]  # fmt: skip
+    assert tok.decode(ids) == text
+    row = tok.apply_chat_template([{"role": "user", "content": "Compute 1+2."}], tokenize=False)
+    plain = build_tokenizer(["Compute 1+2."], think=QWEN3_THINK)
+    assert len(tok(row)["input_ids"]) == len(plain(row)["input_ids"]) - len("user") - len("Compute") + 2
+    with pytest.raises(ValueError, match="char tokenizer"):
+        build_tokenizer(["a b"], kind="bpe", think=QWEN3_THINK, words=words)
+
+
 def test_bpe_tokenizer_round_trips():
     tok = build_tokenizer(["the quick brown fox"] * 20, kind="bpe", vocab_size=300, think=QWEN3_THINK)
     text = "the fox <think>\nhm\n</think>\n\nok"

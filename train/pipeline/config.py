@@ -39,6 +39,13 @@ class WorldConfig:
         default=9000, metadata={"help": "Fast pool: direct answers to every level-1 and this many L2:L3 (2:1) sums."}
     )
     n_phase2: int = field(default=1200, metadata={"help": "Problems labelled only by the phase-1 model (Stage 2)."})
+    word_tokens: bool = field(
+        default=False,
+        metadata={
+            "help": "Whole-word tokens for the role names, the instruction word and the mode tags (digits "
+            "and replies stay one token per character): ~1.4-1.9x shorter training rows."
+        },
+    )
 
 
 @dataclass

@@ -4,7 +4,8 @@ Everything is drawn from the pipeline's seed (each file from its own offset of i
 same bytes. Files (``world.json`` maps each name to its path; it is written last, so a world is complete or
 rebuilt):
 
-* ``model``: a randomly initialised tiny model whose tokenizer carries the run's think format;
+* ``model``: a randomly initialised tiny model whose tokenizer carries the run's think format (with
+  ``word_tokens``, also whole-word tokens for :data:`WORDS`);
 * ``train``: ``n_train`` problems of levels 1-3 with slow and fast teacher replies, split into ``slow`` and ``fast``;
 * ``test``: ``n_test`` problems of each level 1, 2, 3 (equal thirds); levels 2-3 disjoint from every training file,
   level 1 drawn from its 100 sums (all of them seen in training: level 1 cannot be held out);
@@ -38,6 +39,9 @@ from train.world.tiny import make_tiny
 logger = logging.getLogger(__name__)
 
 RL_KEYS = ("id", "prompt", "task", "answer", "difficulty")
+# The fixed words of every rendered row: the template's role names, the problems' instruction word and the mode
+# tags. Whole-word tokens for them shorten a training row ~1.4-1.9x; a reply's digits and words stay characters.
+WORDS = ("system", "user", "assistant", "Compute", *(m.tag for m in Mode))
 
 
 def world_files(folder: Path) -> dict[str, Path] | None:
@@ -87,7 +91,8 @@ def build_world(folder: Path, cfg: WorldConfig, think_format: str, seed: int) ->
     write_jsonl(paths["slow"], [r for r in rows if "/no_think" not in r["prompt"]])
     write_jsonl(paths["fast"], [r for r in rows if "/no_think" in r["prompt"]])
     train_ids = {r["id"] for r in rows}
-    make_tiny(paths["model"], corpus(rows, think), size=cfg.size, seed=seed, think=think)
+    words = WORDS if cfg.word_tokens else ()
+    make_tiny(paths["model"], corpus(rows, think), size=cfg.size, seed=seed, think=think, words=words)
 
     test = held_out(cfg.n_test, seed, train_ids)
     write_jsonl(paths["test"], test)

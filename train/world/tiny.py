@@ -1,18 +1,19 @@
 """Tiny models and tokenizers built offline, for tests, the demo and CPU smoke runs.
 
 The tokenizer is trained on a given corpus with no network: character-level (every character one token, which
-is what lets a ~1M-parameter model learn digit-by-digit arithmetic) or byte-level BPE. The model is a small
-Qwen3-style causal LM whose initial weights depend only on the seed.
+is what lets a ~1M-parameter model learn digit-by-digit arithmetic), optionally with whole-word tokens for fixed
+words such as the template's role names (as real tokenizers have: digits split, words whole), or byte-level BPE.
+The model is a small Qwen3-style causal LM whose initial weights depend only on the seed.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from train.core.modes import ThinkFormat, install_chat_template
@@ -38,12 +39,16 @@ def build_tokenizer(
     vocab_size: int = 512,
     *,
     think: ThinkFormat,
+    words: Sequence[str] = (),
 ) -> PreTrainedTokenizerFast:
     """A tokenizer trained on ``corpus`` with no network, with the fastslow chat template for ``think`` installed.
 
-    ``kind="char"``: one token per character (printable ASCII plus every character of the corpus).
+    ``kind="char"``: one token per character (printable ASCII plus every character of the corpus), and one token
+    for each of ``words`` where it stands as a word of its own (e.g. ``user`` and ``/no_think``, not ``users``).
     ``kind="bpe"``: byte-level BPE with at most ``vocab_size`` tokens.
     """
+    if words and kind != "char":
+        raise ValueError(f"words are whole-word tokens of the char tokenizer, not of kind {kind!r}")
     corpus = list(corpus)
     if kind == "char":
         chars = sorted(set(BASE_ALPHABET).union(*map(set, corpus)) if corpus else set(BASE_ALPHABET))
@@ -52,6 +57,8 @@ def build_tokenizer(
         tok.pre_tokenizer = pre_tokenizers.Split(Regex("(?m:.)"), behavior="isolated")
         tok.decoder = decoders.Fuse()
         tok.add_special_tokens(SPECIAL_TOKENS + ["<unk>"])
+        # single_word: a word inside a longer one ("users", "/think" in "a/think") stays characters.
+        tok.add_tokens([AddedToken(w, single_word=True, normalized=False) for w in dict.fromkeys(words)])
     elif kind == "bpe":
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -135,11 +142,12 @@ def make_tiny(
     seed: int = 0,
     *,
     think: ThinkFormat,
+    words: Sequence[str] = (),
     **model_overrides,
 ) -> Path:
-    """Build a tokenizer (with ``think``'s delimiters) and a model, and save both with ``save_pretrained``."""
+    """Build a tokenizer (``think``'s delimiters, ``words``) and a model; save both with ``save_pretrained``."""
     out = Path(out_dir)
-    tokenizer = build_tokenizer(corpus, kind=tokenizer_kind, think=think)
+    tokenizer = build_tokenizer(corpus, kind=tokenizer_kind, think=think, words=words)
     model = build_model(tokenizer, size=size, seed=seed, **model_overrides)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
