@@ -8,15 +8,17 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import load_script
 
-from train.pipeline.config import PipelineConfigError, load_pipeline
+from train.pipeline.config import PipelineConfigError, WorldConfig, load_pipeline
 from train.pipeline.manifests import STAGE_MANIFEST
 from train.pipeline.plan import build_plan, cli_args, run_step, select
+from train.pipeline.world import ensure_world
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes/configs/tiny/pipeline.yaml"
@@ -174,6 +176,36 @@ def test_a_finished_stage_is_skipped_and_hands_its_model_on(tmp_path, tiny_model
     assert [s.name for s in select(steps, "grpo", None)] == ["grpo", "dual_system"]
 
 
+def test_a_finished_stage_with_other_settings_is_refused_not_skipped(tmp_path, tiny_model_dir):
+    cfg = load_pipeline(TINY, run_dir=str(tmp_path))
+    settings = build_plan(cfg, tmp_path, ROOT / "recipes")[0].settings
+    shutil.copytree(tiny_model_dir, tmp_path / "base")
+    manifest = {"model": str(tmp_path / "base"), "seconds": 1.0, "settings": settings}
+    (tmp_path / "base" / STAGE_MANIFEST).write_text(json.dumps(manifest))
+    assert build_plan(cfg, tmp_path, ROOT / "recipes")[0].done is not None  # same settings: skipped
+    cfg.stages[0].overrides["max_steps"] = 301
+    with pytest.raises(PipelineConfigError, match=r"base/pipeline_stage.json: stage 'base' .*\(overrides changed"):
+        build_plan(cfg, tmp_path, ROOT / "recipes")
+    del manifest["settings"]  # a manifest from before settings were recorded is not checked
+    (tmp_path / "base" / STAGE_MANIFEST).write_text(json.dumps(manifest))
+    assert build_plan(cfg, tmp_path, ROOT / "recipes")[0].done is not None
+
+
+def test_a_world_built_with_another_config_is_refused(tmp_path):
+    manifest = tmp_path / "world.json"
+    recorded = {"files": {}, "think_format": "qwen3", "seed": 0, "seconds": 3.0}
+    manifest.write_text(json.dumps({**recorded, "config": asdict(WorldConfig(word_tokens=True))}))
+    assert ensure_world(tmp_path, WorldConfig(word_tokens=True), "qwen3", 0) == 3.0
+    with pytest.raises(ValueError, match=r"world.json: this run's world was built with word_tokens True, not False"):
+        ensure_world(tmp_path, WorldConfig(), "qwen3", 0)
+    with pytest.raises(ValueError, match="n_train 6000, not 10"):
+        ensure_world(tmp_path, WorldConfig(word_tokens=True, n_train=10), "qwen3", 0)
+    manifest.write_text(json.dumps(recorded))  # recorded before the config was: one token per character
+    assert ensure_world(tmp_path, WorldConfig(), "qwen3", 0) == 3.0
+    with pytest.raises(ValueError, match="word_tokens False, not True"):
+        ensure_world(tmp_path, WorldConfig(word_tokens=True), "qwen3", 0)
+
+
 def test_a_stage_whose_recipe_saved_nothing_is_not_finished(tmp_path, tiny_model_dir):
     cfg = load_pipeline(TINY, run_dir=str(tmp_path))
     shutil.copytree(tiny_model_dir, tmp_path / "world" / "model")
@@ -206,6 +238,8 @@ def test_quick_run_chains_the_stages_through_their_manifests(quick_run):
         assert manifests[after]["inputs"]["model_name_or_path"] == manifests[before]["model"]
         assert manifests[after]["seconds"] > 0
     assert manifests["grpo"]["inputs"]["train_files"] == str(out / "world/data/rl_prompts.jsonl")
+    assert manifests["dual_system"]["settings"]["overrides"]["phase2_steps"] == 2  # --quick's, recorded
+    assert json.loads((out / "world/world.json").read_text())["config"]["word_tokens"] is True
 
 
 def test_quick_run_writes_the_summary_report_and_model_card(quick_run):

@@ -9,6 +9,7 @@ the stage YAMLs keep their own defaults, and the pipeline sets only the chained 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -19,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from train.pipeline.config import PipelineConfig, PipelineConfigError, StageConfig
 from train.pipeline.manifests import expected_model, finish_stage, read_stage, recipe_model
@@ -48,6 +51,7 @@ class Step:
     command: list[str]
     env: dict[str, str]
     done: dict[str, Any] | None = None  # the stage's manifest when it has finished
+    settings: dict[str, Any] = field(default_factory=dict)  # what it runs with beyond its inputs (stage_settings)
     preflight: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -106,11 +110,44 @@ def build_plan(cfg: PipelineConfig, run_dir: Path, recipes_dir: Path) -> list[St
             value = [files[n] for n in listed] if isinstance(names, list) else files[names]
             made = "world" if set(listed) & world_names(cfg) else None
             inputs.append(Input(key, value, "data: " + ", ".join(listed), _exists(value), made))
-        step = Step(stage, out, inputs, [], stage_env(cfg), done=read_stage(out))
+        settings = stage_settings(cfg, stage, recipes_dir.parent)
+        step = Step(stage, out, inputs, [], stage_env(cfg), done=read_stage(out), settings=settings)
+        check_finished(step)
         step.command = stage_command(cfg, step, recipes_dir)
         steps.append(step)
         by_name[stage.name] = step
     return steps
+
+
+def stage_settings(cfg: PipelineConfig, stage: StageConfig, root: Path) -> dict[str, Any]:
+    """What a stage runs with beyond its chained inputs: recorded in its manifest, compared when it is skipped.
+
+    The recipe YAML counts by its parsed content, so an edited comment does not make a finished stage stale.
+    """
+    config = root / stage.config
+    content = yaml.safe_load(config.read_text()) if config.exists() else None
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+    settings = {"recipe": stage.recipe, "config": stage.config, "config_content_sha256": digest,
+                "overrides": stage.overrides, "data": stage.data,
+                "accelerate_config": stage.accelerate_config or cfg.accelerate_config}  # fmt: skip
+    return json.loads(json.dumps(settings, default=str))  # as the manifest will read back
+
+
+def check_finished(step: Step) -> None:
+    """A finished stage is skipped only if it ran with the settings the config asks for now.
+
+    Skipping it otherwise would hand on a model the config does not describe (say, a Stage 2 trained with another
+    margin). A manifest from before the settings were recorded is not checked.
+    """
+    recorded = (step.done or {}).get("settings")
+    if recorded is None:
+        return
+    changed = sorted(k for k in set(recorded) | set(step.settings) if recorded.get(k) != step.settings.get(k))
+    if changed:
+        raise PipelineConfigError(
+            f"{step.output_dir / 'pipeline_stage.json'}: stage {step.name!r} finished with other settings "
+            f"({', '.join(changed)} changed since); use another run_dir, or delete {step.output_dir} to run it again"
+        )
 
 
 def model_input(cfg: PipelineConfig, run_dir: Path, start: Step | None, name: str | None) -> Input:
@@ -182,6 +219,6 @@ def run_step(step: Step, cwd: Path) -> dict[str, Any]:
     seconds, cpu = time.perf_counter() - began, children_cpu() - cpu
     record = {"stage": step.name, "recipe": step.stage.recipe, "config": step.stage.config,
               "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1), "command": step.command,
-              "inputs": {i.key: i.value for i in step.inputs}}  # fmt: skip
+              "inputs": {i.key: i.value for i in step.inputs}, "settings": step.settings}  # fmt: skip
     step.done = finish_stage(step.output_dir, step.stage.recipe, record)
     return step.done

@@ -25,6 +25,7 @@ import json
 import logging
 import random
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 RL_KEYS = ("id", "prompt", "task", "answer", "difficulty")
 # The fixed words of every rendered row: the template's role names, the problems' instruction word and the mode
-# tags. Whole-word tokens for them shorten a training row ~1.4-1.9x; a reply's digits and words stay characters.
+# tags. Whole-word tokens for them shorten a training row 1.3-1.9x; a reply's digits and words stay characters.
 WORDS = ("system", "user", "assistant", "Compute", *(m.tag for m in Mode))
 
 
@@ -61,15 +62,20 @@ def planned_world_files(folder: Path) -> dict[str, Path]:
 def ensure_world(folder: Path, cfg: WorldConfig, think_format: str, seed: int) -> float:
     """Build the world unless ``folder`` holds a complete one; returns the seconds it took (recorded in world.json).
 
-    A world built with another think format or seed is refused: the stages after it would mix two runs.
+    A world built with another think format, seed or world config (``word_tokens``, sizes) is refused: the stages
+    after it would mix two runs.
     """
     manifest = folder / "world.json"
     if manifest.exists():
         recorded = json.loads(manifest.read_text())
-        for key, value in (("think_format", think_format), ("seed", seed)):
-            if recorded[key] != value:
-                raise ValueError(f"{manifest}: this run was built with {key} {recorded[key]!r}, not {value!r}; "
-                                 "use another run_dir")  # fmt: skip
+        # A world recorded without its config predates word_tokens: it was built with one token per character.
+        built = {"think_format": recorded["think_format"], "seed": recorded["seed"],
+                 **recorded.get("config", {"word_tokens": False})}  # fmt: skip
+        asked = {"think_format": think_format, "seed": seed, **asdict(cfg)}
+        for key, value in built.items():
+            if asked.get(key, value) != value:
+                raise ValueError(f"{manifest}: this run's world was built with {key} {value!r}, not "
+                                 f"{asked[key]!r}; use another run_dir")  # fmt: skip
         return recorded.get("seconds", 0.0)
     began = time.perf_counter()
     build_world(folder, cfg, think_format, seed)
@@ -106,7 +112,8 @@ def build_world(folder: Path, cfg: WorldConfig, think_format: str, seed: int) ->
     write_jsonl(paths["phase2"], phase2)
     write_jsonl(paths["fast_pool"], fast_pool(cfg.n_fast_pool, seed, think, test_ids | {r["id"] for r in phase2}))
 
-    manifest = {"files": {k: str(v) for k, v in paths.items()}, "think_format": think_format, "seed": seed}
+    manifest = {"files": {k: str(v) for k, v in paths.items()}, "think_format": think_format, "seed": seed,
+                "config": asdict(cfg)}  # fmt: skip
     tmp = folder / "world.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.replace(folder / "world.json")
