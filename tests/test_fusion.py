@@ -54,6 +54,14 @@ def test_margin_in_samples_is_the_misses_it_tolerates():
     assert margin_in_samples(0.0, 8) == 0
 
 
+def test_the_default_margin_is_one_sample():
+    assert FusionBuildConfig(num_samples=8).rule().margin == 0.125
+    assert FusionBuildConfig(num_samples=4).rule().margin == 0.25
+    assert FusionBuildConfig(num_samples=8, margin=0.0).rule().margin == 0.0  # an explicit margin is kept
+    rule = FusionBuildConfig(num_samples=8).rule()
+    assert label_from_rates(0.875, 1.0, rule) == "fast" and label_from_rates(0.75, 1.0, rule) == "slow"
+
+
 def test_rule_validates():
     with pytest.raises(ValueError, match="fast_threshold"):
         LabelRule(fast_threshold=1.5)

@@ -378,8 +378,12 @@ class FusionBuildConfig:
     batch_size: int = field(default=64, metadata={"help": "Prompts per generation batch."})
     chunk_size: int = field(default=256, metadata={"help": "Prompts per checkpointed chunk (the build resumes)."})
     fast_threshold: float = field(default=0.75, metadata={"help": "Fast label needs this fast pass rate."})
-    margin: float = field(
-        default=0.1, metadata={"help": "Fast label also needs fast pass rate >= slow pass rate - margin."}
+    margin: float | None = field(
+        default=None,
+        metadata={
+            "help": "Fast label also needs fast pass rate >= slow pass rate - margin (null: one sample, "
+            "1 / num_samples; a margin finer than one sample tolerates no fast miss)."
+        },
     )
     fallback_max_easy_difficulty: float | None = field(
         default=None,
@@ -403,7 +407,8 @@ class FusionBuildConfig:
     )
 
     def rule(self) -> LabelRule:
-        return LabelRule(self.fast_threshold, self.margin, self.fallback_max_easy_difficulty)
+        margin = 1 / self.num_samples if self.margin is None else self.margin
+        return LabelRule(self.fast_threshold, margin, self.fallback_max_easy_difficulty)
 
     def sampler_config(self) -> SamplerConfig:
         """The transformers sampler these options ask for (when the builder is given a model, not a sampler)."""
