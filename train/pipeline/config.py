@@ -43,7 +43,7 @@ class WorldConfig:
         default=False,
         metadata={
             "help": "Whole-word tokens for the role names, the instruction word and the mode tags (digits "
-            "and replies stay one token per character): ~1.4-1.9x shorter training rows."
+            "and replies stay one token per character): training rows 1.3-1.9x shorter."
         },
     )
 
