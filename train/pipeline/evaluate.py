@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from train.core.data import read_records
+from train.core.fingerprint import write_json_atomic
 from train.core.loading import load_model_and_tokenizer
 from train.eval.evaluation import bucket, evaluate, write_results
 from train.pipeline.config import EvalConfig
-from train.pipeline.manifests import write_json_atomic
 
 
 def evaluate_stage(

@@ -9,9 +9,10 @@ command, inputs, wall time) once the recipe has exited cleanly: that file is wha
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from train.core.fingerprint import write_json_atomic
 
 STAGE_MANIFEST = "pipeline_stage.json"
 
@@ -42,13 +43,6 @@ def expected_model(recipe: str, output_dir: Path) -> str:
 def read_stage(output_dir: Path) -> dict[str, Any] | None:
     path = output_dir / STAGE_MANIFEST
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 def finish_stage(output_dir: Path, recipe: str, record: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,6 @@ the stage YAMLs keep their own defaults, and the pipeline sets only the chained 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from train.core.fingerprint import config_fingerprint, differing_keys
 from train.pipeline.config import PipelineConfig, PipelineConfigError, StageConfig
 from train.pipeline.manifests import expected_model, finish_stage, read_stage, recipe_model
 from train.pipeline.world import planned_world_files, world_files
@@ -125,12 +125,12 @@ def stage_settings(cfg: PipelineConfig, stage: StageConfig, root: Path) -> dict[
     The recipe YAML counts by its parsed content, so an edited comment does not make a finished stage stale.
     """
     config = root / stage.config
-    content = yaml.safe_load(config.read_text()) if config.exists() else None
-    digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
-    settings = {"recipe": stage.recipe, "config": stage.config, "config_content_sha256": digest,
+    content = (yaml.safe_load(config.read_text()) if config.exists() else None) or {}
+    settings = {"recipe": stage.recipe, "config": stage.config,
+                "config_content_sha256": config_fingerprint(content)["hash"],
                 "overrides": stage.overrides, "data": stage.data,
                 "accelerate_config": stage.accelerate_config or cfg.accelerate_config}  # fmt: skip
-    return json.loads(json.dumps(settings, default=str))  # as the manifest will read back
+    return config_fingerprint(settings)["keys"]  # as the manifest will read back
 
 
 def check_finished(step: Step) -> None:
@@ -142,7 +142,7 @@ def check_finished(step: Step) -> None:
     recorded = (step.done or {}).get("settings")
     if recorded is None:
         return
-    changed = sorted(k for k in set(recorded) | set(step.settings) if recorded.get(k) != step.settings.get(k))
+    changed = differing_keys(recorded, step.settings)
     if changed:
         raise PipelineConfigError(
             f"{step.output_dir / 'pipeline_stage.json'}: stage {step.name!r} finished with other settings "

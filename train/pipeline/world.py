@@ -31,6 +31,7 @@ from typing import Any
 
 from rewards.verify import Verifier, rejection_sample
 from train.core.data import read_records, write_jsonl
+from train.core.fingerprint import write_json_atomic
 from train.core.modes import THINK_FORMATS, Mode, ThinkFormat, apply_mode
 from train.distill.teacher import ArithmeticBackend, generate_teacher, read_teacher_file
 from train.pipeline.config import WorldConfig
@@ -81,7 +82,7 @@ def ensure_world(folder: Path, cfg: WorldConfig, think_format: str, seed: int) -
     build_world(folder, cfg, think_format, seed)
     seconds = round(time.perf_counter() - began, 1)
     recorded = {**json.loads(manifest.read_text()), "seconds": seconds}
-    manifest.write_text(json.dumps(recorded, indent=2) + "\n")
+    write_json_atomic(manifest, recorded)
     return seconds
 
 
@@ -114,9 +115,7 @@ def build_world(folder: Path, cfg: WorldConfig, think_format: str, seed: int) ->
 
     manifest = {"files": {k: str(v) for k, v in paths.items()}, "think_format": think_format, "seed": seed,
                 "config": asdict(cfg)}  # fmt: skip
-    tmp = folder / "world.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(folder / "world.json")
+    write_json_atomic(folder / "world.json", manifest)
     return paths
 
 
