@@ -335,7 +335,9 @@ def parse_answer(answer: str) -> list[Any]:
 def _integer_answer(answer: str) -> list[Any] | None:
     """math-verify's parse of an integer answer, without its LaTeX parser; None for any other answer."""
     match = _PLAIN_INT.fullmatch(answer)
-    if match is None and answer.count("boxed") == 1 and "fbox" not in answer:
+    # A percent after the box can make math-verify read n/100 ("$\\boxed{5}$\\%"): its parser decides those.
+    percent = "%" in answer or "percent" in answer.lower()
+    if match is None and answer.count("boxed") == 1 and "fbox" not in answer and not percent:
         match = _BOXED_INT.search(answer)
     if match is None or len(match[1]) > MAX_DIGITS:
         return None
