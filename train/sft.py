@@ -6,6 +6,7 @@ The recipes stay top-to-bottom scripts; what they share (turning records into ch
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
@@ -13,7 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from accelerate.utils import DistributedType
 from datasets import Dataset
+from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig, SFTTrainer, get_peft_config
 
@@ -22,6 +26,7 @@ from train.core.configs import SFTConfig
 from train.core.data import DataError, load_records, mix, records_to_dataset, to_messages
 from train.core.guards import FiniteTrainingGuard, check_finite_model
 from train.core.loading import LoadOptions, load_model_and_tokenizer
+from train.core.micro_batches import length_micro_batches, unsplittable
 from train.core.sources import load_source_from
 from train.merging import merge_lora
 from train.merging.lora import is_adapter, resolve_adapter_base
@@ -132,6 +137,62 @@ def load_for_training(
     )
 
 
+class FastslowSFTTrainer(SFTTrainer):
+    """trl's ``SFTTrainer``; with ``length_micro_batches`` > 1 each device batch trains as length-sorted micro-batches.
+
+    The micro-batches of one batch accumulate their gradients (DDP synchronises only after the last) and share the
+    batch's ``num_items_in_batch``, so the update is the one of the whole batch (:mod:`train.core.micro_batches`).
+    The logged entropy and token accuracy are the batch's, weighted by each micro-batch's reply tokens.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._micro_batches = getattr(self.args, "length_micro_batches", 1)
+        self._unsplit_warned = False
+        if self._micro_batches > 1 and self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            raise ValueError(
+                "length_micro_batches: DeepSpeed counts every backward as a gradient-accumulation micro-step; "
+                "set it to 1 (on GPUs, padding_free with flash attention removes the padding instead)"
+            )
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        if self._micro_batches <= 1:
+            return super().training_step(model, inputs, num_items_in_batch)
+        # Without the batch's token count each micro-batch would be averaged on its own: another update.
+        reason = "no num_items_in_batch from the trainer" if num_items_in_batch is None else unsplittable(inputs)
+        if reason is not None:
+            if not self._unsplit_warned:
+                logger.warning("length_micro_batches: training whole batches: %s", reason)
+                self._unsplit_warned = True
+            return super().training_step(model, inputs, num_items_in_batch)
+        parts = length_micro_batches(inputs, self._micro_batches)
+        loss = None
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
+                step = super().training_step(model, part, num_items_in_batch)
+            loss = step if loss is None else loss + step
+        self._merge_micro_batch_metrics(parts)
+        return loss
+
+    def _merge_micro_batch_metrics(self, parts: list[dict[str, Any]]) -> None:
+        """trl logs entropy and token accuracy once per forward: one batch's value, weighted by reply tokens."""
+        metrics = self._metrics["train"]
+        keys = [k for k in ("entropy", "mean_token_accuracy") if len(metrics.get(k, [])) >= len(parts)]
+        if not keys or any("labels" not in p for p in parts):
+            return
+        counts = torch.stack([(p["labels"][:, 1:] != -100).sum() for p in parts]).to(self.accelerator.device)
+        counts = self.accelerator.gather(counts[None]).sum(0).double()
+        if counts.sum() == 0:
+            return
+        for key in keys:
+            values = torch.tensor(metrics[key][-len(parts) :], dtype=torch.float64, device=counts.device)
+            del metrics[key][-len(parts) :]
+            metrics[key].append(float((values * counts).sum() / counts.sum()))
+
+
 def build_sft_trainer(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -141,12 +202,12 @@ def build_sft_trainer(
     eval_dataset: Dataset | None = None,
     callbacks: list | None = None,
 ) -> SFTTrainer:
-    """trl's SFTTrainer, with a LoRA adapter when ``model_args.use_peft`` is set.
+    """:class:`FastslowSFTTrainer` (trl's SFTTrainer), with a LoRA adapter when ``model_args.use_peft`` is set.
 
     Training stops with an error on a non-finite loss or gradient (:class:`train.core.guards.FiniteTrainingGuard`)
     instead of training on to NaN weights.
     """
-    return SFTTrainer(
+    return FastslowSFTTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,

@@ -2,10 +2,13 @@
 
     OMP_NUM_THREADS=1 python scripts/bench/sft_step.py                           # eager, pad32, compile; ~6 min
     python scripts/bench/sft_step.py --arms eager,padding_free,packing --steps 30 --out outputs/bench-sft-step
+    python scripts/bench/sft_step.py --arms eager,split2,split3,split4 --repeats 3 --mix warmup
 
-The workload is what Stage 2's phase 1 trains on in `make demo`: 64-row batches drawn from the tiny world's slow
-replies and its fast pool, half each (the world is built here from the pipeline's seed, ~3 s; nothing is
-downloaded), with the world's randomly initialised `small` model, `assistant_only_loss`, one torch thread. Every arm
+The workload (``--mix``) is what a stage of `make demo` trains on: ``phase1``, Stage 2's phase 1, 64-row batches
+drawn from the tiny world's slow replies and its fast pool, half each; ``warmup``, the base stage's slow replies of
+the distillation pool. The world is the tiny pipeline's (whole-word tokens; ``--char_level`` for the world before
+them), built here from the pipeline's seed (~3 s; nothing is downloaded), with its randomly initialised `small`
+model, `assistant_only_loss`, one torch thread. Every arm
 runs in its own process (so no compile cache or allocator state carries over), the same rows in the same order and
 the same seed; reported: seconds per step over the second half of the steps (compilation and warm-up excluded), the
 ratio to the first arm, and the logged losses (an arm that changes the arithmetic shows it there). Arms:
@@ -15,9 +18,12 @@ ratio to the first arm, and the logged losses (an arm that changes the arithmeti
 * ``compile``: ``torch_compile: true`` with ``pad_to_multiple_of: 32`` (inductor; needs a C++ compiler);
 * ``padding_free``: ``padding_free: true`` (rows concatenated, no padding);
 * ``packing``: ``packing: true`` with ``packing_strategy: bfd`` into 144-token rows, 30 rows a step (~the same
-  number of replies per step as 64 padded rows).
+  number of replies per step as 64 padded rows);
+* ``split2``/``split3``/``split4``: ``length_micro_batches`` 2/3/4 (each batch as length-sorted micro-batches, the
+  same update; :mod:`train.core.micro_batches`).
 
-The machine is shared: `uptime` is printed before and after; compare arms within one run.
+With ``--repeats N`` the arms run N times in turn (arm A, B, C, A, B, C, ...) and the table gives each arm's median
+and range. The machine is shared: `uptime` is printed before and after; compare arms within one run.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -48,23 +55,36 @@ ARMS = {
     "compile": {"pad_to_multiple_of": 32, "torch_compile": True},
     "padding_free": {"padding_free": True},
     "packing": {"packing": True, "packing_strategy": "bfd", "max_length": 144, "per_device_train_batch_size": 30},
+    "split2": {"length_micro_batches": 2},
+    "split3": {"length_micro_batches": 3},
+    "split4": {"length_micro_batches": 4},
 }
+MIXES = ("phase1", "warmup")
 
 
-def build_world(folder: Path, seed: int) -> dict[str, Path]:
-    return build(folder, WorldConfig(), "qwen3", seed)
+def build_world(folder: Path, seed: int, char_level: bool = False) -> dict[str, Path]:
+    return build(folder, WorldConfig(word_tokens=not char_level), "qwen3", seed)
 
 
-def run_arm(arm: str, world: Path, steps: int, seed: int) -> dict:
-    """One arm in this process: train ``steps`` steps and time them."""
-    torch.set_num_threads(1)
-    files = build_world(world, seed)
+def mix_rows(files: dict[str, Path], mix: str, seed: int) -> list[dict]:
+    """The rows a stage trains on: Stage 2's phase-1 mix (slow and fast, half each) or the base's warm-up."""
     rng = random.Random(seed)
+    if mix == "warmup":
+        return read_records(files["warmup"])
     slow, fast = read_records(files["slow"]), read_records(files["fast_pool"])
     rows = rng.sample(slow, 3000) + rng.sample(fast, 3000)
     rng.shuffle(rows)
+    return rows
+
+
+def run_arm(arm: str, world: Path, steps: int, seed: int, mix: str = "phase1", char_level: bool = False,
+            batch_size: int = 64) -> dict:  # fmt: skip
+    """One arm in this process: train ``steps`` steps and time them."""
+    torch.set_num_threads(1)
+    files = build_world(world, seed, char_level)
+    rows = mix_rows(files, mix, seed)
     data = sft_dataset(Dataset.from_list([{"prompt": r["prompt"], "response": r["response"]} for r in rows]))
-    options = {"per_device_train_batch_size": 64, "max_length": 256, **ARMS[arm]}
+    options = {"per_device_train_batch_size": batch_size, "max_length": 256, **ARMS[arm]}
     args = SFTConfig(output_dir=str(world / "bench-out" / arm), max_steps=steps, learning_rate=1e-3,
                      assistant_only_loss=True, report_to="none", save_strategy="no", logging_steps=max(1, steps // 10),
                      disable_tqdm=True, seed=seed, **options)  # fmt: skip
@@ -101,37 +121,64 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=60, help="steps per arm (the second half is timed)")
     parser.add_argument("--seed", type=int, default=0, help="the world's and the training's seed")
     parser.add_argument("--out", default="outputs/bench-sft-step", help="the world and the results go here")
+    parser.add_argument("--mix", default="phase1", choices=MIXES, help="the rows: Stage 2's phase 1 or the warm-up")
+    parser.add_argument("--char_level", action="store_true", help="the world before whole-word tokens")
+    parser.add_argument("--repeats", type=int, default=1, help="run the arms this many times in turn")
+    parser.add_argument("--batch_size", type=int, default=64, help="rows per step (Stage 2's processes take 32)")
     parser.add_argument("--arm", default=None, help=argparse.SUPPRESS)  # internal: run one arm, print its JSON
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.arm:
-        print("ARM " + json.dumps(run_arm(args.arm, out / "world", args.steps, args.seed)), flush=True)
+        row = run_arm(args.arm, out / "world", args.steps, args.seed, args.mix, args.char_level, args.batch_size)
+        print("ARM " + json.dumps(row), flush=True)
         return {}
     arms = args.arms.split(",")
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         parser.error(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
-    build_world(out / "world", args.seed)
-    result = {"uptime_before": uptime(), "arms": []}
+    build_world(out / "world", args.seed, args.char_level)
+    result = {"mix": args.mix, "char_level": args.char_level, "batch_size": args.batch_size,
+              "uptime_before": uptime(), "runs": []}  # fmt: skip
     print(f"before: {result['uptime_before']}", flush=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    for arm in arms:
-        cmd = [sys.executable, __file__, "--arm", arm, "--steps", str(args.steps), "--seed", str(args.seed),
-               "--out", str(out)]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("ARM ")]
-        if proc.returncode != 0 or not lines:
-            raise RuntimeError(f"arm {arm} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-        row = json.loads(lines[-1][4:])
-        row["vs_first"] = row["s_per_step"] / result["arms"][0]["s_per_step"] if result["arms"] else 1.0
-        result["arms"].append(row)
-        print(f"{arm:<13} {row['s_per_step']:.3f} s/step ({row['vs_first']:.2f}x the first arm), "
-              f"{row['total_s']:.0f} s in all, {row['compiled_graphs']} compiled graphs; losses {row['losses']}",
-              flush=True)  # fmt: skip
+    for repeat in range(args.repeats):
+        for arm in arms:
+            row = run_one(arm, args, out)
+            result["runs"].append({**row, "repeat": repeat})
+            print(f"{arm:<13} {row['s_per_step']:.3f} s/step, {row['total_s']:.0f} s in all, "
+                  f"{row['compiled_graphs']} compiled graphs; losses {row['losses']}", flush=True)  # fmt: skip
     result["uptime_after"] = uptime()
+    result["arms"] = summarise(result["runs"], arms)
     print(f"after: {result['uptime_after']}", flush=True)
+    for row in result["arms"]:
+        print(f"{row['arm']:<13} median {row['median_s_per_step']:.3f} s/step (range {row['min']:.3f}-{row['max']:.3f}"
+              f", {row['n']} runs): {row['vs_first']:.2f}x the first arm's time", flush=True)  # fmt: skip
     (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def run_one(arm: str, args: argparse.Namespace, out: Path) -> dict:
+    """One arm in its own process (no compile cache or allocator state carries over)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, __file__, "--arm", arm, "--steps", str(args.steps), "--seed", str(args.seed),
+           "--out", str(out), "--mix", args.mix, "--batch_size", str(args.batch_size),
+           *(["--char_level"] if args.char_level else [])]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("ARM ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"arm {arm} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][4:])
+
+
+def summarise(runs: list[dict], arms: list[str]) -> list[dict]:
+    """Each arm's median seconds per step, its range, and the ratio of medians to the first arm's."""
+    rows = []
+    for arm in arms:
+        times = [r["s_per_step"] for r in runs if r["arm"] == arm]
+        rows.append({"arm": arm, "n": len(times), "median_s_per_step": statistics.median(times),
+                     "min": min(times), "max": max(times)})  # fmt: skip
+    for row in rows:
+        row["vs_first"] = row["median_s_per_step"] / rows[0]["median_s_per_step"]
+    return rows
 
 
 if __name__ == "__main__":
