@@ -22,20 +22,20 @@ from train.sft import build_sft_trainer, load_for_training, sft_dataset
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def brute_force(lengths: list[int], max_parts: int) -> int:
-    """The fewest padded tokens over every split of the sorted lengths into at most ``max_parts`` groups."""
-    n, best = len(lengths), None
-    for parts in range(1, min(max_parts, n) + 1):
-        for cuts in itertools.combinations(range(1, n), parts - 1):
-            bounds = [0, *cuts, n]
-            cost = sum((b - a) * lengths[b - 1] for a, b in zip(bounds, bounds[1:]))
-            best = cost if best is None else min(best, cost)
-    return best
+def brute_force(lengths: list[int], parts: int) -> int:
+    """The fewest padded tokens over every split of the sorted lengths into exactly ``min(parts, n)`` groups."""
+    n = len(lengths)
+    costs = []
+    for cuts in itertools.combinations(range(1, n), min(parts, n) - 1):
+        bounds = [0, *cuts, n]
+        costs.append(sum((b - a) * lengths[b - 1] for a, b in zip(bounds, bounds[1:])))
+    return min(costs)
 
 
 def test_split_points_pad_least():
     assert split_points([1, 1, 1, 10], 2) == [(0, 3), (3, 4)]  # 3 * 1 + 1 * 10, against 4 * 10 whole
-    assert split_points([5, 5, 5], 3) == [(0, 3)]  # equal rows: one group (ties keep fewer forwards)
+    # Exactly that many groups even where fewer pad as little: every process must run the same number of forwards
+    assert split_points([5, 5, 5], 3) == [(0, 1), (1, 2), (2, 3)]
     assert split_points([2, 3, 9], 1) == [(0, 3)]
     assert split_points([4], 8) == [(0, 1)]
     assert split_points([], 3) == []
@@ -43,11 +43,11 @@ def test_split_points_pad_least():
     for _ in range(40):
         lengths = sorted(torch.randint(1, 60, (int(torch.randint(1, 9, (1,), generator=generator)),),
                                        generator=generator).tolist())  # fmt: skip
-        for max_parts in (1, 2, 3, 4):
-            groups = split_points(lengths, max_parts)
-            assert len(groups) <= max_parts and groups[0][0] == 0 and groups[-1][1] == len(lengths)
-            assert all(a < b == c for (a, b), (c, _) in zip(groups, groups[1:] + [(groups[-1][1], None)]))
-            assert sum((b - a) * lengths[b - 1] for a, b in groups) == brute_force(lengths, max_parts)
+        for parts in (1, 2, 3, 4):
+            groups = split_points(lengths, parts)
+            assert len(groups) == min(parts, len(lengths)) and groups[0][0] == 0 and groups[-1][1] == len(lengths)
+            assert all(a < b for a, b in groups) and all(b == c for (_, b), (c, _) in zip(groups, groups[1:]))
+            assert sum((b - a) * lengths[b - 1] for a, b in groups) == brute_force(lengths, parts)
 
 
 def test_split_points_refuses_unsorted_lengths():

@@ -142,6 +142,7 @@ class FastslowSFTTrainer(SFTTrainer):
 
     The micro-batches of one batch accumulate their gradients (DDP synchronises only after the last) and share the
     batch's ``num_items_in_batch``, so the update is the one of the whole batch (:mod:`train.core.micro_batches`).
+    Every process runs the same number of them (``length_micro_batches``, or fewer where a process has fewer rows).
     The logged entropy and token accuracy are the batch's, weighted by each micro-batch's reply tokens.
     """
 
@@ -167,7 +168,7 @@ class FastslowSFTTrainer(SFTTrainer):
                 logger.warning("length_micro_batches: training whole batches: %s", reason)
                 self._unsplit_warned = True
             return super().training_step(model, inputs, num_items_in_batch)
-        parts = length_micro_batches(inputs, self._micro_batches)
+        parts = length_micro_batches(inputs, self._parts_on_every_process(inputs))
         loss = None
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
@@ -176,6 +177,13 @@ class FastslowSFTTrainer(SFTTrainer):
             loss = step if loss is None else loss + step
         self._merge_micro_batch_metrics(parts)
         return loss
+
+    def _parts_on_every_process(self, inputs: dict[str, Any]) -> int:
+        """The number of micro-batches, the same on every process: each forward gathers metrics across them."""
+        rows = int(inputs["attention_mask"].shape[0])
+        if self.accelerator.num_processes > 1:
+            rows = int(self.accelerator.gather(torch.tensor([rows], device=self.accelerator.device)).min())
+        return min(self._micro_batches, rows)
 
     def _merge_micro_batch_metrics(self, parts: list[dict[str, Any]]) -> None:
         """trl logs entropy and token accuracy once per forward: one batch's value, weighted by reply tokens."""

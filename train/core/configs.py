@@ -22,7 +22,7 @@ _GC_HELP = (
 )
 
 _MICRO_HELP = (
-    "Train each device batch as at most this many micro-batches of rows of similar length, their gradients "
+    "Train each device batch as this many micro-batches of rows of similar length, their gradients "
     "accumulated before the one optimizer step: the same rows and the same update (the loss is normalised by the "
     "whole batch's tokens), fewer padded tokens; the split points are the ones that pad least. 1: off. For batches "
     "that mix short and long rows (direct answers beside chains of thought) where padding-free attention is not "

@@ -15,19 +15,20 @@ from typing import Any
 import torch
 
 
-def split_points(lengths: Sequence[int], max_parts: int) -> list[tuple[int, int]]:
-    """The ``[start, end)`` groups of the ascending ``lengths`` that pad the fewest tokens, at most ``max_parts``.
+def split_points(lengths: Sequence[int], parts: int) -> list[tuple[int, int]]:
+    """The ``min(parts, len(lengths))`` non-empty ``[start, end)`` groups of the ascending ``lengths`` that pad least.
 
-    A group pads every row to its last (longest) row, so it costs ``(end - start) * lengths[end - 1]``; the
-    groups minimising the sum are found by dynamic programming over the split points (``O(max_parts * n^2)``, small
-    for a device batch). Ties keep fewer groups: each micro-batch costs a forward and a backward of its own.
+    A group pads every row to its last (longest) row, so it costs ``(end - start) * lengths[end - 1]``; the groups
+    minimising the sum are found by dynamic programming over the split points (``O(parts * n^2)``, small for a
+    device batch). Exactly that many groups, not at most: under data parallelism every process must run the same
+    number of forwards, since each one gathers its metrics across the processes.
     """
     if any(a > b for a, b in zip(lengths, lengths[1:])):
         raise ValueError("split_points: lengths must be sorted ascending")
     n = len(lengths)
     if n == 0:
         return []
-    parts = max(1, min(max_parts, n))
+    parts = max(1, min(parts, n))
     inf = float("inf")
     # cost[k][j]: the fewest padded tokens of the first j rows in k groups; start[k][j]: where the last group starts
     cost = [[inf] * (n + 1) for _ in range(parts + 1)]
@@ -39,8 +40,7 @@ def split_points(lengths: Sequence[int], max_parts: int) -> list[tuple[int, int]
                 candidate = cost[k - 1][i] + (j - i) * lengths[j - 1]
                 if candidate < cost[k][j]:
                     cost[k][j], start[k][j] = candidate, i
-    k = min(range(1, parts + 1), key=lambda c: (cost[c][n], c))
-    groups, end = [], n
+    groups, end, k = [], n, parts
     while end > 0:
         begin = start[k][end]
         groups.append((begin, end))
@@ -60,26 +60,26 @@ def unsplittable(batch: Mapping[str, Any]) -> str | None:
     return None
 
 
-def length_micro_batches(batch: Mapping[str, Any], max_parts: int) -> list[dict[str, Any]]:
-    """``batch`` as at most ``max_parts`` micro-batches of rows of similar length, each cut to its longest row.
+def length_micro_batches(batch: Mapping[str, Any], parts: int) -> list[dict[str, Any]]:
+    """``batch`` as ``min(parts, rows)`` micro-batches of rows of similar length, each cut to its longest row.
 
     Every tensor whose first two dimensions are (rows, columns) is sliced to the micro-batch's rows and columns,
     a 1-D tensor of one value per row to its rows; anything else is passed to every micro-batch unchanged. The rows
     are ordered by length, so the micro-batches together hold every row once. A batch that cannot be split
     (:func:`unsplittable`) comes back whole.
     """
-    if max_parts <= 1 or unsplittable(batch) is not None:
+    if parts <= 1 or unsplittable(batch) is not None:
         return [dict(batch)]
     mask = batch["attention_mask"]
     rows, columns = mask.shape
     lengths = mask.sum(-1)
     order = torch.argsort(lengths, stable=True)
     sorted_lengths = lengths[order].tolist()
-    parts = []
-    for begin, end in split_points(sorted_lengths, max_parts):
+    micro = []
+    for begin, end in split_points(sorted_lengths, parts):
         index, width = order[begin:end], max(1, int(sorted_lengths[end - 1]))
-        parts.append({key: _slice(value, index, width, rows, columns) for key, value in batch.items()})
-    return parts
+        micro.append({key: _slice(value, index, width, rows, columns) for key, value in batch.items()})
+    return micro
 
 
 def _slice(value: Any, index: torch.Tensor, width: int, rows: int, columns: int) -> Any:
