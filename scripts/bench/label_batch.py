@@ -8,16 +8,16 @@ file (300: half of the 600 the two processes label), ``--k`` replies each at T=1
 tiny config's labelling budget), from a trained model (the demo's GRPO model: it answers in full traces, as the
 labelling sees them). One thread; the arms alternate ``--repeats`` times; reported: the median seconds per arm, its
 ratio to the first arm's, and the tokens sampled. The batch size changes which random numbers each reply draws, so
-the replies differ between arms; their token counts show that the work is comparable. The machine is shared:
-`uptime` is printed before and after.
+the replies differ between arms; their token counts show that the work is comparable. The machine is shared: the
+load average is printed before and after.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -52,15 +52,15 @@ def main(argv: list[str] | None = None) -> dict:
     prompts = [r["prompt"] for r in read_records(args.data)[: args.prompts]]
     params = SamplingParams(n=args.k, temperature=1.0, max_new_tokens=args.max_new_tokens, seed=args.seed)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    result: dict = {"uptime_before": uptime(), "runs": []}
-    print(f"before: {result['uptime_before']}", flush=True)
+    result: dict = {"load_before": os.getloadavg(), "runs": []}
+    print(f"load average before: {result['load_before']}", flush=True)
     for repeat in range(args.repeats):
         for size in sizes:
             seconds, tokens = time_arm(TransformersSampler(model, tokenizer, batch_size=size), prompts, params)
             result["runs"].append({"batch_size": size, "repeat": repeat, "seconds": seconds, "tokens": tokens})
             print(f"batch {size:>5}: {seconds:.1f} s, {tokens} tokens", flush=True)
-    result["uptime_after"] = uptime()
-    print(f"after: {result['uptime_after']}", flush=True)
+    result["load_after"] = os.getloadavg()
+    print(f"load average after: {result['load_after']}", flush=True)
     medians = {s: statistics.median(r["seconds"] for r in result["runs"] if r["batch_size"] == s) for s in sizes}
     result["arms"] = [{"batch_size": s, "median_s": m, "vs_first": m / medians[sizes[0]]} for s, m in medians.items()]
     for row in result["arms"]:
@@ -68,10 +68,6 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     return result
-
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """trl configs that choose precision and gradient checkpointing from the device (see :mod:`train.core.device`).
 
 Use these instead of trl's own so the same YAML runs on a CPU laptop and on a GPU or NPU cluster. ``SFTConfig`` also
-carries ``length_micro_batches`` (:mod:`train.core.micro_batches`, read by ``train.sft.SFTTrainer``).
+carries ``length_micro_batches`` (:mod:`train.core.micro_batches`, read by ``train.sft.FastslowSFTTrainer``).
 """
 
 from __future__ import annotations
