@@ -70,7 +70,10 @@ def test_tiny_dry_run_chains_every_stage_from_the_one_before(pipeline, capsys, t
     assert "--per_device_train_batch_size 32" in dual  # 2 x 32: the global batch of 64
     grpo = next(line for line in plan.splitlines() if "recipes/grpo.py" in line)
     assert "--config recipes/configs/tiny/grpo_arithmetic.yaml" in grpo and "--max_steps" not in grpo  # tuned 60
-    assert "OMP_NUM_THREADS=1" in plan
+    # One process of two threads before Stage 2 (the stage's env over the pipeline's); two of one thread in it.
+    launches = [line for line in plan.splitlines() if "accelerate.commands.launch" in line]
+    assert ["OMP_NUM_THREADS=2" in line for line in launches] == [True, True, True, False]
+    assert "OMP_NUM_THREADS=1" in dual and "PYTHONHASHSEED=0" in dual
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 

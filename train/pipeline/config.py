@@ -72,6 +72,10 @@ class StageConfig:
     accelerate_config: str | None = field(
         default=None, metadata={"help": "accelerate config of this stage (default: the pipeline's)."}
     )
+    env: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "Environment of this stage's processes, over the pipeline's env (OMP_NUM_THREADS: '2')."},
+    )
 
 
 @dataclass

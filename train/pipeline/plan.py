@@ -111,7 +111,7 @@ def build_plan(cfg: PipelineConfig, run_dir: Path, recipes_dir: Path) -> list[St
             made = "world" if set(listed) & world_names(cfg) else None
             inputs.append(Input(key, value, "data: " + ", ".join(listed), _exists(value), made))
         settings = stage_settings(cfg, stage, recipes_dir.parent)
-        step = Step(stage, out, inputs, [], stage_env(cfg), done=read_stage(out), settings=settings)
+        step = Step(stage, out, inputs, [], stage_env(cfg, stage), done=read_stage(out), settings=settings)
         check_finished(step)
         step.command = stage_command(cfg, step, recipes_dir)
         steps.append(step)
@@ -163,9 +163,11 @@ def model_input(cfg: PipelineConfig, run_dir: Path, start: Step | None, name: st
     return Input("model_name_or_path", expected, f"stage {name}", False, f"stage {name}")
 
 
-def stage_env(cfg: PipelineConfig) -> dict[str, str]:
+def stage_env(cfg: PipelineConfig, stage: StageConfig | None = None) -> dict[str, str]:
+    """The environment of a stage's processes: the pipeline's ``env``, then the stage's own."""
     # One hash seed for every stage: nothing in a stage may depend on the interpreter's random string hashes.
-    return {"PYTHONHASHSEED": str(cfg.seed), **{k: str(v) for k, v in cfg.env.items()}}
+    env = {**cfg.env, **(stage.env if stage is not None else {})}
+    return {"PYTHONHASHSEED": str(cfg.seed), **{k: str(v) for k, v in env.items()}}
 
 
 def stage_command(cfg: PipelineConfig, step: Step, recipes_dir: Path) -> list[str]:

@@ -61,7 +61,6 @@ def describe_plan(cfg: PipelineConfig, steps: list[Step], run_dir: Path) -> str:
     lines = [f"Pipeline {cfg.name!r}: {len(steps)} stage(s), run folder {run_dir}, seed {cfg.seed}"]
     if cfg.world is not None:
         lines.append(f"  world: the arithmetic world in {run_dir / 'world'} ({cfg.think_format or 'qwen3'} format)")
-    env = " ".join(f"{k}={v}" for k, v in steps[0].env.items()) if steps else ""
     for n, step in enumerate(steps, 1):
         state = "done, skipped" if step.done else "to run"
         lines.append(f"\n[{n}] {step.name} ({step.stage.recipe}, {state})")
@@ -70,5 +69,6 @@ def describe_plan(cfg: PipelineConfig, steps: list[Step], run_dir: Path) -> str:
             lines.append(f"    input  {inp.key} = {inp.value}  <- {inp.source}{flag}")
         lines.append(f"    output {step.output_dir}")
         lines.append(f"    memory {preflight(cfg, step)}")
+        env = " ".join(f"{k}={v}" for k, v in step.env.items())  # a stage's env may differ from the others'
         lines.append(f"    $ {env} {shlex.join(step.command)}")
     return "\n".join(lines)
