@@ -20,7 +20,12 @@ ratio to the first arm, and the logged losses (an arm that changes the arithmeti
 * ``packing``: ``packing: true`` with ``packing_strategy: bfd`` into 144-token rows, 30 rows a step (~the same
   number of replies per step as 64 padded rows);
 * ``split2``/``split3``/``split4``: ``length_micro_batches`` 2/3/4 (each batch as length-sorted micro-batches, the
-  same update; :mod:`train.core.micro_batches`).
+  same update; :mod:`train.core.micro_batches`);
+* ``threads2``: the trainer's defaults on two torch threads (``OMP_NUM_THREADS=2``), ``threads2_passive`` the same
+  with ``OMP_WAIT_POLICY=passive`` (idle OpenMP threads sleep instead of spinning).
+
+Each arm also reports a SHA-256 of its final weights: equal hashes are the same bits. With ``--busy`` the arms run
+beside one ``while True: pass`` process (a shared machine's other job).
 
 With ``--repeats N`` the arms run N times in turn (arm A, B, C, A, B, C, ...) and the table gives each arm's median
 and range. The machine is shared: `uptime` is printed before and after; compare arms within one run.
@@ -29,6 +34,7 @@ and range. The machine is shared: `uptime` is printed before and after; compare 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -58,6 +64,13 @@ ARMS = {
     "split2": {"length_micro_batches": 2},
     "split3": {"length_micro_batches": 3},
     "split4": {"length_micro_batches": 4},
+    "threads2": {},
+    "threads2_passive": {},
+}
+#: The environment of an arm's process beyond one torch thread.
+ARM_ENV = {
+    "threads2": {"OMP_NUM_THREADS": "2"},
+    "threads2_passive": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "passive"},
 }
 MIXES = ("phase1", "warmup")
 
@@ -80,7 +93,7 @@ def mix_rows(files: dict[str, Path], mix: str, seed: int) -> list[dict]:
 def run_arm(arm: str, world: Path, steps: int, seed: int, mix: str = "phase1", char_level: bool = False,
             batch_size: int = 64) -> dict:  # fmt: skip
     """One arm in this process: train ``steps`` steps and time them."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     files = build_world(world, seed, char_level)
     rows = mix_rows(files, mix, seed)
     data = sft_dataset(Dataset.from_list([{"prompt": r["prompt"], "response": r["response"]} for r in rows]))
@@ -108,7 +121,16 @@ def run_arm(arm: str, world: Path, steps: int, seed: int, mix: str = "phase1", c
         "s_per_step": (ends[-1] - ends[half]) / max(1, len(ends) - 1 - half),
         "losses": [round(h["loss"], 4) for h in trainer.state.log_history if "loss" in h],
         "compiled_graphs": int(torch._dynamo.utils.counters["stats"]["unique_graphs"]),  # 0: nothing was compiled
+        "weights_sha256": weights_hash(trainer.model),
     }
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter's bytes, in order: two arms with the same hash trained the same bits."""
+    digest = hashlib.sha256()
+    for _, param in sorted(model.named_parameters()):
+        digest.update(param.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def uptime() -> str:
@@ -125,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--char_level", action="store_true", help="the world before whole-word tokens")
     parser.add_argument("--repeats", type=int, default=1, help="run the arms this many times in turn")
     parser.add_argument("--batch_size", type=int, default=64, help="rows per step (Stage 2's processes take 32)")
+    parser.add_argument("--busy", action="store_true", help="run the arms beside one busy-looping process")
     parser.add_argument("--arm", default=None, help=argparse.SUPPRESS)  # internal: run one arm, print its JSON
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -137,20 +160,26 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         parser.error(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
     build_world(out / "world", args.seed, args.char_level)
-    result = {"mix": args.mix, "char_level": args.char_level, "batch_size": args.batch_size,
+    result = {"mix": args.mix, "char_level": args.char_level, "batch_size": args.batch_size, "busy": args.busy,
               "uptime_before": uptime(), "runs": []}  # fmt: skip
     print(f"before: {result['uptime_before']}", flush=True)
-    for repeat in range(args.repeats):
-        for arm in arms:
-            row = run_one(arm, args, out)
-            result["runs"].append({**row, "repeat": repeat})
-            print(f"{arm:<13} {row['s_per_step']:.3f} s/step, {row['total_s']:.0f} s in all, "
-                  f"{row['compiled_graphs']} compiled graphs; losses {row['losses']}", flush=True)  # fmt: skip
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
+    try:
+        for repeat in range(args.repeats):
+            for arm in arms:
+                row = run_one(arm, args, out)
+                result["runs"].append({**row, "repeat": repeat})
+                print(f"{arm:<16} {row['s_per_step']:.3f} s/step, {row['total_s']:.0f} s in all, "
+                      f"{row['compiled_graphs']} compiled graphs, weights {row['weights_sha256'][:12]}; "
+                      f"losses {row['losses']}", flush=True)  # fmt: skip
+    finally:
+        if busy is not None:
+            busy.kill()
     result["uptime_after"] = uptime()
     result["arms"] = summarise(result["runs"], arms)
     print(f"after: {result['uptime_after']}", flush=True)
     for row in result["arms"]:
-        print(f"{row['arm']:<13} median {row['median_s_per_step']:.3f} s/step (range {row['min']:.3f}-{row['max']:.3f}"
+        print(f"{row['arm']:<16} median {row['median_s_per_step']:.3f} s/step (range {row['min']:.3f}-{row['max']:.3f}"
               f", {row['n']} runs): {row['vs_first']:.2f}x the first arm's time", flush=True)  # fmt: skip
     (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
@@ -158,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def run_one(arm: str, args: argparse.Namespace, out: Path) -> dict:
     """One arm in its own process (no compile cache or allocator state carries over)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **ARM_ENV.get(arm, {})}
     cmd = [sys.executable, __file__, "--arm", arm, "--steps", str(args.steps), "--seed", str(args.seed),
            "--out", str(out), "--mix", args.mix, "--batch_size", str(args.batch_size),
            *(["--char_level"] if args.char_level else [])]  # fmt: skip
