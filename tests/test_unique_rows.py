@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-from datasets import concatenate_datasets
+from datasets import Dataset, concatenate_datasets
 from trl import ModelConfig, SFTTrainer
 
 from train.core.configs import SFTConfig
 from train.core.data import read_records
-from train.core.unique_rows import expand, unique_rows
+from train.core.unique_rows import dataset_rows, expand, unique_rows
 from train.sft import build_sft_trainer, load_for_training, sft_dataset
 
 
@@ -22,6 +22,12 @@ def test_unique_rows_and_their_expansion():
     # preparation dropped distinct row 1 (no trained token left): its copies go, the rest keep their order
     assert expand(inverse, [0, 2]) == [0, 0, 1]
     assert expand([], []) == []
+
+
+def test_dataset_rows_reads_every_row_in_order_a_batch_at_a_time():
+    data = Dataset.from_list([{"x": i, "m": [{"role": "user", "content": str(i)}]} for i in range(7)])
+    assert list(dataset_rows(data, batch_size=3)) == data.to_list()
+    assert unique_rows(dataset_rows(data.select([0, 1, 0, 2]), batch_size=3)) == ([0, 1, 3], [0, 1, 0, 2])
 
 
 def prepared(trainer_class: type, model_dir, data, out) -> tuple[list, list, int]:

@@ -28,7 +28,7 @@ from train.core.guards import FiniteTrainingGuard, check_finite_model
 from train.core.loading import LoadOptions, load_model_and_tokenizer
 from train.core.micro_batches import length_micro_batches, unsplittable
 from train.core.sources import load_source_from
-from train.core.unique_rows import expand, unique_rows
+from train.core.unique_rows import dataset_rows, expand, unique_rows
 from train.merging import merge_lora
 from train.merging.lora import is_adapter, resolve_adapter_base
 
@@ -167,7 +167,7 @@ class FastslowSFTTrainer(SFTTrainer):
         # Packing joins neighbouring rows, and a streamed or tokenised data set has nothing to save: trl's way.
         if packing or not isinstance(dataset, Dataset) or "input_ids" in dataset.column_names:
             return super()._prepare_dataset(dataset, processing_class, args, packing, *rest)
-        first, inverse = unique_rows(dataset.to_list())
+        first, inverse = unique_rows(dataset_rows(dataset))
         if len(first) == len(dataset):
             return super()._prepare_dataset(dataset, processing_class, args, packing, *rest)
         logger.info("preparing %d distinct rows of %d", len(first), len(dataset))

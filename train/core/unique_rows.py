@@ -8,20 +8,26 @@ fraction of the work.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 
-def row_key(row: dict[str, Any]) -> str:
-    """A row's content as text: two rows with the same key are prepared into the same tokens."""
-    return json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
+def row_key(row: dict[str, Any]) -> bytes:
+    """A digest of a row's content: two rows with the same key are prepared into the same tokens.
+
+    16 bytes a row, not the row's text: a large data set's keys stay small in memory.
+    """
+    text = json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
-def unique_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[int], list[int]]:
+def unique_rows(rows: Iterable[dict[str, Any]]) -> tuple[list[int], list[int]]:
     """``(first, inverse)``: the index of each distinct row's first occurrence, in order, and for every row the
-    position of its content in ``first`` (``rows[i] == rows[first[inverse[i]]]``)."""
-    seen: dict[str, int] = {}
+    position of its content in ``first`` (``rows[i] == rows[first[inverse[i]]]``). ``rows`` is read once, in
+    order (a generator over a large data set is fine)."""
+    seen: dict[bytes, int] = {}
     first: list[int] = []
     inverse: list[int] = []
     for i, row in enumerate(rows):
@@ -40,3 +46,10 @@ def expand(inverse: Sequence[int], kept: Sequence[int]) -> list[int]:
     """
     position = {u: p for p, u in enumerate(kept)}
     return [position[u] for u in inverse if u in position]
+
+
+def dataset_rows(dataset: Any, batch_size: int = 1000) -> Iterator[dict[str, Any]]:
+    """The rows of a ``datasets.Dataset``, read a batch at a time (never the whole data set in memory at once)."""
+    for batch in dataset.iter(batch_size=batch_size):
+        columns = list(batch)
+        yield from (dict(zip(columns, values)) for values in zip(*(batch[c] for c in columns)))
