@@ -72,14 +72,16 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = dict(run_dir=args.run_dir, think_format=args.think_format, seed=args.seed)
     cfg = load_pipeline(args.config, quick=args.quick, **overrides)
     run_dir = Path(cfg.run_dir).resolve()
-    os.environ.update({k: str(v) for k, v in cfg.env.items()})  # this process evaluates: the same threads
-    torch.set_num_threads(int(cfg.env.get("OMP_NUM_THREADS", torch.get_num_threads())))
     steps = select(build_plan(cfg, run_dir, RECIPES), args.start_from, args.only)
 
     # 1. The plan; a dry run stops here.
     print(describe_plan(cfg, steps, run_dir))
     if args.dry_run:
         return {"steps": [s.name for s in steps]}
+    # This process evaluates, on the stages' threads. Its OpenMP runtime was loaded with torch, before the config was
+    # read, so settings read only at load time (OMP_WAIT_POLICY) reach the stage processes, not this one.
+    os.environ.update({k: str(v) for k, v in cfg.env.items()})
+    torch.set_num_threads(int(cfg.env.get("OMP_NUM_THREADS", torch.get_num_threads())))
 
     # 2. Data: the arithmetic world of a tiny run (built once, seeded from the pipeline's seed).
     world_seconds = None

@@ -126,6 +126,10 @@ def test_quick_lays_its_overrides_over_the_stages():
     assert cfg.stage("grpo").config == "recipes/configs/tiny/grpo_arithmetic.yaml"  # kept, not replaced
     assert cfg.stage("base").overrides["disable_tqdm"] is True  # mappings merge key by key
     assert "max_steps" not in load_pipeline(TINY).stage("grpo").overrides  # the full run: the YAML's tuned 60
+    # the quick env merges over the pipeline's: one thread everywhere, the rest kept, Stage 2's own env still applied
+    envs = [step.env for step in build_plan(cfg, Path("/tmp/unused-quick"), ROOT / "recipes")]
+    assert [e["OMP_NUM_THREADS"] for e in envs] == ["1"] * 4
+    assert all(e["OMP_WAIT_POLICY"] == "passive" and e["ACCELERATE_USE_CPU"] == "true" for e in envs)
 
 
 @pytest.mark.parametrize(

@@ -163,18 +163,23 @@ class FastslowSFTTrainer(SFTTrainer):
                 "set it to 1 (on GPUs, padding_free with flash attention removes the padding instead)"
             )
 
-    def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, packing: bool, *rest: Any) -> Any:
+    def _prepare_dataset(
+        self, dataset: Any, processing_class: Any, args: Any, packing: bool, *more: Any, **kw: Any
+    ) -> Any:
         # Packing joins neighbouring rows, and a streamed or tokenised data set has nothing to save: trl's way.
         if packing or not isinstance(dataset, Dataset) or "input_ids" in dataset.column_names:
-            return super()._prepare_dataset(dataset, processing_class, args, packing, *rest)
+            return super()._prepare_dataset(dataset, processing_class, args, packing, *more, **kw)
         first, inverse = unique_rows(dataset_rows(dataset))
         if len(first) == len(dataset):
-            return super()._prepare_dataset(dataset, processing_class, args, packing, *rest)
+            return super()._prepare_dataset(dataset, processing_class, args, packing, *more, **kw)
         logger.info("preparing %d distinct rows of %d", len(first), len(dataset))
         unique = dataset.select(first).add_column(self.ROW_COLUMN, range(len(first)))
-        prepared = super()._prepare_dataset(unique, processing_class, args, packing, *rest)
+        prepared = super()._prepare_dataset(unique, processing_class, args, packing, *more, **kw)
         rows = expand(inverse, prepared[self.ROW_COLUMN])
-        return prepared.select(rows).remove_columns(self.ROW_COLUMN)
+        out = prepared.select(rows).remove_columns(self.ROW_COLUMN)
+        # trl shuffled the distinct rows last; expanding restored the given order, so shuffle as trl would have
+        # (the same seed over the same number of rows: trl's permutation).
+        return out.shuffle(seed=args.seed) if getattr(args, "shuffle_dataset", False) else out
 
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None

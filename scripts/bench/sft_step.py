@@ -8,7 +8,7 @@ The workload (``--mix``) is what a stage of `make demo` trains on: ``phase1``, S
 drawn from the tiny world's slow replies and its fast pool, half each; ``warmup``, the base stage's slow replies of
 the distillation pool. The world is the tiny pipeline's (whole-word tokens; ``--char_level`` for the world before
 them), built here from the pipeline's seed (~3 s; nothing is downloaded), with its randomly initialised `small`
-model, `assistant_only_loss`, one torch thread. Every arm
+model, `assistant_only_loss`, one torch thread (two in the `threads2` arms). Every arm
 runs in its own process (so no compile cache or allocator state carries over), the same rows in the same order and
 the same seed; reported: seconds per step over the second half of the steps (compilation and warm-up excluded), the
 ratio to the first arm, and the logged losses (an arm that changes the arithmetic shows it there). Arms:
@@ -129,7 +129,7 @@ def weights_hash(model: torch.nn.Module) -> str:
     """SHA-256 of every parameter's bytes, in order: two arms with the same hash trained the same bits."""
     digest = hashlib.sha256()
     for _, param in sorted(model.named_parameters()):
-        digest.update(param.detach().contiguous().numpy().tobytes())
+        digest.update(param.detach().contiguous().flatten().view(torch.uint8).numpy().tobytes())  # any dtype
     return digest.hexdigest()
 
 
@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         if busy is not None:
             busy.kill()
+            busy.wait()
     result["uptime_after"] = uptime()
     result["arms"] = summarise(result["runs"], arms)
     print(f"after: {result['uptime_after']}", flush=True)
@@ -187,7 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 def run_one(arm: str, args: argparse.Namespace, out: Path) -> dict:
     """One arm in its own process (no compile cache or allocator state carries over)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **ARM_ENV.get(arm, {})}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}  # only the passive arm sets it
+    env = {**env, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **ARM_ENV.get(arm, {})}
     cmd = [sys.executable, __file__, "--arm", arm, "--steps", str(args.steps), "--seed", str(args.seed),
            "--out", str(out), "--mix", args.mix, "--batch_size", str(args.batch_size),
            *(["--char_level"] if args.char_level else [])]  # fmt: skip

@@ -50,6 +50,7 @@ def expand(inverse: Sequence[int], kept: Sequence[int]) -> list[int]:
 
 def dataset_rows(dataset: Any, batch_size: int = 1000) -> Iterator[dict[str, Any]]:
     """The rows of a ``datasets.Dataset``, read a batch at a time (never the whole data set in memory at once)."""
-    for batch in dataset.iter(batch_size=batch_size):
+    # Plain Python values: a numpy or torch format would print long arrays abbreviated, so two rows could share a key.
+    for batch in dataset.with_format(None).iter(batch_size=batch_size):
         columns = list(batch)
         yield from (dict(zip(columns, values)) for values in zip(*(batch[c] for c in columns)))

@@ -108,7 +108,11 @@ class PipelineConfig:
         default="recipes/accelerate/cpu.yaml", metadata={"help": "accelerate config every stage is launched with."}
     )
     env: dict[str, str] = field(
-        default_factory=dict, metadata={"help": "Environment of the stage processes (e.g. OMP_NUM_THREADS: '1')."}
+        default_factory=dict,
+        metadata={
+            "help": "Environment of the stage processes (OMP_NUM_THREADS: '2'); its OMP_NUM_THREADS also sets the "
+            "threads of the pipeline's own evaluation."
+        },
     )
     world: WorldConfig | None = field(
         default=None, metadata={"help": "Build the arithmetic world (tiny runs); its files join the data names."}
