@@ -119,7 +119,7 @@ def test_from_and_only_pick_stages(pipeline, capsys, tmp_path):
         pipeline.main(["--config", str(TINY), "--dry-run", "--only", "rl"])
 
 
-def test_quick_lays_its_overrides_over_the_stages():
+def test_quick_lays_its_overrides_over_the_stages(tmp_path):
     cfg = load_pipeline(TINY, quick=True)
     assert cfg.world.n_train == 300 and cfg.run_dir == "outputs/demo-quick"
     assert cfg.stage("grpo").overrides["max_steps"] == 2
@@ -127,7 +127,7 @@ def test_quick_lays_its_overrides_over_the_stages():
     assert cfg.stage("base").overrides["disable_tqdm"] is True  # mappings merge key by key
     assert "max_steps" not in load_pipeline(TINY).stage("grpo").overrides  # the full run: the YAML's tuned 60
     # the quick env merges over the pipeline's: one thread everywhere, the rest kept, Stage 2's own env still applied
-    envs = [step.env for step in build_plan(cfg, Path("/tmp/unused-quick"), ROOT / "recipes")]
+    envs = [step.env for step in build_plan(cfg, tmp_path, ROOT / "recipes")]
     assert [e["OMP_NUM_THREADS"] for e in envs] == ["1"] * 4
     assert all(e["OMP_WAIT_POLICY"] == "passive" and e["ACCELERATE_USE_CPU"] == "true" for e in envs)
 
