@@ -36,6 +36,7 @@ from train.core.sources import (
     load_source_from,
     parse_column_mapping,
     preset_names,
+    verified_generation,
 )
 from train.eval import benchmarks
 from train.rl.config import GRPOScriptArguments
@@ -355,6 +356,12 @@ def test_openr1_row_needs_its_preset_and_then_gives_the_verified_generation(tmp_
     assert first["response"] == OPENR1[0]["generations"][1]  # the one math-verify marked correct
     assert second["response"] == OPENR1[1]["solution"]  # correct but incomplete reasoning: the solution instead
     assert (first["id"], first["source"], first["answer"]) == ("0d2f5c1e-1", "olympiads", "5")
+    # of several verified generations, the shortest (the method's shortest-correct rule)
+    long, short = "<think>2x = 10, so x = 10 / 2 = 5</think>\n\n$\\boxed{5}$", "<think>x = 5</think> $\\boxed{5}$"
+    row = {**OPENR1[0], "generations": [long, short, "wrong"], "correctness_math_verify": [True, True, False],
+           "is_reasoning_complete": [True, True, True]}  # fmt: skip
+    assert verified_generation(row) == short
+    assert verified_generation({**row, "is_reasoning_complete": [True, False, True]}) == long
     assert first["prompt"].startswith(OPENR1[0]["problem"]) and first["prompt"].endswith("\\boxed{}.")
     assert load_source(str(path), preset="openr1-math", hint=False)[0]["prompt"] == OPENR1[0]["problem"]
 

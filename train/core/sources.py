@@ -10,7 +10,7 @@ column and the data. Presets (docs/data.md has the full table):
 preset             written for                      reads
 =================  ===============================  =========================================================
 ``records``        fastslow's own schema            ``prompt``, ``task`` (the default: no conversion)
-``openr1-math``    open-r1/OpenR1-Math-220k         ``problem``, ``answer``; ``response``: the first
+``openr1-math``    open-r1/OpenR1-Math-220k         ``problem``, ``answer``; ``response``: the shortest
                                                     generation math-verify marked correct, else ``solution``
 ``numinamath``     AI-MO/NuminaMath-CoT, -1.5       ``problem``, ``solution`` (the response); ``answer`` or the
                                                     solution's last ``\\boxed{}``
@@ -288,14 +288,13 @@ def math_record(row: Row, where: str, hint: bool) -> Row:
 
 
 def verified_generation(row: Row) -> str | None:
-    """OpenR1-Math: the first generation that math-verify marked correct and whose reasoning is complete."""
+    """OpenR1-Math: the shortest generation that math-verify marked correct and whose reasoning is complete (the
+    method's rule for a teacher pool: of the verified replies, the shortest is kept; the first on a tie)."""
     generations = row.get("generations") or []
     correct = row.get("correctness_math_verify") or []
     complete = row.get("is_reasoning_complete") or [True] * len(generations)
-    for text, ok, done in zip(generations, correct, complete):
-        if ok and done and text:
-            return str(text)
-    return None
+    kept = [str(text) for text, ok, done in zip(generations, correct, complete) if ok and done and text]
+    return min(kept, key=len) if kept else None
 
 
 def openr1_record(row: Row, where: str, hint: bool) -> Row:
