@@ -28,8 +28,10 @@ import torch
 
 from train.core.cli import setup_logging
 from train.core.data import read_records
+from train.eval.evaluation import bucket
 from train.pipeline.card import write_model_card
 from train.pipeline.config import PipelineConfig, load_pipeline
+from train.pipeline.data import prepare_data
 from train.pipeline.evaluate import evaluate_stage
 from train.pipeline.plan import base_model, build_plan, data_files, run_step, select
 from train.pipeline.preflight import describe_plan
@@ -83,10 +85,12 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.update({k: str(v) for k, v in cfg.env.items()})
     torch.set_num_threads(int(cfg.env.get("OMP_NUM_THREADS", torch.get_num_threads())))
 
-    # 2. Data: the arithmetic world of a tiny run (built once, seeded from the pipeline's seed).
+    # 2. Data: the arithmetic world of a tiny run (built once, seeded from the pipeline's seed), and the records of
+    # every data set the data section names (read once, written to <run_dir>/data/).
     world_seconds = None
     if cfg.world is not None:
         world_seconds = ensure_world(run_dir / "world", cfg.world, cfg.think_format or "qwen3", cfg.seed)
+    prepare_data(cfg.data, run_dir)
 
     # 3. The stages, each from the manifest of the one before (the plan is rebuilt as manifests appear).
     for name in [s.name for s in steps]:
@@ -101,8 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
         if step.done is not None and step.stage.eval_modes:
             modes = step.stage.eval_modes
             stages[step.name] = evaluate_stage(step.name, step.done["model"], modes, test_file, cfg.evaluation,
-                                               run_dir / "eval", cfg.seed)  # fmt: skip
-    summary = summary_text(cfg, stages, len(read_records(test_file)))
+                                               run_dir / "eval", cfg.seed, cfg.trust_remote_code)  # fmt: skip
+    summary = summary_text(cfg, stages, [bucket(r) for r in read_records(test_file)])
     write_summary(run_dir, summary, stages, cfg)
     report = write_report(cfg, steps, stages, run_dir, summary, world_seconds)
     final = steps[-1]

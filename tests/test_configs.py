@@ -329,6 +329,8 @@ PIPELINE_CONFIGS = [p for p in CONFIGS if p.stem == "pipeline"]
 def pipeline_sections(raw: dict) -> list[tuple[str, dict]]:
     """(section kind, mapping) of a pipeline YAML and of its quick: overrides, for the nested-key checks."""
     out = [("world", raw.get("world") or {}), ("evaluation", raw.get("evaluation") or {})]
+    out += [("preflight", raw.get("preflight") or {})]
+    out += [("data", v) for v in (raw.get("data") or {}).values() if isinstance(v, dict)]  # data set entries
     out += [("stage", s) for s in raw["stages"]]
     quick = raw.get("quick") or {}
     out += [("world", quick.get("world") or {}), ("evaluation", quick.get("evaluation") or {})]
@@ -344,9 +346,10 @@ def test_there_is_a_pipeline_config_for_both_scales():
 def test_every_pipeline_section_key_is_a_read_field(config, accesses):
     """The nested sections (world, evaluation, each stage, the quick: overrides) hold fields of their dataclasses,
     each read by the rule of :func:`test_every_config_key_is_read`."""
-    from train.pipeline.config import EvalConfig, StageConfig, WorldConfig
+    from train.pipeline.config import DataSource, EvalConfig, PreflightConfig, StageConfig, WorldConfig
 
-    classes = {"world": WorldConfig, "evaluation": EvalConfig, "stage": StageConfig}
+    classes = {"world": WorldConfig, "evaluation": EvalConfig, "stage": StageConfig, "preflight": PreflightConfig,
+               "data": DataSource}  # fmt: skip
     problems = []
     for kind, section in pipeline_sections(yaml_keys(config)):
         cls = classes[kind]

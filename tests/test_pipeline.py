@@ -88,6 +88,14 @@ def test_embedded_dry_run_prints_the_full_chained_plan(pipeline, capsys):
     assert plan.count("--config_file recipes/accelerate/zero3.yaml") == 3
     assert "--fusion_file ''" in plan  # the recipe labels with the GRPO model, not a prebuilt file
     assert plan.count("    memory ") == 3 and plan.count("    output ") == 3
+    # The data: the hub sets are written into the run by its data step; only the user's RL files are not made.
+    assert inputs["distill"]["train_file"] == str(run / "data/pool.jsonl")
+    assert "(made by data (open-r1/OpenR1-Math-220k))" in plan and "(made by data (HuggingFaceH4/MATH-500))" in plan
+    assert plan.splitlines()[-1] == (
+        "To provide before running (no stage or data set makes them): data/rl/code.jsonl, data/rl/general.jsonl"
+    )
+    # openPangu's own modelling code, and the pipeline's seed for distillation's draw, reach every stage.
+    assert plan.count("--trust_remote_code true") == 3 and plan.count("--selection_seed 0") == 1
 
 
 def test_embedded_dry_run_estimates_every_stage_for_the_base_models_config(pipeline, capsys, tmp_path):

@@ -144,3 +144,31 @@ def test_select_data_complexity_gives_the_engine_its_memory_share(fake_vllm, tin
     assert engine.kwargs["gpu_memory_utilization"] == 0.6 and engine.kwargs["model"] == str(tiny_model_dir)
     assert engine.calls[0][1].n == 2 and stats["candidates"] == 4
     assert engine.events_before[-1] == "empty_cache"
+
+
+def test_the_pipelines_evaluation_samples_each_stage_on_its_own_engine_and_gives_it_back(
+    fake_vllm, tiny_model_dir, tmp_path
+):
+    """A 7B run's evaluation (``evaluation.sampler_args: {backend: vllm, ...}``): the engine gets the stage's model,
+    the sampler keys and the pipeline's trust_remote_code; greedy, then k samples at T=1 on the hard problems; and
+    the engine is closed before the next stage's model would load."""
+    from train.pipeline.config import EvalConfig
+    from train.pipeline.evaluate import evaluate_stage
+
+    test = tmp_path / "test.jsonl"
+    rows = [{"prompt": "Compute 3+4.", "task": "math", "answer": "7", "difficulty": 3},
+            {"prompt": "Compute 1+1.", "task": "math", "answer": "2", "difficulty": 1}]  # fmt: skip
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sampler = {"backend": "vllm", "tensor_parallel_size": 2, "max_model_len": 512, "dtype": "bfloat16"}
+    cfg = EvalConfig(max_new_tokens=16, batch_size=8, sampled_k=2, check="benchmark", sampler_args=sampler)
+    results = evaluate_stage("grpo", str(tiny_model_dir), ["slow"], str(test), cfg, tmp_path / "eval", 3, True)
+    (engine,) = fake_vllm.instances
+    assert {k: engine.kwargs[k] for k in ("model", "tensor_parallel_size", "max_model_len", "dtype")} == {
+        "model": str(tiny_model_dir), "tensor_parallel_size": 2, "max_model_len": 512, "dtype": "bfloat16",
+    }  # fmt: skip
+    assert engine.kwargs["trust_remote_code"] is True
+    (greedy, sampled) = [params for _, params in engine.calls]
+    assert (greedy.n, greedy.temperature, greedy.max_tokens) == (1, 0.0, 16)
+    assert (sampled.n, sampled.temperature, sampled.seed, len(engine.calls[1][0])) == (2, 1.0, 3, 1)  # hard only
+    assert results["modes"]["slow"]["avg@1"] == 0.5 and results["sampled_hard"]["avg"] == 1.0  # every reply says 7
+    assert fake_vllm.events[-1] == "empty_cache"  # closed: its memory given back

@@ -13,7 +13,7 @@ import yaml
 
 from train.core.loading import load_tokenizer
 from train.core.modes import ThinkFormat
-from train.pipeline.config import PipelineConfig
+from train.pipeline.config import DataSource, PipelineConfig
 from train.pipeline.plan import Step
 
 USAGE = """```python
@@ -48,10 +48,13 @@ def front_matter(cfg: PipelineConfig, base: str, datasets: list[str]) -> str:
 def write_model_card(cfg: PipelineConfig, steps: list[Step], model_dir: Path, summary: str, base: str,
                      data: dict[str, Any]) -> Path:  # fmt: skip
     """Write ``README.md`` into ``model_dir`` (the last stage's model)."""
-    think = ThinkFormat.from_tokenizer(load_tokenizer(model_dir))
+    think = ThinkFormat.from_tokenizer(load_tokenizer(model_dir, trust_remote_code=cfg.trust_remote_code))
     used = sorted({n for s in cfg.stages for v in s.data.values() for n in (v if isinstance(v, list) else [v])})
+    # A data set entry is named by its data set (a hub id the hub links), not by the records file written from it.
+    named = {n: cfg.data[n].dataset_name if isinstance(cfg.data.get(n), DataSource) else str(data[n])
+             for n in used if n in data}  # fmt: skip
     lines = [
-        front_matter(cfg, base, [str(data[n]) for n in used if n in data]),
+        front_matter(cfg, base, list(named.values())),
         f"# {cfg.name}: a dual-system (fast / slow / auto) model",
         "",
         "Trained by the fastslow pipeline (`recipes/pipeline.py`): "
@@ -87,7 +90,7 @@ def write_model_card(cfg: PipelineConfig, steps: list[Step], model_dir: Path, su
         inputs = ", ".join(f"{i.key} = {i.source}" for i in step.inputs)
         over = ", ".join(f"{k}={v}" for k, v in step.stage.overrides.items()) or "-"
         lines.append(f"| {step.name} | `recipes/{step.stage.recipe}.py` | `{step.stage.config}` | {inputs} | {over} |")
-    lines += ["", "Data files: " + ", ".join(f"{n} = `{data[n]}`" for n in used if n in data) + ".", ""]
+    lines += ["", "Data: " + ", ".join(f"{n} = `{v}`" for n, v in named.items()) + ".", ""]
     path = model_dir / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

@@ -15,8 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from train.core.cli import read_yaml_mapping
+from train.sampling.params import SamplerConfig
 
-RECIPES = ("sft", "distill", "grpo", "dual_system", "merge")
+RECIPES = ("sft", "distill", "grpo", "dual_system")
+EVAL_CHECKS = ("exact", "benchmark")
+# Merges are not a stage of their own: distillation merges each iteration with the ones before (its merge_* keys,
+# set in its YAML or the stage's overrides), and a standalone merge is recipes/merge.py on finished models.
+NOT_A_STAGE = {
+    "merge": "distillation merges its iterations itself (merge_method and the other merge_* keys of its YAML or "
+    "the stage's overrides); merge finished models with recipes/merge.py"
+}
 
 
 class PipelineConfigError(ValueError):
@@ -45,6 +53,36 @@ class WorldConfig:
             "help": "Whole-word tokens for the role names, the instruction word and the mode tags (digits "
             "and replies stay one token per character): training rows 1.3-1.9x shorter."
         },
+    )
+
+
+@dataclass
+class DataSource:
+    """A data name read from a data set (a hub id or a local path, through :func:`train.core.sources.load_source`)
+    instead of a file: the pipeline writes its records once to ``<run_dir>/data/<name>.jsonl`` and hands that file
+    to the stages and the evaluation."""
+
+    dataset_name: str = field(metadata={"help": "Hub id (open-r1/OpenR1-Math-220k) or a local file or folder."})
+    dataset_config: str | None = field(default=None, metadata={"help": "The hub data set's config (subset)."})
+    dataset_split: str = field(default="train", metadata={"help": "Split, or a slice such as `train[:2000]`."})
+    dataset_preset: str | None = field(
+        default=None, metadata={"help": "Its schema: a preset of docs/data.md (openr1-math, math500, ...) or auto."}
+    )
+    column_mapping: dict[str, str] | None = field(
+        default=None, metadata={"help": "{field: column}: read a preset field from another column."}
+    )
+    dataset_hint: bool = field(default=True, metadata={"help": "Append the preset's answer format to prompts."})
+    max_samples: int | None = field(default=None, metadata={"help": "Keep the first this many records."})
+
+
+@dataclass
+class PreflightConfig:
+    """The machine the dry run's memory preflight estimates for (train.core.memory)."""
+
+    device_gb: float | None = field(default=None, metadata={"help": "Memory per device in GB (null: no estimate)."})
+    n_devices: int = field(default=1, metadata={"help": "Devices the stages shard over."})
+    model_config: str | None = field(
+        default=None, metadata={"help": "The base model's config.json when it is neither local nor in the hub cache."}
     )
 
 
@@ -88,6 +126,22 @@ class EvalConfig:
     sampled_k: int = field(default=4, metadata={"help": "Replies per hard prompt for sampled accuracy (T=1)."})
     hard_level: str = field(default="3", metadata={"help": "Difficulty bucket that counts as hard."})
     easy_levels: list[str] = field(default_factory=lambda: ["1", "2"], metadata={"help": "Easy difficulty buckets."})
+    check: str = field(
+        default="exact",
+        metadata={
+            "help": "Answer check: exact (whitespace-stripped equality: the arithmetic world) or benchmark (exact, "
+            "else the MARS rules: math-verify, sandboxed code tests, the option letter: real held-out sets)."
+        },
+    )
+    sampler_args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Sampler keys (train.sampling.SamplerConfig: backend transformers/vllm/endpoint, dtype, device, "
+            "tensor_parallel_size, gpu_memory_utilization, max_model_len, ...); batch_size and "
+            "trust_remote_code come from this section and the pipeline. Default: transformers on the best "
+            "device present, in its precision."
+        },
+    )
 
 
 @dataclass
@@ -100,7 +154,20 @@ class PipelineConfig:
     base_model: str | None = field(
         default=None, metadata={"help": "Local folder or hub id of the base model (null: the world's tiny model)."}
     )
-    seed: int = field(default=0, metadata={"help": "Seed of every stage and every random draw of the pipeline."})
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "Seed of every stage and every random draw of the pipeline (each stage's `seed`, distillation's "
+            "`selection_seed`, the evaluation's sampling, the world)."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the checkpoint's own modelling code (openPangu needs it): passed to every stage, the "
+            "evaluation and the preflight's config read."
+        },
+    )
     think_format: str | None = field(
         default=None, metadata={"help": "qwen3 or pangu: think delimiters of the world's model and data."}
     )
@@ -118,11 +185,17 @@ class PipelineConfig:
         default=None, metadata={"help": "Build the arithmetic world (tiny runs); its files join the data names."}
     )
     data: dict[str, Any] = field(
-        default_factory=dict, metadata={"help": "Data name -> file (or list of files) the stages and the eval use."}
+        default_factory=dict,
+        metadata={
+            "help": "Data name -> a file, a list of files, or a data set ({dataset_name, dataset_config, "
+            "dataset_split, dataset_preset, column_mapping, dataset_hint, max_samples}: written once to "
+            "<run_dir>/data/<name>.jsonl) the stages and the evaluation use."
+        },
     )
     evaluation: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation of every stage."})
-    preflight: dict[str, Any] = field(
-        default_factory=dict, metadata={"help": "Memory preflight: device_gb and n_devices of the target machine."}
+    preflight: PreflightConfig = field(
+        default_factory=PreflightConfig,
+        metadata={"help": "Memory preflight of the dry run: device_gb, n_devices, model_config."},
     )
     quick: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "Overrides --quick lays over this config (same shape as the file)."}
@@ -135,7 +208,7 @@ class PipelineConfig:
         raise PipelineConfigError(f"no stage {name!r}; stages: {', '.join(s.name for s in self.stages)}")
 
 
-SECTIONS = {"world": WorldConfig, "evaluation": EvalConfig}
+SECTIONS = {"world": WorldConfig, "evaluation": EvalConfig, "preflight": PreflightConfig}
 
 
 def _build(cls: type, raw: Any, where: str) -> Any:
@@ -211,6 +284,8 @@ def from_mapping(raw: dict[str, Any], where: str) -> PipelineConfig:
     if not isinstance(raw.get("stages"), list) or not raw["stages"]:
         raise PipelineConfigError(f"{where}: stages: a non-empty list of stages is required")
     raw["stages"] = [_build(StageConfig, s, f"{where}: stages[{i}]") for i, s in enumerate(raw["stages"])]
+    if isinstance(raw.get("data"), dict):
+        raw["data"] = {name: _data_entry(value, f"{where}: data.{name}") for name, value in raw["data"].items()}
     cfg = _build(PipelineConfig, raw, where)
     check_stages(cfg, where)
     return cfg
@@ -224,6 +299,10 @@ def check_stages(cfg: PipelineConfig, where: str) -> None:
         at = f"{where}: stage {s.name!r}"
         if s.name in seen:
             raise PipelineConfigError(f"{at}: duplicate stage name")
+        if s.recipe in NOT_A_STAGE:
+            raise PipelineConfigError(
+                f"{at}, key 'recipe': {s.recipe!r} is not a pipeline stage: {NOT_A_STAGE[s.recipe]}"
+            )
         if s.recipe not in RECIPES:
             raise PipelineConfigError(f"{at}, key 'recipe': {s.recipe!r} is not one of {', '.join(RECIPES)}")
         if s.start is not None and s.start not in seen:
@@ -233,8 +312,45 @@ def check_stages(cfg: PipelineConfig, where: str) -> None:
                 if name not in data_names:
                     raise PipelineConfigError(f"{at}, key 'data.{key}': no data named {name!r}")
         seen.append(s.name)
+    check_sampler_args(cfg.evaluation.sampler_args, f"{where}, key 'evaluation.sampler_args'")
+    if cfg.evaluation.check not in EVAL_CHECKS:
+        raise PipelineConfigError(f"{where}, key 'evaluation.check': {cfg.evaluation.check!r}; one of {EVAL_CHECKS}")
+    if cfg.evaluation.data not in data_names and any(s.eval_modes for s in cfg.stages):
+        raise PipelineConfigError(f"{where}, key 'evaluation.data': no data named {cfg.evaluation.data!r}")
     if cfg.base_model is None and cfg.world is None:
         raise PipelineConfigError(f"{where}: base_model is required without a world")
+
+
+def check_sampler_args(args: dict[str, Any], where: str) -> None:
+    """The evaluation's sampler keys: SamplerConfig's, less those the pipeline sets (checked before anything runs,
+    not when the evaluation starts after hours of training)."""
+    known = {f.name for f in dataclasses.fields(SamplerConfig)} - SET_BY_PIPELINE
+    for key in args:
+        if key in SET_BY_PIPELINE:
+            raise PipelineConfigError(f"{where}: {key!r} is set by the pipeline (the stage's model, evaluation."
+                                      "batch_size, trust_remote_code)")  # fmt: skip
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            raise PipelineConfigError(
+                f"{where}: unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+            )
+    try:
+        SamplerConfig(**args)
+    except ValueError as exc:
+        raise PipelineConfigError(f"{where}: {exc}") from exc
+
+
+# The sampler keys the pipeline sets for every stage's evaluation.
+SET_BY_PIPELINE = {"model", "batch_size", "trust_remote_code"}
+
+
+def _data_entry(value: Any, where: str) -> str | list[str] | DataSource:
+    """A data name's value: a path, a list of paths, or a data set (a mapping, checked key by key)."""
+    if isinstance(value, dict):
+        return _build(DataSource, value, where)
+    if isinstance(value, str) or (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+        return value
+    raise PipelineConfigError(f"{where}: expected a path, a list of paths or a data set mapping, got {value!r}")
 
 
 # The files the arithmetic world writes (train.pipeline.world), usable as data names.

@@ -9,6 +9,7 @@ the stage YAMLs keep their own defaults, and the pipeline sets only the chained 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,7 +24,8 @@ from typing import Any
 import yaml
 
 from train.core.fingerprint import config_fingerprint, differing_keys
-from train.pipeline.config import PipelineConfig, PipelineConfigError, StageConfig
+from train.pipeline.config import DataSource, PipelineConfig, PipelineConfigError, StageConfig
+from train.pipeline.data import data_source_file
 from train.pipeline.manifests import expected_model, finish_stage, read_stage, recipe_model
 from train.pipeline.world import planned_world_files, world_files
 
@@ -39,6 +41,7 @@ class Input:
     source: str  # "base model", "data: pool", "stage distill (its manifest)", ...
     ready: bool  # the path exists now (a stage's output that has not run yet is not ready)
     producer: str | None = None  # what makes it when it is not ready: "world", a stage's name; None: the user
+    unprovided: list[str] = field(default_factory=list)  # its files neither here nor made during the run
 
 
 @dataclass
@@ -60,17 +63,30 @@ class Step:
         return self.stage.name
 
 
-def world_names(cfg: PipelineConfig) -> set[str]:
-    return set(planned_world_files(Path("."))) - set(cfg.data) if cfg.world is not None else set()
+# Keys the pipeline sets on a stage beyond model, output and data: its seed, and per recipe the other seeds that
+# would otherwise stay at their YAML value whatever the pipeline's seed (every draw follows the pipeline's seed).
+CHAINED_KEYS = ("model_name_or_path", "output_dir", "seed")
+RECIPE_SEEDS = {"distill": ("selection_seed",)}
+
+
+def made_by(cfg: PipelineConfig, name: str) -> str | None:
+    """What writes data name ``name`` during the run: the world, the pipeline's data step, or nothing (a file)."""
+    if isinstance(cfg.data.get(name), DataSource):
+        return "data (" + cfg.data[name].dataset_name + ")"
+    if cfg.world is not None and name not in cfg.data and name in planned_world_files(Path(".")):
+        return "world"
+    return None
 
 
 def data_files(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
-    """Data name -> path(s): the arithmetic world's files (built or planned), then the data section's."""
+    """Data name -> path(s): the arithmetic world's files (built or planned), then the data section's (a data set's
+    records file for a data set entry)."""
     files: dict[str, Any] = {}
     if cfg.world is not None:
         world = run_dir / "world"
         files.update({k: str(v) for k, v in (world_files(world) or planned_world_files(world)).items()})
-    files.update(cfg.data)
+    for name, value in cfg.data.items():
+        files[name] = str(data_source_file(run_dir, name)) if isinstance(value, DataSource) else value
     return files
 
 
@@ -108,8 +124,12 @@ def build_plan(cfg: PipelineConfig, run_dir: Path, recipes_dir: Path) -> list[St
         for key, names in stage.data.items():
             listed = names if isinstance(names, list) else [names]
             value = [files[n] for n in listed] if isinstance(names, list) else files[names]
-            made = "world" if set(listed) & world_names(cfg) else None
-            inputs.append(Input(key, value, "data: " + ", ".join(listed), _exists(value), made))
+            # Made during the run only if every file not here is made by the world or the data step.
+            absent = [n for n in listed if not _exists(files[n])]
+            made = [made_by(cfg, n) for n in absent]
+            producer = ", ".join(dict.fromkeys(made)) if absent and all(made) else None
+            unprovided = [str(files[n]) for n, m in zip(absent, made) if not m]
+            inputs.append(Input(key, value, "data: " + ", ".join(listed), not absent, producer, unprovided))
         settings = stage_settings(cfg, stage, recipes_dir.parent)
         step = Step(stage, out, inputs, [], stage_env(cfg, stage), done=read_stage(out), settings=settings)
         check_finished(step)
@@ -130,6 +150,10 @@ def stage_settings(cfg: PipelineConfig, stage: StageConfig, root: Path) -> dict[
                 "config_content_sha256": config_fingerprint(content)["hash"],
                 "overrides": stage.overrides, "data": stage.data,
                 "accelerate_config": stage.accelerate_config or cfg.accelerate_config}  # fmt: skip
+    names = [n for v in stage.data.values() for n in (v if isinstance(v, list) else [v])]
+    sources = {n: dataclasses.asdict(cfg.data[n]) for n in names if isinstance(cfg.data.get(n), DataSource)}
+    if sources:  # another data set behind the same name makes the finished stage stale
+        settings["data_sources"] = sources
     return config_fingerprint(settings)["keys"]  # as the manifest will read back
 
 
@@ -178,8 +202,12 @@ def stage_command(cfg: PipelineConfig, step: Step, recipes_dir: Path) -> list[st
     for inp in step.inputs:
         cmd += cli_args(inp.key, inp.value)
     cmd += cli_args("output_dir", str(step.output_dir)) + cli_args("seed", cfg.seed)
+    chained = {**{k: cfg.seed for k in RECIPE_SEEDS.get(stage.recipe, ())},
+               **({"trust_remote_code": True} if cfg.trust_remote_code else {})}  # fmt: skip
+    for key, value in chained.items():
+        cmd += cli_args(key, value)
     for key, value in stage.overrides.items():
-        if key in ("model_name_or_path", "output_dir", "seed") or key in stage.data:
+        if key in CHAINED_KEYS or key in chained or key in stage.data:
             raise PipelineConfigError(f"stage {stage.name!r}, key 'overrides.{key}': set by the pipeline itself")
         cmd += cli_args(key, value)
     return cmd

@@ -24,12 +24,12 @@ from train.pipeline.plan import Step
 
 def model_config(cfg: PipelineConfig, step: Step) -> Any:
     """The base model's config (every stage trains its architecture), or None when it cannot be read here."""
-    given = cfg.preflight.get("model_config")
+    given = cfg.preflight.model_config
     if given:
         return json.loads(Path(given).read_text())
     base = cfg.base_model or next(i.value for i in step.inputs if i.key == "model_name_or_path")
     try:
-        return AutoConfig.from_pretrained(str(base), local_files_only=True)
+        return AutoConfig.from_pretrained(str(base), local_files_only=True, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError):
         return None
 
@@ -42,14 +42,14 @@ def recipe_config(step: Step) -> dict[str, Any]:
 
 def preflight(cfg: PipelineConfig, step: Step) -> str:
     target = cfg.preflight
-    if not target.get("device_gb"):
+    if not target.device_gb:
         return "off (no preflight.device_gb in the pipeline config)"
     config = model_config(cfg, step)
     if config is None:
         return "not estimated: the base model's config.json is not here (set preflight.model_config to its path)"
     accelerate = step.stage.accelerate_config or cfg.accelerate_config
     try:
-        est = estimate(config, recipe_config(step), accelerate, target["device_gb"], target.get("n_devices", 1),
+        est = estimate(config, recipe_config(step), accelerate, target.device_gb, target.n_devices,
                        kind=step.stage.recipe)  # fmt: skip
     except (PreflightError, KeyError, ValueError) as exc:  # an estimator's refusal is part of the plan
         return f"not estimated: {type(exc).__name__}: {exc}"
@@ -59,6 +59,7 @@ def preflight(cfg: PipelineConfig, step: Step) -> str:
 
 def describe_plan(cfg: PipelineConfig, steps: list[Step], run_dir: Path) -> str:
     lines = [f"Pipeline {cfg.name!r}: {len(steps)} stage(s), run folder {run_dir}, seed {cfg.seed}"]
+    missing: dict[str, None] = {}
     if cfg.world is not None:
         lines.append(f"  world: the arithmetic world in {run_dir / 'world'} ({cfg.think_format or 'qwen3'} format)")
     for n, step in enumerate(steps, 1):
@@ -66,9 +67,14 @@ def describe_plan(cfg: PipelineConfig, steps: list[Step], run_dir: Path) -> str:
         lines.append(f"\n[{n}] {step.name} ({step.stage.recipe}, {state})")
         for inp in step.inputs:
             flag = "" if inp.ready else f"  (made by {inp.producer})" if inp.producer else "  (not found here)"
+            if inp.unprovided and len(inp.unprovided) < (len(inp.value) if isinstance(inp.value, list) else 1):
+                flag = f"  (not found here: {', '.join(inp.unprovided)})"
             lines.append(f"    input  {inp.key} = {inp.value}  <- {inp.source}{flag}")
+            missing.update((v, None) for v in inp.unprovided)
         lines.append(f"    output {step.output_dir}")
         lines.append(f"    memory {preflight(cfg, step)}")
         env = " ".join(f"{k}={v}" for k, v in step.env.items())  # a stage's env may differ from the others'
         lines.append(f"    $ {env} {shlex.join(step.command)}")
+    if missing:  # nothing in the run makes them: the user's own files
+        lines.append("\nTo provide before running (no stage or data set makes them): " + ", ".join(missing))
     return "\n".join(lines)

@@ -9,10 +9,12 @@ tokens per mode for every stage on one PNG; the trainers' loss, reward and KL/en
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from train.core.plots import pyplot, save_accuracy_figure, save_figure
+from train.eval.evaluation import bucket_sort_key
 from train.pipeline.config import EvalConfig, PipelineConfig
 from train.pipeline.manifests import trainer_logs
 from train.pipeline.plan import Step
@@ -159,9 +161,18 @@ def claims_table(items: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summary_text(cfg: PipelineConfig, stages: dict[str, dict[str, Any]], n_test: int) -> str:
+def level_counts(levels: list[str]) -> str:
+    """How the held-out problems split over difficulty levels, as the summary's header says it."""
+    counts = Counter(levels)
+    if len(set(counts.values())) == 1 and "all" not in counts:
+        return "equal parts per level"
+    return "per level: " + ", ".join(f"{k}: {counts[k]}" for k in sorted(counts, key=bucket_sort_key))
+
+
+def summary_text(cfg: PipelineConfig, stages: dict[str, dict[str, Any]], levels: list[str]) -> str:
+    """The summary: its header, the per-stage table and the claims. ``levels``: each held-out problem's level."""
     ev = cfg.evaluation
-    head = (f"Held-out: {n_test} problems (equal parts per level), greedy, {ev.max_new_tokens}-token budget; "
+    head = (f"Held-out: {len(levels)} problems ({level_counts(levels)}), greedy, {ev.max_new_tokens}-token budget; "
             f"sampled: {ev.sampled_k} replies per level-{ev.hard_level} problem at T=1 "
             f"(seed {cfg.seed}).\n\n")  # fmt: skip
     return head + summary_table(cfg, stages) + "\n" + claims_table(claims(cfg, stages))
