@@ -294,11 +294,14 @@ def test_quick_run_writes_every_reply_of_its_evaluations(quick_run):
         assert len(sampled) == 2 * n_test // 3  # k = 2 replies to each level-3 problem, a third of the test set
 
 
-def test_the_final_model_loads_and_renders_every_mode(quick_run):
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stages_model_loads_and_renders_every_mode(quick_run, stage):
+    """Every model folder the pipeline hands on (the manifests' ``model``), not only the final one, is a plain
+    transformers checkpoint whose template renders the three modes."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out, _ = quick_run
-    folder = out / "dual_system"
+    folder = Path(json.loads((out / stage / STAGE_MANIFEST).read_text())["model"])
     model = AutoModelForCausalLM.from_pretrained(folder)
     tok = AutoTokenizer.from_pretrained(folder)
     assert model.config.vocab_size >= len(tok)

@@ -177,3 +177,43 @@ def test_the_summary_says_how_the_held_out_set_splits_over_levels():
 def test_the_evaluations_sampler_keys_are_checked_before_anything_runs(sampler_args, message):
     with pytest.raises(PipelineConfigError, match=r"evaluation.sampler_args'?: " + message):
         from_mapping(tiny_raw(evaluation={"sampler_args": sampler_args}), "pipeline.yaml")
+
+
+# --------------------------------------------------------------------------- the stages' own data set options
+
+OPENR1 = {
+    "problem": "Find $x$ if $2x + 3 = 13$.", "answer": "5", "solution": "$x = \\boxed{5}$", "uuid": "r1",
+    "generations": ["<think>long, long way</think> $\\boxed{5}$", "<think>x=5</think> $\\boxed{5}$"],
+    "correctness_math_verify": [True, True], "is_reasoning_complete": [True, True],
+}  # fmt: skip
+
+
+def test_distillation_reads_its_pool_and_held_out_split_from_a_data_set(tmp_path):
+    """Distillation's ``dataset_name`` (the pool, through a preset) and ``dataset_eval_split`` (the held-out split of
+    the same data set folder)."""
+    from train.distill.config import DistillConfig
+    from train.distill.stage import eval_records, read_pool
+
+    folder = tmp_path / "openr1"
+    write_jsonl(folder / "train.jsonl", [OPENR1, {**OPENR1, "uuid": "r2", "problem": "Find $y$ if $y - 1 = 4$."}])
+    write_jsonl(folder / "test.jsonl", [{**OPENR1, "uuid": "t1", "problem": "Find $z$ if $3z = 15$."}])
+    cfg = DistillConfig(dataset_name=str(folder), dataset_preset="openr1-math", dataset_eval_split="test")
+    pool = read_pool(cfg)
+    assert [r["id"] for r in pool] == ["r1", "r2"]
+    assert pool[0]["response"] == OPENR1["generations"][1]  # the shortest verified teacher reply
+    (held,) = eval_records(cfg)
+    assert held["id"] == "t1" and held["answer"] == "5"
+    mapped = DistillConfig(dataset_name=str(folder), dataset_preset="openr1-math", column_mapping={"problem": "q"})
+    with pytest.raises(DataError, match=r"openr1.*'q'"):
+        read_pool(mapped)
+
+
+def test_the_dual_system_stage_reads_its_prompts_from_a_data_set(tmp_path):
+    """Stage 2's ``dataset_name``: the prompts to label, only ``max_prompts`` rows read when it is the only source."""
+    from train.dual_system.config import DualSystemConfig
+    from train.dual_system.phases import prompt_records
+
+    path = write_jsonl(tmp_path / "gsm8k.jsonl", GSM8K)
+    args = DualSystemConfig(dataset_name=str(path), dataset_preset="gsm8k", max_prompts=2)
+    records = prompt_records(args)
+    assert [r["answer"] for r in records] == ["5", "1500"]
