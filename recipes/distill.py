@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> Path:
     pool = read_pool(cfg)  # refused here, naming the file, when empty or without responses
     held_out = eval_records(cfg)
     initial = Path(model_args.model_name_or_path)
-    think = ThinkFormat.from_tokenizer(load_tokenizer(initial, think_start=cfg.think_start, think_end=cfg.think_end))
+    tokenizer = load_tokenizer(initial, think_start=cfg.think_start, think_end=cfg.think_end,
+                               trust_remote_code=training_args.trust_remote_code)  # fmt: skip
+    think = ThinkFormat.from_tokenizer(tokenizer)
 
     # 2. Resume after the last complete iteration, under the recorded configuration only (delete output_dir to start
     # over under another); evaluate the starting model once.

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import train.pipeline.data as pipeline_data
@@ -60,7 +61,7 @@ def test_a_data_set_entry_is_written_once_into_the_run_and_handed_to_its_stage(t
     assert [r["answer"] for r in records] == ["5", "1500", "42"]  # the preset's #### answers, thousands unsplit
     assert all(r["task"] == "math" and r["prompt"].endswith("\\boxed{}.") for r in records)
     meta = json.loads(data_source_file(run, "gsm").with_suffix(".source.json").read_text())
-    assert meta["records"] == 3 and meta["source"]["dataset_preset"] == "gsm8k"
+    assert meta["records"] == 3 and meta["provenance"]["source"]["dataset_preset"] == "gsm8k"
 
     # A rerun with the same entry reads nothing; another entry behind the same name is read again.
     monkeypatch.setattr(pipeline_data, "load_source", lambda *a, **k: pytest.fail("read again"))
@@ -145,8 +146,12 @@ def test_the_evaluation_cache_is_keyed_by_its_settings_too(tmp_path, monkeypatch
     monkeypatch.setattr(pipeline_eval, "write_results", lambda results, out, name: None)
     test = write_jsonl(tmp_path / "test.jsonl", [{"prompt": "Compute 1+1.", "task": "math", "answer": "2"}])
 
-    def run(cfg: EvalConfig) -> dict:
-        out = pipeline_eval.evaluate_stage("grpo", "/m", ["fast"], str(test), cfg, tmp_path / "eval", seed=0)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"1")
+
+    def run(cfg: EvalConfig, modes: tuple[str, ...] = ("fast",)) -> dict:
+        out = pipeline_eval.evaluate_stage("grpo", str(model), list(modes), str(test), cfg, tmp_path / "eval", seed=0)
         (tmp_path / "eval/grpo.generations.jsonl").touch()  # the replies the real evaluation writes
         return out
 
@@ -154,6 +159,9 @@ def test_the_evaluation_cache_is_keyed_by_its_settings_too(tmp_path, monkeypatch
     run(EvalConfig(max_new_tokens=96))  # the same model and settings: the cached scores
     run(EvalConfig(max_new_tokens=48))  # another budget: scored again, not the old numbers
     assert calls == [96, 48]
+    write_jsonl(test, [{"prompt": "Compute 2+2.", "task": "math", "answer": "4"}])  # the same path, other records
+    run(EvalConfig(max_new_tokens=48))
+    assert calls == [96, 48, 48]
 
 
 def test_the_summary_says_how_the_held_out_set_splits_over_levels():
@@ -217,3 +225,73 @@ def test_the_dual_system_stage_reads_its_prompts_from_a_data_set(tmp_path):
     args = DualSystemConfig(dataset_name=str(path), dataset_preset="gsm8k", max_prompts=2)
     records = prompt_records(args)
     assert [r["answer"] for r in records] == ["5", "1500"]
+
+
+def test_the_evaluation_cache_knows_the_modes_and_a_model_retrained_in_place(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(pipeline_eval, "stage_sampler", lambda *a: None)
+    monkeypatch.setattr(pipeline_eval, "write_results", lambda results, out, name: None)
+
+    def fake_evaluate(model, tok, records, modes, **kw):
+        calls.append(tuple(modes))
+        return {"modes": {m: {"avg@1": 1.0} for m in modes}, "prompts": {}}
+
+    monkeypatch.setattr(pipeline_eval, "evaluate", fake_evaluate)
+    test = write_jsonl(tmp_path / "test.jsonl", [{"prompt": "Compute 1+1.", "task": "math", "answer": "2"}])
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"1")
+
+    def run(modes):
+        pipeline_eval.evaluate_stage("s", str(model), modes, str(test), EvalConfig(), tmp_path / "eval", seed=0)
+        (tmp_path / "eval/s.generations.jsonl").touch()
+
+    run(["slow"])
+    run(["fast", "slow"])  # a mode more: scored again, not the cached scores without it
+    (model / "model.safetensors").write_bytes(b"22")  # retrained into the same folder
+    run(["fast", "slow"])
+    run(["fast", "slow"])
+    assert calls == [("slow",), ("fast", "slow"), ("fast", "slow")]
+
+
+def test_a_data_sets_replies_are_rewritten_into_the_base_models_think_format(tmp_path):
+    """OpenR1's DeepSeek-R1 traces (<think>) for an openPangu base ([unused16]/[unused17]); a row whose only reply
+    is the reference solution (no think block) is no teacher trace and is dropped."""
+    from train.core.modes import PANGU_THINK
+
+    no_trace = {**OPENR1, "uuid": "r2", "problem": "Find $y$.", "correctness_math_verify": [False, False]}
+    path = write_jsonl(tmp_path / "openr1.jsonl", [OPENR1, no_trace])
+    source = {"dataset_name": str(path), "dataset_preset": "openr1-math", "think_format": "qwen3"}
+    cfg = from_mapping(tiny_raw(data={"pool2": source}), "pipeline.yaml")
+    with pytest.raises(ValueError, match="think_format needs the base model's think format"):
+        prepare_data(cfg.data, tmp_path / "run")
+    (record,) = read_records(prepare_data(cfg.data, tmp_path / "run", PANGU_THINK)["pool2"])
+    assert record["id"] == "r1" and record["response"] == "[unused16]x=5[unused17] $\\boxed{5}$"
+    with pytest.raises(PipelineConfigError, match=r"data\.pool2\.think_format: 'r1'"):
+        from_mapping(tiny_raw(data={"pool2": {**source, "think_format": "r1"}}), "pipeline.yaml")
+
+
+def test_an_edited_local_data_file_is_read_again(tmp_path):
+    cfg = from_mapping(with_gsm8k(tmp_path), "pipeline.yaml")
+    assert len(read_records(prepare_data(cfg.data, tmp_path / "run")["gsm"])) == 3
+    write_jsonl(tmp_path / "gsm8k.jsonl", GSM8K[:1])  # the same entry, the file edited
+    assert len(read_records(prepare_data(cfg.data, tmp_path / "run")["gsm"])) == 1
+
+
+def test_config_booleans_and_the_evaluation_backend_are_checked():
+    with pytest.raises(PipelineConfigError, match=r"trust_remote_code: expected bool, got 'false'"):
+        from_mapping(tiny_raw(trust_remote_code="false"), "pipeline.yaml")  # a quoted YAML false is truthy
+    with pytest.raises(PipelineConfigError, match=r"backend 'endpoint' cannot load each stage's model"):
+        from_mapping(tiny_raw(evaluation={"sampler_args": {"backend": "endpoint"}}), "pipeline.yaml")
+    with pytest.raises(PipelineConfigError, match=r"dtype 'bf16'; one of"):
+        from_mapping(tiny_raw(evaluation={"sampler_args": {"dtype": "bf16"}}), "pipeline.yaml")
+
+
+def test_the_tiny_evaluation_runs_on_the_cpu_in_float32_on_any_machine(tiny_model_dir, monkeypatch):
+    """Its stages train on the CPU (ACCELERATE_USE_CPU); a GPU present must not change its numbers."""
+    import train.core.loading as loading
+
+    monkeypatch.setattr(loading, "accelerator_device", lambda: pytest.fail("the evaluation asked for the accelerator"))
+    sampler = pipeline_eval.stage_sampler(str(tiny_model_dir), load_pipeline(TINY).evaluation)
+    param = next(sampler.model.parameters())
+    assert (param.device.type, param.dtype) == ("cpu", torch.float32)

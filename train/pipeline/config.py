@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from train.core.cli import read_yaml_mapping
+from train.core.modes import THINK_FORMATS
 from train.sampling.params import SamplerConfig
 
 RECIPES = ("sft", "distill", "grpo", "dual_system")
 EVAL_CHECKS = ("exact", "benchmark")
+EVAL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Merges are not a stage of their own: distillation merges each iteration with the ones before (its merge_* keys,
 # set in its YAML or the stage's overrides), and a standalone merge is recipes/merge.py on finished models.
 NOT_A_STAGE = {
@@ -73,6 +75,14 @@ class DataSource:
     )
     dataset_hint: bool = field(default=True, metadata={"help": "Append the preset's answer format to prompts."})
     max_samples: int | None = field(default=None, metadata={"help": "Keep the first this many records."})
+    think_format: str | None = field(
+        default=None,
+        metadata={
+            "help": "Think delimiters of the data set's replies: qwen3 (<think>...</think>, as DeepSeek-R1's and "
+            "OpenR1's) or pangu. They are rewritten into the base model's (its tokenizer's), and a row whose reply "
+            "has no think block is dropped (a reference solution is no teacher trace). null: replies kept as written."
+        },
+    )
 
 
 @dataclass
@@ -188,7 +198,7 @@ class PipelineConfig:
         default_factory=dict,
         metadata={
             "help": "Data name -> a file, a list of files, or a data set ({dataset_name, dataset_config, "
-            "dataset_split, dataset_preset, column_mapping, dataset_hint, max_samples}: written once to "
+            "dataset_split, dataset_preset, column_mapping, dataset_hint, max_samples, think_format}: written once to "
             "<run_dir>/data/<name>.jsonl) the stages and the evaluation use."
         },
     )
@@ -234,7 +244,7 @@ def _required(f: dataclasses.Field) -> bool:
 
 def _check_kind(value: Any, f: dataclasses.Field, where: str) -> None:
     hint = str(f.type)
-    kinds = {"dict": dict, "list": list, "int": int, "float": (int, float), "str": str}
+    kinds = {"dict": dict, "list": list, "int": int, "float": (int, float), "str": str, "bool": bool}
     if value is None:
         if "None" not in hint:
             raise PipelineConfigError(f"{where}: may not be null")
@@ -335,9 +345,13 @@ def check_sampler_args(args: dict[str, Any], where: str) -> None:
                 f"{where}: unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
             )
     try:
-        SamplerConfig(**args)
+        sampler = SamplerConfig(**args)
     except ValueError as exc:
         raise PipelineConfigError(f"{where}: {exc}") from exc
+    if sampler.backend == "endpoint":  # a server holds one model; the evaluation loads each stage's folder
+        raise PipelineConfigError(f"{where}: backend 'endpoint' cannot load each stage's model; transformers or vllm")
+    if sampler.dtype not in EVAL_DTYPES:
+        raise PipelineConfigError(f"{where}: dtype {sampler.dtype!r}; one of {', '.join(EVAL_DTYPES)}")
 
 
 # The sampler keys the pipeline sets for every stage's evaluation.
@@ -347,7 +361,12 @@ SET_BY_PIPELINE = {"model", "batch_size", "trust_remote_code"}
 def _data_entry(value: Any, where: str) -> str | list[str] | DataSource:
     """A data name's value: a path, a list of paths, or a data set (a mapping, checked key by key)."""
     if isinstance(value, dict):
-        return _build(DataSource, value, where)
+        source = _build(DataSource, value, where)
+        if source.think_format not in (None, *THINK_FORMATS):
+            raise PipelineConfigError(
+                f"{where}.think_format: {source.think_format!r}; one of {', '.join(THINK_FORMATS)}"
+            )
+        return source
     if isinstance(value, str) or (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
         return value
     raise PipelineConfigError(f"{where}: expected a path, a list of paths or a data set mapping, got {value!r}")

@@ -5,8 +5,13 @@ A ``data:`` entry may be a file, a list of files, or a mapping naming a data set
 set is read once through :func:`train.core.sources.load_source` (the presets of docs/data.md, a missing column an
 error naming it and the data set) and written to ``<run_dir>/data/<name>.jsonl``, the file every stage and the
 evaluation then read, so each stage keeps its file keys (``train_files``, ``eval_file``, ...) and the run keeps
-the exact records it trained on. ``<name>.source.json`` beside it records what it was read from: a rerun with the
-same entry reuses the file, a changed entry reads the data set again.
+the exact records it trained on. With ``think_format`` the replies' think delimiters are rewritten into the base
+model's (a DeepSeek-R1 trace for openPangu), and rows without a think block are dropped.
+
+``<name>.source.json`` beside the records says what they were read from (the entry, the target think format, and
+for a local file or folder its sizes and modification times): a rerun with the same reuses the file, anything else
+reads the data set again. It is removed before and written after the records, so a run killed in between reads
+the data set again, never half a file or another entry's records.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Any
 
 from train.core.data import write_jsonl
 from train.core.fingerprint import write_json_atomic
+from train.core.loading import load_tokenizer
+from train.core.modes import THINK_FORMATS, ThinkFormat
 from train.core.sources import load_source
 from train.pipeline.config import DataSource
 
@@ -30,33 +37,62 @@ def data_source_file(run_dir: Path, name: str) -> Path:
     return run_dir / "data" / f"{name}.jsonl"
 
 
-def _record(source: DataSource) -> dict[str, Any]:
-    return dataclasses.asdict(source)
+def needs_think(data: dict[str, Any]) -> bool:
+    """Whether any data set entry rewrites its replies into the base model's think format."""
+    return any(isinstance(s, DataSource) and s.think_format for s in data.values())
 
 
-def _written(path: Path, source: DataSource) -> bool:
-    """The records file exists and was read from this very entry."""
-    meta = path.with_suffix(".source.json")
-    if not (path.exists() and meta.exists()):
-        return False
-    return json.loads(meta.read_text()).get("source") == _record(source)
+def base_think(base_model: str, trust_remote_code: bool = False) -> ThinkFormat:
+    """The base model's think format, from its tokenizer (the one object every stage uses)."""
+    return ThinkFormat.from_tokenizer(load_tokenizer(base_model, trust_remote_code=trust_remote_code))
 
 
-def prepare_data(data: dict[str, Any], run_dir: Path) -> dict[str, Path]:
+def local_stamp(name: str) -> list[list[Any]] | None:
+    """Sizes and modification times of a local data file or folder's files (None for a hub id): an edited file is
+    read again."""
+    path = Path(name).expanduser()
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else []
+    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files] or None
+
+
+def provenance(source: DataSource, think: ThinkFormat | None) -> dict[str, Any]:
+    target = [think.start, think.end] if source.think_format and think is not None else None
+    return {"source": dataclasses.asdict(source), "think": target, "local": local_stamp(source.dataset_name)}
+
+
+def with_think(records: list[dict], source: DataSource, think: ThinkFormat, label: str) -> list[dict]:
+    """Replies rewritten from ``source.think_format`` into ``think``; rows whose reply has no think block dropped."""
+    given = THINK_FORMATS[source.think_format]
+    kept = [r for r in records if isinstance(r.get("response"), str) and given.end in r["response"]]
+    if len(kept) < len(records):
+        logger.info("data %s: %d of %d rows have no %s...%s reply and are dropped", label,
+                    len(records) - len(kept), len(records), given.start, given.end)  # fmt: skip
+    if not kept:
+        raise ValueError(f"data {label} ({source.dataset_name}): no reply has a {given.start}...{given.end} block")
+    return [{**r, "response": think.rewrite(r["response"], given)} for r in kept]
+
+
+def prepare_data(data: dict[str, Any], run_dir: Path, think: ThinkFormat | None = None) -> dict[str, Path]:
     """Write every data set entry of ``data`` to its records file (skipping those already written from the same
-    entry); returns name -> file for those entries."""
+    entry); ``think``: the base model's think format, which entries with ``think_format`` are rewritten into.
+    Returns name -> file for those entries."""
     written: dict[str, Path] = {}
     for name, source in data.items():
         if not isinstance(source, DataSource):
             continue
-        path = data_source_file(run_dir, name)
-        if not _written(path, source):
+        if source.think_format and think is None:
+            raise ValueError(f"data {name}: think_format needs the base model's think format")
+        path, meta = data_source_file(run_dir, name), data_source_file(run_dir, name).with_suffix(".source.json")
+        want = provenance(source, think)
+        if not (path.exists() and meta.exists() and json.loads(meta.read_text()).get("provenance") == want):
+            meta.unlink(missing_ok=True)
             records = load_source(source.dataset_name, source.dataset_config, source.dataset_split,
                                   source.column_mapping, source.dataset_preset, source.max_samples,
                                   hint=source.dataset_hint)  # fmt: skip
+            if source.think_format:
+                records = with_think(records, source, think, name)
             write_jsonl(path, records)
-            # Written after the records: a run killed in between reads the data set again, never a partial file.
-            write_json_atomic(path.with_suffix(".source.json"), {"source": _record(source), "records": len(records)})
+            write_json_atomic(meta, {"provenance": want, "records": len(records)})
             logger.info("data %s: %d records from %s -> %s", name, len(records), source.dataset_name, path)
         written[name] = path
     return written

@@ -1,10 +1,11 @@
 """Evaluation of every stage's model: greedy in each of its modes on the held-out set, and sampled on the hard part.
 
 Each stage's model is sampled with the sampler the evaluation section names (``evaluation.sampler_args``:
-transformers on the best device present in its precision by default, vLLM or an endpoint for a 7B run), the
+transformers on the best device present in its precision by default, vLLM for a 7B run), the
 pipeline's ``trust_remote_code`` included. Results are cached in ``<run>/eval/<stage>.json`` (with ``.md`` and
-``.png`` beside it), keyed by the model they scored and the settings they were scored with (budget, samples, seed,
-sampler, the held-out file): a rerun reuses them, a retrained model or a changed setting is scored again. Every
+``.png`` beside it), keyed by the model they scored (its folder, its files' sizes and times) and the settings they
+were scored with (modes, budget, samples, check, seed, sampler, the held-out file's bytes): a rerun reuses them, a
+retrained model or a changed setting is scored again. Every
 reply is written as JSONL (one row per reply: prompt, reference, text, tokens, truncation, correctness, the mode it
 took): ``<stage>.generations.jsonl`` for the greedy replies in every mode, ``<stage>.sampled.jsonl`` for the sampled
 hard ones. Sampling is seeded from the pipeline's seed.
@@ -12,6 +13,7 @@ hard ones. Sampling is seeded from the pipeline's seed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,23 @@ from train.pipeline.config import EvalConfig
 from train.sampling.base import Sampler, SamplerConfig, make_sampler
 
 
-def eval_settings(cfg: EvalConfig, test_file: str, seed: int, trust_remote_code: bool = False) -> dict[str, Any]:
+def file_stamp(path: str | Path) -> str:
+    """A digest of a file's bytes (the held-out set: the same path may hold another data set's records)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def model_stamp(model_dir: str | Path) -> list[list[Any]]:
+    """Sizes and modification times of a model folder's files: a stage retrained into the same folder is new."""
+    files = sorted(f for f in Path(model_dir).iterdir() if f.is_file()) if Path(model_dir).is_dir() else []
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def eval_settings(
+    cfg: EvalConfig, test_file: str, seed: int, trust_remote_code: bool = False, modes: list[str] | None = None
+) -> dict[str, Any]:
     """What a stage's scores depend on besides its model: a cached result with other settings is not reused."""
-    return {"test_file": str(test_file), "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
+    return {"test_file": str(test_file), "test_sha256": file_stamp(test_file), "modes": list(modes or []),
+            "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
             "sampled_k": cfg.sampled_k, "hard_level": cfg.hard_level, "seed": seed, "sampler": cfg.sampler_args,
             "check": cfg.check,
             "trust_remote_code": trust_remote_code}  # fmt: skip
@@ -53,10 +69,12 @@ def evaluate_stage(
     cached = eval_dir / f"{name}.json"
     # Every reply as JSONL beside the scores: what a reader checks when a number looks wrong.
     replies, sampled_path = eval_dir / f"{name}.generations.jsonl", eval_dir / f"{name}.sampled.jsonl"
-    settings = eval_settings(cfg, test_file, seed, trust_remote_code)
+    settings = eval_settings(cfg, test_file, seed, trust_remote_code, modes)
+    stamp = model_stamp(model_dir)
     if cached.exists() and replies.exists():  # scores without their replies (an older run): evaluate again
         results = json.loads(cached.read_text())
-        if results.get("model") == str(model_dir) and results.get("eval_settings") == settings:
+        same_model = results.get("model") == str(model_dir) and results.get("model_files") == stamp
+        if same_model and results.get("eval_settings") == settings:
             return results
     sampled_path.unlink(missing_ok=True)  # another model's sampled replies must not survive beside these scores
     test = read_records(test_file)
@@ -76,6 +94,7 @@ def evaluate_stage(
         if close is not None:  # a vLLM engine gives its GPU back before the next stage's model is loaded
             close()
     results["model"] = str(model_dir)
+    results["model_files"] = stamp
     results["eval_settings"] = settings
     write_results(results, eval_dir, name=name)
     write_json_atomic(cached, results)
