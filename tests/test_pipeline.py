@@ -319,6 +319,7 @@ def test_every_stages_model_loads_and_renders_every_mode(quick_run, stage):
 def test_a_rerun_skips_every_stage_and_prints_the_same_summary(quick_run):
     out, _ = quick_run
     before = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
+    scored = {p: p.stat().st_mtime_ns for p in (out / "eval").glob("*.json") if p.stem != "base"}
     table = (out / "summary.md").read_text()
     (out / "eval" / "base.generations.jsonl").unlink()  # scores without their replies: evaluated again
     cmd = [sys.executable, "recipes/pipeline.py", "--config", str(TINY), "--quick", "--run_dir", str(out)]
@@ -328,5 +329,7 @@ def test_a_rerun_skips_every_stage_and_prints_the_same_summary(quick_run):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")} == before
     assert (out / "summary.md").read_text() == table
     assert (out / "eval" / "base.generations.jsonl").exists()
+    # The other stages' scores are reused: the model card written into the final folder is not a new model.
+    assert {p: p.stat().st_mtime_ns for p in scored} == scored and len(scored) == 3
     refused = subprocess.run(cmd + ["--think_format", "pangu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "built with think_format 'qwen3'" in refused.stderr

@@ -260,7 +260,9 @@ def test_a_data_sets_replies_are_rewritten_into_the_base_models_think_format(tmp
     from train.core.modes import PANGU_THINK
 
     no_trace = {**OPENR1, "uuid": "r2", "problem": "Find $y$.", "correctness_math_verify": [False, False]}
-    path = write_jsonl(tmp_path / "openr1.jsonl", [OPENR1, no_trace])
+    nested = {**OPENR1, "uuid": "r3", "problem": "Find $z$.", "generations": ["<think>a<think>b</think></think> 5"],
+              "correctness_math_verify": [True], "is_reasoning_complete": [True]}  # fmt: skip
+    path = write_jsonl(tmp_path / "openr1.jsonl", [OPENR1, no_trace, nested])
     source = {"dataset_name": str(path), "dataset_preset": "openr1-math", "think_format": "qwen3"}
     cfg = from_mapping(tiny_raw(data={"pool2": source}), "pipeline.yaml")
     with pytest.raises(ValueError, match="think_format needs the base model's think format"):

@@ -60,16 +60,31 @@ def provenance(source: DataSource, think: ThinkFormat | None) -> dict[str, Any]:
     return {"source": dataclasses.asdict(source), "think": target, "local": local_stamp(source.dataset_name)}
 
 
+def _trace(text: Any, given: ThinkFormat) -> bool:
+    """A reply with exactly one closed, leading think block in ``given``'s delimiters."""
+    return isinstance(text, str) and given.parse(text).well_formed
+
+
 def with_think(records: list[dict], source: DataSource, think: ThinkFormat, label: str) -> list[dict]:
-    """Replies rewritten from ``source.think_format`` into ``think``; rows whose reply has no think block dropped."""
+    """Replies (``response`` and a ``pool`` of them) rewritten from ``source.think_format`` into ``think``; rows
+    whose response is not one well-formed think block and an answer are dropped."""
     given = THINK_FORMATS[source.think_format]
-    kept = [r for r in records if isinstance(r.get("response"), str) and given.end in r["response"]]
+    kept = [r for r in records if _trace(r.get("response"), given)]
     if len(kept) < len(records):
-        logger.info("data %s: %d of %d rows have no %s...%s reply and are dropped", label,
+        logger.info("data %s: %d of %d rows have no well-formed %s...%s reply and are dropped", label,
                     len(records) - len(kept), len(records), given.start, given.end)  # fmt: skip
     if not kept:
         raise ValueError(f"data {label} ({source.dataset_name}): no reply has a {given.start}...{given.end} block")
-    return [{**r, "response": think.rewrite(r["response"], given)} for r in kept]
+    out = []
+    for r in kept:
+        row = {**r, "response": think.rewrite(r["response"], given)}
+        if isinstance(r.get("pool"), list):
+            row["pool"] = [think.rewrite(t, given) if isinstance(t, str) else t for t in r["pool"]]
+        for key, value in (("think_start", think.start), ("think_end", think.end)):
+            if row.get(key):  # a record that names its delimiters names the new ones
+                row[key] = value
+        out.append(row)
+    return out
 
 
 def prepare_data(data: dict[str, Any], run_dir: Path, think: ThinkFormat | None = None) -> dict[str, Path]:

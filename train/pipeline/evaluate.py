@@ -32,9 +32,15 @@ def file_stamp(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+# The files that make a model what it is: not the model card the pipeline writes into the final folder afterwards.
+MODEL_FILES = ("*.safetensors", "*.bin", "config.json", "generation_config.json", "tokenizer*.json", "*.jinja")
+
+
 def model_stamp(model_dir: str | Path) -> list[list[Any]]:
-    """Sizes and modification times of a model folder's files: a stage retrained into the same folder is new."""
-    files = sorted(f for f in Path(model_dir).iterdir() if f.is_file()) if Path(model_dir).is_dir() else []
+    """Sizes and modification times of a model folder's weights, config and tokenizer: a stage retrained into the
+    same folder is new."""
+    folder = Path(model_dir)
+    files = sorted({f for pattern in MODEL_FILES for f in folder.glob(pattern) if f.is_file()})
     return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 

@@ -130,7 +130,7 @@ def build_plan(cfg: PipelineConfig, run_dir: Path, recipes_dir: Path) -> list[St
             producer = ", ".join(dict.fromkeys(made)) if absent and all(made) else None
             unprovided = [str(files[n]) for n, m in zip(absent, made) if not m]
             inputs.append(Input(key, value, "data: " + ", ".join(listed), not absent, producer, unprovided))
-        settings = stage_settings(cfg, stage, recipes_dir.parent)
+        settings = stage_settings(cfg, stage, recipes_dir.parent, run_dir)
         step = Step(stage, out, inputs, [], stage_env(cfg, stage), done=read_stage(out), settings=settings)
         check_finished(step)
         step.command = stage_command(cfg, step, recipes_dir)
@@ -139,7 +139,13 @@ def build_plan(cfg: PipelineConfig, run_dir: Path, recipes_dir: Path) -> list[St
     return steps
 
 
-def stage_settings(cfg: PipelineConfig, stage: StageConfig, root: Path) -> dict[str, Any]:
+def data_provenance(run_dir: Path, name: str) -> Any:
+    """What a data set entry's records were read from (its ``.source.json``), None before they are written."""
+    meta = data_source_file(run_dir, name).with_suffix(".source.json")
+    return json.loads(meta.read_text()).get("provenance") if meta.exists() else None
+
+
+def stage_settings(cfg: PipelineConfig, stage: StageConfig, root: Path, run_dir: Path) -> dict[str, Any]:
     """What a stage runs with beyond its chained inputs: recorded in its manifest, compared when it is skipped.
 
     The recipe YAML counts by its parsed content, so an edited comment does not make a finished stage stale.
@@ -151,8 +157,9 @@ def stage_settings(cfg: PipelineConfig, stage: StageConfig, root: Path) -> dict[
                 "overrides": stage.overrides, "data": stage.data,
                 "accelerate_config": stage.accelerate_config or cfg.accelerate_config}  # fmt: skip
     names = [n for v in stage.data.values() for n in (v if isinstance(v, list) else [v])]
-    sources = {n: dataclasses.asdict(cfg.data[n]) for n in names if isinstance(cfg.data.get(n), DataSource)}
-    if sources:  # another data set behind the same name makes the finished stage stale
+    sources = {n: {**dataclasses.asdict(cfg.data[n]), "read": data_provenance(run_dir, n)}
+               for n in names if isinstance(cfg.data.get(n), DataSource)}  # fmt: skip
+    if sources:  # another data set behind the same name, or the same one read again, makes the stage stale
         settings["data_sources"] = sources
     return config_fingerprint(settings)["keys"]  # as the manifest will read back
 
