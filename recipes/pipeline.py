@@ -31,7 +31,7 @@ from train.core.data import read_records
 from train.eval.evaluation import bucket
 from train.pipeline.card import write_model_card
 from train.pipeline.config import PipelineConfig, load_pipeline
-from train.pipeline.data import base_think, needs_think, prepare_data
+from train.pipeline.data import base_think, check_stage_think, needs_think, prepare_data
 from train.pipeline.evaluate import evaluate_stage
 from train.pipeline.plan import base_model, build_plan, data_files, run_step, select
 from train.pipeline.preflight import describe_plan
@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.world is not None:
         world_seconds = ensure_world(run_dir / "world", cfg.world, cfg.think_format or "qwen3", cfg.seed)
     think = base_think(base_model(cfg, run_dir), cfg.trust_remote_code) if needs_think(cfg.data) else None
+    if think is not None:
+        check_stage_think(cfg.stages, think, RECIPES.parent)
     prepare_data(cfg.data, run_dir, think)
 
     # 3. The stages, each from the manifest of the one before (the plan is rebuilt as manifests appear).

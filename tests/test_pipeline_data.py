@@ -297,3 +297,15 @@ def test_the_tiny_evaluation_runs_on_the_cpu_in_float32_on_any_machine(tiny_mode
     sampler = pipeline_eval.stage_sampler(str(tiny_model_dir), load_pipeline(TINY).evaluation)
     param = next(sampler.model.parameters())
     assert (param.device.type, param.dtype) == ("cpu", torch.float32)
+
+
+def test_a_stage_naming_other_think_delimiters_than_the_base_is_refused():
+    """The 7B stages name openPangu's delimiters; a base whose tokenizer uses <think> would train and reward another
+    format than the data was rewritten into."""
+    from train.core.modes import PANGU_THINK, QWEN3_THINK
+    from train.pipeline.data import check_stage_think
+
+    stages = load_pipeline(ROOT / "recipes/configs/embedded-7b/pipeline.yaml").stages
+    check_stage_think(stages, PANGU_THINK, ROOT)  # openPangu's tokenizer: every stage agrees
+    with pytest.raises(ValueError, match=r"stage 'distill' .*'\[unused16\]'/'\[unused17\]', but the base"):
+        check_stage_think(stages, QWEN3_THINK, ROOT)

@@ -22,6 +22,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from train.core.data import write_jsonl
 from train.core.fingerprint import write_json_atomic
 from train.core.loading import load_tokenizer
@@ -45,6 +47,21 @@ def needs_think(data: dict[str, Any]) -> bool:
 def base_think(base_model: str, trust_remote_code: bool = False) -> ThinkFormat:
     """The base model's think format, from its tokenizer (the one object every stage uses)."""
     return ThinkFormat.from_tokenizer(load_tokenizer(base_model, trust_remote_code=trust_remote_code))
+
+
+def check_stage_think(stages: list[Any], think: ThinkFormat, root: Path = Path(".")) -> None:
+    """Refuse a stage whose YAML (or overrides) names other think delimiters than the base model's tokenizer, into
+    which the data sets' replies are rewritten: its rewards and parsing would read another format than it trains."""
+    for stage in stages:
+        config = root / stage.config
+        raw = {**((yaml.safe_load(config.read_text()) or {}) if config.exists() else {}), **stage.overrides}
+        named = (raw.get("think_start"), raw.get("think_end"))
+        if all(named) and named != (think.start, think.end):
+            raise ValueError(
+                f"stage {stage.name!r} ({stage.config}): think_start/think_end {named[0]!r}/{named[1]!r}, but the "
+                f"base model's tokenizer, which the data's replies are rewritten into, uses {think.start!r}/"
+                f"{think.end!r}"
+            )
 
 
 def local_stamp(name: str) -> list[list[Any]] | None:
