@@ -64,7 +64,7 @@ def test_a_data_set_entry_is_written_once_into_the_run_and_handed_to_its_stage(t
     assert meta["records"] == 3 and meta["provenance"]["source"]["dataset_preset"] == "gsm8k"
 
     # A rerun with the same entry reads nothing; another entry behind the same name is read again.
-    monkeypatch.setattr(pipeline_data, "load_source", lambda *a, **k: pytest.fail("read again"))
+    monkeypatch.setattr(pipeline_data, "load_source_from", lambda *a, **k: pytest.fail("read again"))
     prepare_data(cfg.data, run)
     monkeypatch.undo()
     changed = from_mapping(with_gsm8k(tmp_path, max_samples=2), "pipeline.yaml")

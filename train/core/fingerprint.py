@@ -85,6 +85,12 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
     return path
 
 
+def file_stamps(files: Iterable[Path], root: Path) -> list[list[Any]]:
+    """``[path relative to root, size, modification time in ns]`` per file, in path order: files that changed since
+    (rewritten, edited) give other stamps, without reading their bytes."""
+    return [[str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(files)]
+
+
 def differing_keys(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Keys whose values differ (or that only one side has), sorted."""
     return sorted(k for k in set(recorded) | set(current) if recorded.get(k, "<unset>") != current.get(k, "<unset>"))

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from train.core.cli import read_yaml_mapping
 from train.core.modes import THINK_FORMATS
 from train.sampling.params import SamplerConfig
@@ -124,6 +126,11 @@ class StageConfig:
         default_factory=dict,
         metadata={"help": "Environment of this stage's processes, over the pipeline's env (OMP_NUM_THREADS: '2')."},
     )
+
+    def recipe_config(self, root: Path = Path(".")) -> dict[str, Any]:
+        """The recipe YAML as the stage runs it: with the stage's overrides laid over it."""
+        raw = yaml.safe_load((root / self.config).read_text()) or {}
+        return {**raw, **self.overrides}
 
 
 @dataclass

@@ -22,13 +22,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from train.core.data import write_jsonl
-from train.core.fingerprint import write_json_atomic
+from train.core.fingerprint import file_stamps, write_json_atomic
 from train.core.loading import load_tokenizer
 from train.core.modes import THINK_FORMATS, ThinkFormat
-from train.core.sources import load_source
+from train.core.sources import load_source_from
 from train.pipeline.config import DataSource
 
 logger = logging.getLogger(__name__)
@@ -53,8 +51,7 @@ def check_stage_think(stages: list[Any], think: ThinkFormat, root: Path = Path("
     """Refuse a stage whose YAML (or overrides) names other think delimiters than the base model's tokenizer, into
     which the data sets' replies are rewritten: its rewards and parsing would read another format than it trains."""
     for stage in stages:
-        config = root / stage.config
-        raw = {**((yaml.safe_load(config.read_text()) or {}) if config.exists() else {}), **stage.overrides}
+        raw = stage.recipe_config(root)
         named = (raw.get("think_start"), raw.get("think_end"))
         if all(named) and named != (think.start, think.end):
             raise ValueError(
@@ -68,8 +65,11 @@ def local_stamp(name: str) -> list[list[Any]] | None:
     """Sizes and modification times of a local data file or folder's files (None for a hub id): an edited file is
     read again."""
     path = Path(name).expanduser()
-    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else []
-    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files] or None
+    if path.is_file():
+        return file_stamps([path], path.parent)
+    if path.is_dir():
+        return file_stamps((f for f in path.rglob("*") if f.is_file()), path) or None
+    return None
 
 
 def provenance(source: DataSource, think: ThinkFormat | None) -> dict[str, Any]:
@@ -118,9 +118,7 @@ def prepare_data(data: dict[str, Any], run_dir: Path, think: ThinkFormat | None 
         want = provenance(source, think)
         if not (path.exists() and meta.exists() and json.loads(meta.read_text()).get("provenance") == want):
             meta.unlink(missing_ok=True)
-            records = load_source(source.dataset_name, source.dataset_config, source.dataset_split,
-                                  source.column_mapping, source.dataset_preset, source.max_samples,
-                                  hint=source.dataset_hint)  # fmt: skip
+            records = load_source_from(source, limit=source.max_samples)
             if source.think_format:
                 records = with_think(records, source, think, name)
             write_jsonl(path, records)

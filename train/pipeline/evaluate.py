@@ -20,7 +20,7 @@ from typing import Any
 
 from train.core.checks import exact_match
 from train.core.data import read_records
-from train.core.fingerprint import write_json_atomic
+from train.core.fingerprint import file_stamps, write_json_atomic
 from train.eval import benchmarks
 from train.eval.evaluation import bucket, evaluate, write_results
 from train.pipeline.config import EvalConfig
@@ -40,8 +40,7 @@ def model_stamp(model_dir: str | Path) -> list[list[Any]]:
     """Sizes and modification times of a model folder's weights, config and tokenizer: a stage retrained into the
     same folder is new."""
     folder = Path(model_dir)
-    files = sorted({f for pattern in MODEL_FILES for f in folder.glob(pattern) if f.is_file()})
-    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    return file_stamps({f for pattern in MODEL_FILES for f in folder.glob(pattern) if f.is_file()}, folder)
 
 
 def eval_settings(

@@ -14,7 +14,6 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-import yaml
 from transformers import AutoConfig
 
 from train.core.memory import PreflightError, estimate
@@ -34,12 +33,6 @@ def model_config(cfg: PipelineConfig, step: Step) -> Any:
         return None
 
 
-def recipe_config(step: Step) -> dict[str, Any]:
-    """The stage's recipe YAML as the stage will run it: with the pipeline's overrides."""
-    raw = yaml.safe_load(Path(step.stage.config).read_text()) or {}
-    return {**raw, **step.stage.overrides}
-
-
 def preflight(cfg: PipelineConfig, step: Step) -> str:
     target = cfg.preflight
     if not target.device_gb:
@@ -49,7 +42,7 @@ def preflight(cfg: PipelineConfig, step: Step) -> str:
         return "not estimated: the base model's config.json is not here (set preflight.model_config to its path)"
     accelerate = step.stage.accelerate_config or cfg.accelerate_config
     try:
-        est = estimate(config, recipe_config(step), accelerate, target.device_gb, target.n_devices,
+        est = estimate(config, step.stage.recipe_config(), accelerate, target.device_gb, target.n_devices,
                        kind=step.stage.recipe)  # fmt: skip
     except (PreflightError, KeyError, ValueError) as exc:  # an estimator's refusal is part of the plan
         return f"not estimated: {type(exc).__name__}: {exc}"
