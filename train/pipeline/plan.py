@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from train.core.fingerprint import config_fingerprint, differing_keys
+from train.pipeline.attempts import timed_attempt
 from train.pipeline.config import DataSource, PipelineConfig, PipelineConfigError, StageConfig
 from train.pipeline.data import data_source_file
 from train.pipeline.manifests import expected_model, finish_stage, read_stage, recipe_model
@@ -249,13 +250,17 @@ def run_step(step: Step, cwd: Path) -> dict[str, Any]:
     if missing:
         raise FileNotFoundError(f"stage {step.name!r}: input {missing[0].key} = {missing[0].value} does not exist")
     logger.info("run %s: %s", step.name, " ".join(step.command))
-    began, cpu = time.perf_counter(), children_cpu()
-    subprocess.run(step.command, cwd=cwd, env={**os.environ, **step.env}, check=True)
-    # Wall time of this attempt (a resumed stage: the resumed attempt's only), and the CPU time of the recipe's
-    # processes: on a machine shared with other jobs the wall time says more about the load than the stage.
-    seconds, cpu = time.perf_counter() - began, children_cpu() - cpu
-    record = {"stage": step.name, "recipe": step.stage.recipe, "config": step.stage.config,
-              "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1), "command": step.command,
-              "inputs": {i.key: i.value for i in step.inputs}, "settings": step.settings}  # fmt: skip
-    step.done = finish_stage(step.output_dir, step.stage.recipe, record)
+    with timed_attempt(step.output_dir) as earlier:
+        began, cpu = time.perf_counter(), children_cpu()
+        subprocess.run(step.command, cwd=cwd, env={**os.environ, **step.env}, check=True)
+        # Wall time of every attempt (a killed one's to its last heartbeat), and the CPU time of this attempt's
+        # processes (a killed process tree's is lost with it): on a machine shared with other jobs the wall time
+        # says more about the load than the stage.
+        seconds, cpu = time.perf_counter() - began, children_cpu() - cpu
+        attempts = [*earlier, round(seconds, 1)]
+        record = {"stage": step.name, "recipe": step.stage.recipe, "config": step.stage.config,
+                  "seconds": round(sum(attempts), 1), "attempts": attempts, "cpu_seconds": round(cpu, 1),
+                  "command": step.command, "inputs": {i.key: i.value for i in step.inputs},
+                  "settings": step.settings}  # fmt: skip
+        step.done = finish_stage(step.output_dir, step.stage.recipe, record)
     return step.done

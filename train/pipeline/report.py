@@ -259,7 +259,12 @@ def write_report(cfg: PipelineConfig, steps: list[Step], stages: dict[str, dict[
         total += d.get("seconds", 0.0)
         total_cpu += d.get("cpu_seconds", 0.0)
         wall = f"{d['seconds']:.0f} s" if "seconds" in d else "not run"
+        attempts = d.get("attempts", [])
+        if len(attempts) > 1:
+            wall += f" ({len(attempts)} attempts: " + " + ".join(f"{a:.0f}" for a in attempts) + " s)"
         cpu = f"{d['cpu_seconds']:.0f} s" if "cpu_seconds" in d else "-"
+        if len(attempts) > 1:
+            cpu += " (the last attempt)"
         lines.append(f"| {step.stage.title or step.name} | {step.stage.recipe} | {wall} | {cpu} "
                      f"| `{d.get('model', '-')}` |")  # fmt: skip
     lines += ["", f"Training stages and data: {total:.0f} s of wall time, {total_cpu:.0f} s of CPU time in the "
