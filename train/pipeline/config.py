@@ -46,6 +46,10 @@ class WorldConfig:
     teacher_error_rate: float = field(default=0.2, metadata={"help": "The teacher's chance of a wrong result."})
     teacher_verbosity: float = field(default=0.5, metadata={"help": "The teacher's chance of a padded step."})
     warmup_examples: int = field(default=3000, metadata={"help": "Pool rows in the warm-up (base model) slice."})
+    warmup_levels: list[int] | None = field(
+        default=None,
+        metadata={"help": "Levels the warm-up slice draws from (null: all): a base that has not met the hard level."},
+    )
     rl_prompts: int = field(default=400, metadata={"help": "Level-3 training problems given to GRPO."})
     n_fast_pool: int = field(
         default=9000, metadata={"help": "Fast pool: direct answers to every level-1 and this many L2:L3 (2:1) sums."}
@@ -58,6 +62,11 @@ class WorldConfig:
             "and replies stay one token per character): training rows 1.3-1.9x shorter."
         },
     )
+
+    def __post_init__(self) -> None:
+        levels = self.warmup_levels
+        if levels is not None and (not levels or any(type(v) is not int or v not in (1, 2, 3) for v in levels)):
+            raise PipelineConfigError(f"world.warmup_levels: expected some of the levels 1, 2, 3, got {levels!r}")
 
 
 @dataclass

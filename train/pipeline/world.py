@@ -11,7 +11,7 @@ rebuilt):
   level 1 drawn from its 100 sums (all of them seen in training: level 1 cannot be held out);
 * ``pool``: the teacher pool for distillation: ``teacher_k`` replies per slow prompt from a teacher that errs and
   pads, verified, the shortest correct kept (:func:`rewards.verify.rejection_sample`);
-* ``warmup``: a random slice of the pool, the base model's SFT data;
+* ``warmup``: a random slice of the pool (of ``warmup_levels``), the base model's SFT data;
 * ``rl_prompts``: fresh level-3 problems for GRPO (not in the test set);
 * ``fast_pool``: the teacher's direct answers (``/no_think``) to every level-1 sum and more level-2/3 sums (2:1);
 * ``phase2``: problems labelled only by the dual-system stage's phase-1 model (30 of level 1, the rest 2 and 3).
@@ -106,7 +106,7 @@ def build_world(folder: Path, cfg: WorldConfig, think_format: str, seed: int) ->
     test_ids = {r["id"] for r in test}
     teacher_pool(paths, cfg, think, seed)
     pool = read_records(paths["pool"])
-    write_jsonl(paths["warmup"], random.Random(seed).sample(pool, min(cfg.warmup_examples, len(pool))))
+    write_jsonl(paths["warmup"], warmup_slice(pool, cfg, seed))
     rl = make_problems(cfg.rl_prompts, (3,), seed=seed + 12, exclude=test_ids | train_ids)
     write_jsonl(paths["rl_prompts"], [{k: r[k] for k in RL_KEYS} for r in rl])
     phase2 = phase2_problems(cfg.n_phase2, seed, test_ids | train_ids | {r["id"] for r in rl})
@@ -117,6 +117,13 @@ def build_world(folder: Path, cfg: WorldConfig, think_format: str, seed: int) ->
                 "config": asdict(cfg)}  # fmt: skip
     write_json_atomic(folder / "world.json", manifest)
     return paths
+
+
+def warmup_slice(pool: list[dict[str, Any]], cfg: WorldConfig, seed: int) -> list[dict[str, Any]]:
+    """``warmup_examples`` random pool rows (at most all of them) of ``warmup_levels`` (every level when None)."""
+    if cfg.warmup_levels is not None:
+        pool = [r for r in pool if int(r["difficulty"]) in cfg.warmup_levels]
+    return random.Random(seed).sample(pool, min(cfg.warmup_examples, len(pool)))
 
 
 def held_out(n: int, seed: int, exclude: set[str]) -> list[dict[str, Any]]:
