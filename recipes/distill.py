@@ -38,6 +38,7 @@ from trl import ModelConfig
 from train.core.cli import parse_args, setup_logging
 from train.core.configs import SFTConfig
 from train.core.data import read_records
+from train.core.device import close_distributed
 from train.core.fingerprint import fault_point
 from train.core.loading import load_tokenizer
 from train.core.modes import ThinkFormat
@@ -136,3 +137,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 if __name__ == "__main__":
     main()
+    close_distributed()

@@ -39,6 +39,7 @@ from trl import ModelConfig
 
 from train.core.cli import parse_args, setup_logging
 from train.core.configs import SFTConfig
+from train.core.device import close_distributed
 from train.core.fingerprint import check_recipe_config
 from train.core.modes import ThinkFormat
 from train.dual_system.config import DualSystemConfig
@@ -130,3 +131,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 if __name__ == "__main__":
     main()
+    close_distributed()

@@ -22,6 +22,7 @@ from trl import GRPOTrainer, get_peft_config
 
 from rewards.router import MARSRouter
 from train.core.cli import parse_args, setup_logging
+from train.core.device import close_distributed
 from train.core.guards import FiniteTrainingGuard
 from train.core.modes import ThinkFormat
 from train.rl.async_trl import async_grpo_config, build_async_trainer
@@ -114,3 +115,4 @@ def main(argv: list[str] | None = None) -> tuple[Path, GRPOTrainer]:
 
 if __name__ == "__main__":
     main()
+    close_distributed()

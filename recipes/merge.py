@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from train.core.cli import parse_args, setup_logging
+from train.core.device import close_distributed
 from train.merging import MergeConfig, merge_from_config
 
 logger = logging.getLogger("recipes.merge")
@@ -132,3 +133,4 @@ def main(argv: list[str] | None = None) -> Path | None:
 
 if __name__ == "__main__":
     main()
+    close_distributed()

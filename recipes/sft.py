@@ -14,6 +14,7 @@ from trl import ModelConfig
 
 from train.core.cli import parse_args, setup_logging
 from train.core.configs import SFTConfig
+from train.core.device import close_distributed
 from train.sft import (
     SFTScriptArguments,
     build_sft_trainer,
@@ -57,3 +58,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 if __name__ == "__main__":
     main()
+    close_distributed()

@@ -65,3 +65,13 @@ def resolve_precision(args: Any, device: str | None = None) -> Any:
 def model_dtype(device: str | None = None) -> torch.dtype:
     """The dtype to load weights in for inference on ``device``."""
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(preferred_precision(device), torch.float32)
+
+
+def close_distributed() -> None:
+    """Wait for every process of the run, then tear its process group down: a recipe's last call under
+    ``accelerate launch``. Without it a process that finished first (a rank that does not save) exits while the
+    others still write, and a gloo worker can abort on the way out ("terminate called without an active exception",
+    seen once in two-process CPU runs), which fails the launch after the model was saved. A no-op in one process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
