@@ -37,6 +37,17 @@ def data_source_file(run_dir: Path, name: str) -> Path:
     return run_dir / "data" / f"{name}.jsonl"
 
 
+def data_source_meta(run_dir: Path, name: str) -> Path:
+    """Where what a data set entry's records were read from is recorded, beside them."""
+    return data_source_file(run_dir, name).with_suffix(".source.json")
+
+
+def data_provenance(run_dir: Path, name: str) -> Any:
+    """What a data set entry's records were read from (its ``.source.json``), None before they are written."""
+    meta = data_source_meta(run_dir, name)
+    return json.loads(meta.read_text()).get("provenance") if meta.exists() else None
+
+
 def needs_think(data: dict[str, Any]) -> bool:
     """Whether any data set entry rewrites its replies into the base model's think format."""
     return any(isinstance(s, DataSource) and s.think_format for s in data.values())
@@ -114,9 +125,9 @@ def prepare_data(data: dict[str, Any], run_dir: Path, think: ThinkFormat | None 
             continue
         if source.think_format and think is None:
             raise ValueError(f"data {name}: think_format needs the base model's think format")
-        path, meta = data_source_file(run_dir, name), data_source_file(run_dir, name).with_suffix(".source.json")
+        path, meta = data_source_file(run_dir, name), data_source_meta(run_dir, name)
         want = provenance(source, think)
-        if not (path.exists() and meta.exists() and json.loads(meta.read_text()).get("provenance") == want):
+        if not (path.exists() and data_provenance(run_dir, name) == want):
             meta.unlink(missing_ok=True)
             records = load_source_from(source, limit=source.max_samples)
             if source.think_format:

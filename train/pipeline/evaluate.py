@@ -27,7 +27,7 @@ from train.pipeline.config import EvalConfig
 from train.sampling.base import Sampler, SamplerConfig, make_sampler
 
 
-def file_stamp(path: str | Path) -> str:
+def file_sha256(path: str | Path) -> str:
     """A digest of a file's bytes (the held-out set: the same path may hold another data set's records)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -47,7 +47,7 @@ def eval_settings(
     cfg: EvalConfig, test_file: str, seed: int, trust_remote_code: bool = False, modes: list[str] | None = None
 ) -> dict[str, Any]:
     """What a stage's scores depend on besides its model: a cached result with other settings is not reused."""
-    return {"test_file": str(test_file), "test_sha256": file_stamp(test_file), "modes": list(modes or []),
+    return {"test_file": str(test_file), "test_sha256": file_sha256(test_file), "modes": list(modes or []),
             "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
             "sampled_k": cfg.sampled_k, "hard_level": cfg.hard_level, "seed": seed, "sampler": cfg.sampler_args,
             "check": cfg.check,

@@ -26,7 +26,7 @@ import yaml
 from train.core.fingerprint import config_fingerprint, differing_keys
 from train.pipeline.attempts import timed_attempt
 from train.pipeline.config import DataSource, PipelineConfig, PipelineConfigError, StageConfig
-from train.pipeline.data import data_source_file
+from train.pipeline.data import data_provenance, data_source_file
 from train.pipeline.manifests import expected_model, finish_stage, read_stage, recipe_model
 from train.pipeline.world import planned_world_files, world_files
 
@@ -138,12 +138,6 @@ def build_plan(cfg: PipelineConfig, run_dir: Path, recipes_dir: Path) -> list[St
         steps.append(step)
         by_name[stage.name] = step
     return steps
-
-
-def data_provenance(run_dir: Path, name: str) -> Any:
-    """What a data set entry's records were read from (its ``.source.json``), None before they are written."""
-    meta = data_source_file(run_dir, name).with_suffix(".source.json")
-    return json.loads(meta.read_text()).get("provenance") if meta.exists() else None
 
 
 def stage_settings(cfg: PipelineConfig, stage: StageConfig, root: Path, run_dir: Path) -> dict[str, Any]:

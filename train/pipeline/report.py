@@ -259,11 +259,10 @@ def write_report(cfg: PipelineConfig, steps: list[Step], stages: dict[str, dict[
         total += d.get("seconds", 0.0)
         total_cpu += d.get("cpu_seconds", 0.0)
         wall = f"{d['seconds']:.0f} s" if "seconds" in d else "not run"
-        attempts = d.get("attempts", [])
-        if len(attempts) > 1:
-            wall += f" ({len(attempts)} attempts: " + " + ".join(f"{a:.0f}" for a in attempts) + " s)"
         cpu = f"{d['cpu_seconds']:.0f} s" if "cpu_seconds" in d else "-"
-        if len(attempts) > 1:
+        attempts = d.get("attempts", [])
+        if len(attempts) > 1:  # a killed or failed attempt's CPU time is not known
+            wall += f" ({len(attempts)} attempts: " + " + ".join(f"{a:.0f}" for a in attempts) + " s)"
             cpu += " (the last attempt)"
         lines.append(f"| {step.stage.title or step.name} | {step.stage.recipe} | {wall} | {cpu} "
                      f"| `{d.get('model', '-')}` |")  # fmt: skip
