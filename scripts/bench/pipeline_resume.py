@@ -10,7 +10,8 @@ script waits, then kills the whole process tree with SIGKILL (the pipeline, acce
 process, torchrun's workers included: they start their own sessions, so a group kill misses them), and starts
 the pipeline again, which must skip the finished stages and resume the killed one from its partial output. After
 the last stage's kill the run is left to finish. Prints, per stage, when it was killed and what its folder held
-then; at the end whether ``summary.md`` equals the reference's byte for byte (exit status 1 if not).
+then; at the end whether ``summary.md`` equals the reference's byte for byte (exit status 1 if not). Every
+attempt's output goes to ``<run_dir>.log`` beside the run folder: send this script's own output elsewhere.
 """
 
 from __future__ import annotations
